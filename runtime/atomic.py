@@ -1,0 +1,67 @@
+"""Atomic file writes: write to a temporary sibling, then ``os.replace`` it onto the final name.
+
+A reader never sees a half-written file: after a crash (even SIGKILL) the final path either holds
+the previous complete file or the new complete file. Stray temporaries start with ``.`` and contain
+``.tmp-`` so they are easy to recognise and are ignored by the dataset and input listings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TMP_MARK = ".tmp-"
+
+
+def is_temporary(path: Path) -> bool:
+    """True for the temporaries this module creates (``.name.tmp-XXXX.ext``)."""
+    return path.name.startswith(".") and TMP_MARK in path.name
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in ``final``'s folder; on success move it onto ``final``.
+
+    The temporary keeps ``final``'s suffix so that writers which dispatch on the extension
+    (Pillow, tifffile, Keras) behave as for the real name. On any exception it is removed and
+    ``final`` is untouched.
+    """
+    final = Path(final)
+    folder = final.parent if str(final.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}{TMP_MARK}", suffix=final.suffix, dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_bytes_atomic(final: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``final`` atomically."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(final: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``final`` atomically."""
+    write_bytes_atomic(final, text.encode("utf-8"))
+
+
+def write_json_atomic(final: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``final`` atomically."""
+    write_text_atomic(final, json.dumps(obj, indent=2, sort_keys=False) + "\n")

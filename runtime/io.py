@@ -1,0 +1,185 @@
+"""Reading and writing images: PNG, JPEG, TIFF (single page and multi-page stacks).
+
+Readers return raw pixel arrays — ``(H, W)`` uint8, uint16 or float32 — converted to gray (with a
+warning) when the file is RGB(A). Normalisation to [0, 1] is ``runtime.preprocess``'s job. Every
+failure raises ``InputError`` with one line naming the file and the problem. Writers are atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from runtime.atomic import atomic_path, is_temporary
+from runtime.errors import InputError, SegWarning
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible, non-temporary file whose suffix is a supported image format."""
+    return (
+        path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.name.startswith(".")
+        and not is_temporary(path)
+    )
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Supported image files directly inside ``folder``, sorted by name.
+
+    Raises ``InputError`` when ``folder`` is missing, not a folder or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (expected a folder of PNG/JPEG/TIFF images)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    if not files:
+        raise InputError(f"{folder}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    return files
+
+
+def read_pages(path: str | os.PathLike[str]) -> list[np.ndarray]:
+    """Every page of an image file as ``(H, W)`` arrays (uint8, uint16, float32 or bool as stored).
+
+    PNG/JPEG give one page; a TIFF gives one page per IFD (a multi-page stack gives N).
+    RGB(A) pages are converted to gray with a ``SegWarning``.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        raw_pages = _read_tiff_pages(path)
+    else:
+        raw_pages = [_read_pillow(path)]
+    return [_to_gray(page, path) for page in raw_pages]
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """One ``(H, W)`` image as stored (uint8, uint16 or float32). A multi-page stack is an error here."""
+    pages = read_pages(path)
+    if len(pages) != 1:
+        raise InputError(f"{path}: a stack of {len(pages)} pages; read it with read_pages()")
+    return pages[0]
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied (not readable)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _pillow_to_array(img, path)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def _pillow_to_array(img: Image.Image, path: Path) -> np.ndarray:
+    if img.mode in ("L", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img)
+        return arr.astype(np.uint16) if arr.dtype.kind == "u" and arr.itemsize == 2 else arr
+    if img.mode == "1":
+        return np.asarray(img, dtype=np.uint8) * np.uint8(255)
+    if img.mode == "I":
+        arr = np.asarray(img)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise InputError(f"{path}: 32-bit integer image outside 0..65535; save it as 8/16-bit or float")
+        return arr.astype(np.uint16)
+    if img.mode in ("LA", "La"):
+        return np.asarray(img.getchannel(0))
+    return np.asarray(img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB"))
+
+
+def _read_tiff_pages(path: Path) -> list[np.ndarray]:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series
+            if len(series) == 1 and series[0].ndim >= 3 and "S" not in series[0].axes[:1]:
+                stack = series[0].asarray()
+                return _split_stack(stack, series[0].axes)
+            return [page.asarray() for page in tif.pages]
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise InputError(f"{path}: corrupt or unreadable TIFF ({type(exc).__name__}: {exc})") from None
+
+
+def _split_stack(stack: np.ndarray, axes: str) -> list[np.ndarray]:
+    """Split a ``(N, H, W[, S])`` series into pages; other layouts are flattened over leading axes."""
+    spatial = 3 if axes.endswith("S") else 2
+    pages = stack.reshape((-1, *stack.shape[-spatial:]))
+    return list(pages)
+
+
+def _to_gray(page: np.ndarray, path: Path) -> np.ndarray:
+    page = np.asarray(page)
+    if page.dtype == bool:
+        page = page.astype(np.uint8) * np.uint8(255)
+    if page.ndim == 2:
+        return _check_dtype(page, path)
+    if page.ndim == 3 and page.shape[-1] in (3, 4):
+        warnings.warn(f"{path}: {page.shape[-1]}-channel image converted to gray", SegWarning, stacklevel=3)
+        return _check_dtype(_rgb_to_gray(page[..., :3]), path)
+    if page.ndim == 3 and page.shape[-1] == 1:
+        return _check_dtype(page[..., 0], path)
+    raise InputError(f"{path}: unsupported image shape {page.shape}; expected (H, W) or (H, W, 3|4)")
+
+
+def _rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of ``(H, W, 3)``, keeping the input dtype (rounded for integers)."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+    gray = rgb.astype(np.float64) @ weights
+    if rgb.dtype.kind in "ui":
+        return np.clip(np.rint(gray), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
+    return gray.astype(np.float32)
+
+
+def _check_dtype(page: np.ndarray, path: Path) -> np.ndarray:
+    if page.dtype.kind not in "uif":
+        raise InputError(f"{path}: unsupported pixel type {page.dtype}; expected integer or float pixels")
+    if min(page.shape) < 1:
+        raise InputError(f"{path}: empty image of shape {page.shape}")
+    if page.dtype.kind == "f" and page.dtype != np.float32:
+        page = page.astype(np.float32)
+    return page
+
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
+    """Write one ``(H, W)`` image atomically: uint8/uint16 as PNG or TIFF, float32 as TIFF."""
+    write_pages(path, [image])
+
+
+def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray]) -> None:
+    """Write ``(H, W)`` pages atomically; several pages need a TIFF (written as a multi-page stack)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as writer:
+            for page in pages:
+                writer.write(np.ascontiguousarray(page), compression="zlib")
+        return
+    if len(pages) != 1:
+        raise InputError(f"{path}: {len(pages)} pages need a .tif/.tiff file, not {suffix}")
+    if pages[0].dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: {pages[0].dtype} pixels need a .tif/.tiff file; PNG/JPEG hold 8/16-bit")
+    with atomic_path(path) as tmp:
+        Image.fromarray(pages[0]).save(tmp)

@@ -1,0 +1,82 @@
+"""The preprocessing contract shared by training and serving.
+
+``normalize`` turns any supported pixel array into ``(H, W) float32 in [0, 1]``; training calls the
+same function, so a model is served exactly as it was trained. The recipe's name is written into the
+ONNX metadata (``seg.normalization``) and ``Segmenter`` applies what the metadata names.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from runtime.errors import InputError, SegWarning
+
+DTYPE_RANGE = "dtype-range"
+"""Integers divide by their dtype's maximum (uint8 /255, uint16 /65535); floats in [0, 1] are kept,
+other finite floats are min-max scaled to [0, 1] with a warning."""
+
+NORMALIZATIONS = (DTYPE_RANGE,)
+
+
+def normalize(image: np.ndarray, method: str = DTYPE_RANGE, name: str = "image") -> np.ndarray:
+    """``(H, W)`` uint8/uint16/int/float/bool -> ``(H, W) float32 in [0, 1]``.
+
+    ``name`` (usually the file path) is used in error messages. NaN or infinite pixels are an error.
+    """
+    if method not in NORMALIZATIONS:
+        raise InputError(f"{name}: unknown normalization {method!r}; known: {', '.join(NORMALIZATIONS)}")
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(f"{name}: expected a (H, W) image, got shape {image.shape}")
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    if image.dtype.kind in "ui":
+        return _normalize_integer(image)
+    if image.dtype.kind == "f":
+        return _normalize_float(image, name)
+    raise InputError(f"{name}: unsupported pixel type {image.dtype}")
+
+
+def _normalize_integer(image: np.ndarray) -> np.ndarray:
+    info = np.iinfo(image.dtype)
+    if info.min < 0:  # signed: shift to start at zero
+        return ((image.astype(np.float32) - info.min) / np.float32(info.max - info.min)).astype(np.float32)
+    return image.astype(np.float32) / np.float32(info.max)
+
+
+def _normalize_float(image: np.ndarray, name: str) -> np.ndarray:
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        bad = int(np.size(image) - np.isfinite(image).sum())
+        raise InputError(f"{name}: {bad} NaN or infinite pixels; replace them before segmenting")
+    low, high = float(image.min()), float(image.max())
+    if low >= 0.0 and high <= 1.0:
+        return image
+    warnings.warn(
+        f"{name}: float pixels span [{low:g}, {high:g}], outside [0, 1]; min-max scaled to [0, 1]",
+        SegWarning,
+        stacklevel=3,
+    )
+    if high == low:
+        return np.zeros_like(image)
+    return ((image - low) / np.float32(high - low)).astype(np.float32)
+
+
+def binarize_label(label: np.ndarray, name: str = "label") -> np.ndarray:
+    """Label ``(H, W)`` of any dtype -> ``(H, W) float32`` with 1.0 = interior, 0.0 = membrane.
+
+    Pixels at or above half of the normalised range count as interior (255 = interior in ISBI labels).
+    """
+    return (normalize(label, name=name) >= 0.5).astype(np.float32)
+
+
+def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Interior probability ``(H, W) float32 in [0, 1]`` -> ``(H, W) uint8`` mask, 255 = interior."""
+    return np.where(prob >= threshold, np.uint8(255), np.uint8(0))
+
+
+def to_prob_image(prob: np.ndarray) -> np.ndarray:
+    """Probability ``(H, W) float32 in [0, 1]`` -> ``(H, W)`` uint16 (0..65535) for lossless-enough PNGs."""
+    return np.rint(np.clip(prob, 0.0, 1.0) * 65535.0).astype(np.uint16)

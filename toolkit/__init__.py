@@ -1,0 +1,1 @@
+"""seg toolkit package."""

@@ -1,0 +1,115 @@
+"""Keras models: the seed's sequential CNN and a U-Net. Both take ``(None, None, 1)`` float32 in [0, 1]
+and output ``(None, None, 1)`` interior probabilities (sigmoid), so exported ONNX keeps dynamic H and W.
+
+TensorFlow is imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MODEL_KINDS = ("unet", "cnn")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model. ``width`` = base filters, ``depth`` = poolings (U-Net) or
+    hidden conv layers (CNN)."""
+
+    kind: str = "unet"
+    width: int = 16
+    depth: int = 4
+    batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+        if not 1 <= self.width <= 256:
+            raise ValueError(f"width {self.width} out of range; choose 1..256 base filters")
+        if not 1 <= self.depth <= 8:
+            raise ValueError(f"depth {self.depth} out of range; choose 1..8")
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (2^depth for the U-Net, 1 for the CNN)."""
+        return 2**self.depth if self.kind == "unet" else 1
+
+    @property
+    def receptive_field(self) -> int:
+        """Theoretical receptive field in pixels (one side of the square context of one output pixel)."""
+        return _unet_receptive_field(self.depth) if self.kind == "unet" else 1 + 2 * (self.depth + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _unet_receptive_field(depth: int) -> int:
+    field, jump = 1, 1
+    for _ in range(depth):  # encoder: two 3x3 convs, then 2x2 max-pool
+        field += 4 * jump + jump
+        jump *= 2
+    field += 4 * jump  # bottleneck: two 3x3 convs
+    for _ in range(depth):  # decoder: 2x2 stride-2 transposed conv, then two 3x3 convs
+        jump //= 2
+        field += jump + 4 * jump
+    return field
+
+
+def check_input_size(spec: ModelSpec, height: int, width: int, name: str = "input") -> None:
+    """Raise ``ValueError`` unless ``height`` and ``width`` are multiples of ``spec.size_multiple``."""
+    multiple = spec.size_multiple
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"{name}: size {height}x{width} is not a multiple of {multiple} (2^depth for a depth-"
+            f"{spec.depth} U-Net); pad or crop to a multiple of {multiple}, or tile with runtime.Segmenter"
+        )
+
+
+def build_model(spec: ModelSpec) -> Any:
+    """A compiled-free ``keras.Model`` for ``spec``: ``(N, H, W, 1)`` -> ``(N, H, W, 1)`` in [0, 1]."""
+    return _build_unet(spec) if spec.kind == "unet" else _build_cnn(spec)
+
+
+def _conv_block(x: Any, filters: int, batch_norm: bool, name: str) -> Any:
+    from keras import layers
+
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.ReLU(name=f"{name}_relu{i}")(x)
+    return x
+
+
+def _build_unet(spec: ModelSpec) -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(None, None, 1), name="image")
+    x, skips = inputs, []
+    for level in range(spec.depth):
+        x = _conv_block(x, spec.width * 2**level, spec.batch_norm, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, spec.width * 2**spec.depth, spec.batch_norm, "bottom")
+    for level in reversed(range(spec.depth)):
+        filters = spec.width * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_upconv")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
+        x = _conv_block(x, filters, spec.batch_norm, f"up{level}")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="prob")(x)
+    return keras.Model(inputs, outputs, name=f"unet_w{spec.width}_d{spec.depth}")
+
+
+def _build_cnn(spec: ModelSpec) -> Any:
+    """The seed's simple sequential CNN: ``depth`` + 1 Conv2D+ReLU layers and a sigmoid Conv2D."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential(name=f"cnn_w{spec.width}_d{spec.depth}")
+    model.add(keras.Input(shape=(None, None, 1), name="image"))
+    for i in range(spec.depth + 1):
+        model.add(layers.Conv2D(spec.width, 3, padding="same", activation="relu", name=f"conv{i}"))
+    model.add(layers.Conv2D(1, 3, padding="same", activation="sigmoid", dtype="float32", name="prob"))
+    return model
