@@ -54,10 +54,8 @@ def read_pages(path: str | os.PathLike[str]) -> list[np.ndarray]:
     """
     path = Path(path)
     _check_readable(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        raw_pages = _read_tiff_pages(path)
-    else:
-        raw_pages = [_read_pillow(path)]
+    is_tiff = path.suffix.lower() in TIFF_SUFFIXES
+    raw_pages = _read_tiff_pages(path) if is_tiff else [_read_pillow(path)]
     return [_to_gray(page, path) for page in raw_pages]
 
 
@@ -116,11 +114,12 @@ def _read_tiff_pages(path: Path) -> list[np.ndarray]:
             if len(series) == 1 and series[0].ndim >= 3 and "S" not in series[0].axes[:1]:
                 stack = series[0].asarray()
                 return _split_stack(stack, series[0].axes)
-            return [page.asarray() for page in tif.pages]
-    except InputError:
-        raise
+            pages = [page.asarray() for page in tif.pages]
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise InputError(f"{path}: corrupt or unreadable TIFF ({type(exc).__name__}: {exc})") from None
+    if not pages:
+        raise InputError(f"{path}: corrupt or unreadable TIFF (no image pages found)")
+    return pages
 
 
 def _split_stack(stack: np.ndarray, axes: str) -> list[np.ndarray]:

@@ -38,7 +38,7 @@ class ModelSpec:
     @property
     def receptive_field(self) -> int:
         """Theoretical receptive field in pixels (one side of the square context of one output pixel)."""
-        return _unet_receptive_field(self.depth) if self.kind == "unet" else 1 + 2 * (self.depth + 1)
+        return _unet_receptive_field(self.depth) if self.kind == "unet" else 1 + 2 * (self.depth + 2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +61,7 @@ def check_input_size(spec: ModelSpec, height: int, width: int, name: str = "inpu
     multiple = spec.size_multiple
     if height % multiple or width % multiple:
         raise ValueError(
-            f"{name}: size {height}x{width} is not a multiple of {multiple} (2^depth for a depth-"
+            f"{name}: size {width}x{height} is not a multiple of {multiple} (2^depth for a depth-"
             f"{spec.depth} U-Net); pad or crop to a multiple of {multiple}, or tile with runtime.Segmenter"
         )
 

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from runtime.atomic import atomic_path, is_temporary
+from runtime.errors import InputError, SegWarning
+from runtime.io import list_images, read_image, read_pages, write_image, write_pages
+from runtime.preprocess import binarize_label, normalize, to_mask, to_prob_image
+
+
+@pytest.mark.parametrize(
+    ("suffix", "dtype"),
+    [(".png", np.uint8), (".png", np.uint16), (".tif", np.uint8), (".tif", np.uint16), (".tif", np.float32),
+     (".jpg", np.uint8)],
+)
+@pytest.mark.parametrize("shape", [(1, 1), (17, 31), (64, 48)])
+def test_round_trip_keeps_dtype_and_pixels(tmp_path: Path, suffix: str, dtype: type, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    high = 1.0 if dtype == np.float32 else np.iinfo(dtype).max
+    array = (rng.random(shape) * high).astype(dtype)
+    path = tmp_path / f"img{suffix}"
+    if suffix == ".jpg":
+        Image.fromarray(array).save(path, quality=100)
+    else:
+        write_image(path, array)
+    back = read_image(path)
+    assert back.dtype == dtype and back.shape == shape
+    if suffix != ".jpg":
+        np.testing.assert_array_equal(back, array)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_rgb_is_converted_to_gray_with_a_warning(tmp_path: Path, channels: int) -> None:
+    rgb = np.zeros((8, 8, channels), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
+    path = tmp_path / "rgb.png"
+    Image.fromarray(rgb).save(path)
+    with pytest.warns(SegWarning, match=f"rgb.png: {channels}-channel image converted to gray"):
+        gray = read_image(path)
+    assert gray.shape == (8, 8) and gray.dtype == np.uint8
+    assert gray[0, 0] == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)
+
+
+def test_multipage_stack_reads_every_page(tmp_path: Path) -> None:
+    stack = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    pages = read_pages(tmp_path / "s.tif")
+    assert len(pages) == 5
+    np.testing.assert_array_equal(np.stack(pages), stack)
+    with pytest.raises(InputError, match="a stack of 5 pages"):
+        read_image(tmp_path / "s.tif")
+
+
+def test_stack_pages_of_different_sizes(tmp_path: Path) -> None:
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as writer:
+        writer.write(np.zeros((4, 4), np.uint8))
+        writer.write(np.ones((6, 3), np.uint8))
+    assert [p.shape for p in read_pages(tmp_path / "mixed.tif")] == [(4, 4), (6, 3)]
+
+
+def test_write_pages_as_a_stack(tmp_path: Path) -> None:
+    pages = [np.full((4, 5), i, np.uint8) for i in range(3)]
+    write_pages(tmp_path / "out.tif", pages)
+    np.testing.assert_array_equal(np.stack(read_pages(tmp_path / "out.tif")), np.stack(pages))
+    with pytest.raises(InputError, match="3 pages need a .tif/.tiff file"):
+        write_pages(tmp_path / "out.png", pages)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty file (0 bytes)"), (b"not an image", "not a readable image"),
+     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01", "corrupt or truncated image")],
+)
+def test_bad_files_give_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        read_image(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_corrupt_tiff_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage-garbage")
+    with pytest.raises(InputError, match="bad.tif: corrupt or unreadable TIFF"):
+        read_pages(tmp_path / "bad.tif")
+    with pytest.raises(InputError, match="nope.png: no such file"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    Image.new("L", (20000, 10000)).save(path)  # 200 M pixels > 2x Pillow's default limit
+    with pytest.raises(InputError, match="bomb.png: refused as a possible decompression bomb"):
+        read_image(path)
+
+
+def test_list_images_skips_hidden_temporaries_and_other_files(tmp_path: Path) -> None:
+    for name in ("b.png", "a.tif", ".hidden.png", ".x.tmp-123.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.tif", "b.png"]
+    with pytest.raises(InputError, match="no images found"):
+        list_images(_empty(tmp_path))
+    with pytest.raises(InputError, match="missing: not a folder"):
+        list_images(tmp_path / "missing")
+
+
+def _empty(tmp_path: Path) -> Path:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    return folder
+
+
+def test_atomic_path_leaves_old_file_on_failure(tmp_path: Path) -> None:
+    final = tmp_path / "mask.png"
+    final.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert final.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+    with atomic_path(final) as tmp:
+        assert is_temporary(tmp) and tmp.suffix == ".png"
+        tmp.write_bytes(b"new")
+    assert final.read_bytes() == b"new" and len(os.listdir(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.array([[0, 255]], np.uint8), [[0.0, 1.0]]),
+        (np.array([[0, 65535]], np.uint16), [[0.0, 1.0]]),
+        (np.array([[0.25, 0.5]], np.float32), [[0.25, 0.5]]),
+        (np.array([[True, False]]), [[1.0, 0.0]]),
+        (np.array([[-128, 127]], np.int8), [[0.0, 1.0]]),
+    ],
+)
+def test_normalize_by_dtype_range(array: np.ndarray, expected: list[list[float]]) -> None:
+    out = normalize(array)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+
+
+def test_normalize_rescales_out_of_range_floats_with_warning() -> None:
+    with pytest.warns(SegWarning, match=r"span \[-2, 6\]"):
+        out = normalize(np.array([[-2.0, 2.0, 6.0]], np.float64))
+    np.testing.assert_allclose(out, [[0.0, 0.5, 1.0]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_normalize_rejects_nan_and_inf(bad: float) -> None:
+    with pytest.raises(InputError, match="x.tif: 1 NaN or infinite pixels"):
+        normalize(np.array([[0.1, bad]], np.float32), name="x.tif")
+
+
+def test_label_mask_and_prob_conversions() -> None:
+    np.testing.assert_array_equal(binarize_label(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(to_mask(np.array([[0.2, 0.5, 0.9]], np.float32)), [[0, 255, 255]])
+    assert to_prob_image(np.array([[0.0, 1.0]], np.float32)).tolist() == [[0, 65535]]

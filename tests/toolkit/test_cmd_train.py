@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import make_dataset, write_png
+from toolkit.cli import app
+
+runner = CliRunner()
+
+
+def _corrupt_png(root: Path) -> None:
+    (root / "train/image/01.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda root: [p.unlink() for p in (root / "train/image").iterdir()], "no images found"),
+        (lambda root: (root / "train/label/01.png").unlink(), "01.png: no label with the same name"),
+        (lambda root: write_png(root / "train/label/02.png", np.zeros((8, 8), np.uint8)), "does not match image"),
+        (_corrupt_png, "train/image/01.png: "),
+        (lambda root: (root / "train/label/00.png").write_bytes(b""), "train/label/00.png: empty file (0 bytes)"),
+    ],
+    ids=["empty-folder", "missing-label", "size-mismatch", "corrupt-png", "zero-byte"],
+)
+def test_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, monkeypatch, damage, message) -> None:
+    data = make_dataset(tmp_path / "data", n=3, size=32)
+    damage(data)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--data", str(data), "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_options_exit_2(tmp_path: Path, monkeypatch) -> None:
+    data = make_dataset(tmp_path / "data", n=3, size=32)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--data", str(data), "--crop", "20"])
+    assert result.exit_code == 2 and "--crop 20: must be a positive multiple of 16" in result.output
+    result = runner.invoke(app, ["train", "--data", str(data), "--loss", "l1"])
+    assert result.exit_code == 2 and "--loss 'l1': choose one of mse, bce, dice, bce-dice" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["import runtime", "import train, train.data, train.models, train.augment",
+     "from typer.testing import CliRunner; from toolkit.cli import app; CliRunner().invoke(app, ['--help']); "
+     "CliRunner().invoke(app, ['train', '--help'])"],
+    ids=["runtime", "train-data", "seg-help"],
+)
+def test_no_tensorflow_import(code: str) -> None:
+    loaded = _modules_after(code)
+    assert not {"tensorflow", "keras", "tf2onnx"} & loaded
+
+
+def test_runtime_imports_nothing_above_it() -> None:
+    loaded = _modules_after("import runtime")
+    assert not {"train", "export", "toolkit", "onnx"} & loaded

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from train.models import ModelSpec, build_model, check_input_size
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [(ModelSpec("unet", 4, 2), (2, 32, 48)), (ModelSpec("unet", 2, 3, batch_norm=False), (1, 64, 16)),
+     (ModelSpec("cnn", 4, 2), (3, 17, 23))],
+)
+def test_output_shape_and_range(spec: ModelSpec, shape: tuple[int, int, int]) -> None:
+    model = build_model(spec)
+    x = np.random.default_rng(0).random((*shape, 1), dtype=np.float32)
+    y = np.asarray(model(x, training=False))
+    assert y.shape == (*shape, 1)
+    assert (y >= 0).all() and (y <= 1).all()
+    assert model.input_shape == (None, None, None, 1)
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("unet", 2, 2, batch_norm=False), ModelSpec("cnn", 2, 2)])
+def test_receptive_field_bounds_the_influence_of_one_pixel(spec: ModelSpec) -> None:
+    """Changing one input pixel changes outputs only within the claimed receptive field, and reaches
+    close to its edge (so the number is neither too small nor wildly too large)."""
+    model = build_model(spec)
+    size, centre = 64, 32
+    x = np.random.default_rng(1).random((1, size, size, 1), dtype=np.float32)
+    x2 = x.copy()
+    x2[0, centre, centre, 0] += 1.0
+    changed = np.argwhere(np.abs(np.asarray(model(x2)) - np.asarray(model(x)))[0, :, :, 0] > 0)
+    reach = int(np.abs(changed - centre).max())
+    radius = spec.receptive_field // 2
+    assert reach <= radius
+    assert reach >= radius - spec.size_multiple
+
+
+def test_input_size_must_be_a_multiple() -> None:
+    with pytest.raises(ValueError, match="size 100x96 is not a multiple of 16"):
+        check_input_size(ModelSpec("unet", 4, 4), 96, 100)
+    check_input_size(ModelSpec("cnn", 4, 4), 97, 101)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"kind": "vgg"}, "unknown model kind 'vgg'"), ({"width": 0}, "width 0 out of range"),
+     ({"depth": 9}, "depth 9 out of range")],
+)
+def test_bad_spec(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelSpec(**kwargs)

@@ -1,0 +1,55 @@
+"""Real training on the ISBI slices, a few steps of a tiny U-Net (marked slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+import train
+from train.models import ModelSpec
+
+pytestmark = pytest.mark.slow
+
+
+def _config(isbi_dir: Path, tmp_path: Path, **overrides) -> train.TrainConfig:
+    values = dict(data=str(isbi_dir), model=ModelSpec("unet", 4, 2), epochs=4, steps_per_epoch=6, batch=4,
+                  crop=96, lr=1e-2, seed=0, runs_root=str(tmp_path / "runs"), name="t")
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "history.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_loss_falls_and_run_folder_is_complete(isbi_dir: Path, tmp_path: Path) -> None:
+    result = train.fit(_config(isbi_dir, tmp_path), progress=False)
+    rows = _history(result.run_dir)
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    for name in ("model.keras", "last.keras", "config.json", "history.csv", "state.json"):
+        assert (result.run_dir / name).is_file(), name
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["model"]["receptive_field"] == ModelSpec("unet", 4, 2).receptive_field
+    assert len(config["data"]["val_slices"]) == 5 and len(config["data"]["train_slices"]) == 20
+    assert 0.0 <= result.val_f1 <= 1.0 and result.stopped == "epochs"
+    best = max(float(r["val_f1"]) for r in rows)
+    assert result.val_f1 == pytest.approx(best)
+
+
+def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path: Path) -> None:
+    first = train.fit(_config(isbi_dir, tmp_path, epochs=3, time_budget=0.01), progress=False)
+    assert first.stopped == "time budget" and first.epochs == 1
+    assert (first.run_dir / "model.keras").is_file()
+    resumed = train.resume(first.run_dir, progress=False, time_budget=3600)
+    assert resumed.epochs == 3 and resumed.stopped == "epochs"
+    assert [int(float(r["epoch"])) for r in _history(resumed.run_dir)] == [1, 2, 3]
+
+
+def test_seed_cnn_trains_one_epoch(isbi_dir: Path, tmp_path: Path) -> None:
+    result = train.fit(_config(isbi_dir, tmp_path, model=ModelSpec("cnn", 8, 2), epochs=1), progress=False)
+    assert result.epochs == 1 and (result.run_dir / "model.keras").is_file()

@@ -1,0 +1,5 @@
+"""``python -m toolkit`` = the ``seg`` command."""
+
+from toolkit.cli import main
+
+main()

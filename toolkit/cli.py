@@ -1,0 +1,42 @@
+"""The ``seg`` command line. Each command lives in its own ``toolkit/cmd_*.py`` module and calls one
+public function; nothing here imports TensorFlow (``seg --help`` stays fast)."""
+
+from __future__ import annotations
+
+import typer
+
+from toolkit.console import set_debug
+
+app = typer.Typer(
+    name="seg",
+    help="Segment EM membrane images: train a Keras CNN, export it to ONNX with proven parity, run it anywhere.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    set_debug(debug)
+
+
+def _register() -> None:
+    """Attach every command module's commands to ``app`` (one line per module)."""
+    from toolkit import cmd_train
+
+    cmd_train.register(app)
+    from toolkit import cmd_export
+
+    cmd_export.register(app)
+    from toolkit import cmd_infer
+
+    cmd_infer.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

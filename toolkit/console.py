@@ -1,0 +1,64 @@
+"""Shared CLI plumbing: one rich console, one-line errors with exit codes, ``--debug`` tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from runtime.errors import SegError, SegWarning
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def set_debug(enabled: bool) -> None:
+    _state["debug"] = enabled
+    logging.basicConfig(level=logging.DEBUG if enabled else logging.WARNING)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the ``typer.Exit`` to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+def command(fn: F) -> F:
+    """Decorate a CLI command: ``SegError`` -> one line + its exit code; other errors -> one line + exit 1
+    (full traceback with ``--debug``). SegWarnings print as one yellow line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = warnings.showwarning
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", SegWarning)
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except SegError as exc:
+            if _state["debug"]:
+                raise
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; rerun the same command to resume", 130) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            raise fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1) from None
+        finally:
+            warnings.showwarning = previous
+
+    return wrapper  # type: ignore[return-value]

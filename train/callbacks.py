@@ -1,0 +1,150 @@
+"""Keras callbacks for the fit loop: validation scores, checkpoints, history, LR schedule, time budget,
+and a rich progress bar. Every file is written atomically (a killed run never leaves a torn file)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
+from runtime.scores import membrane_f1, mse
+from train.data import Slice
+
+
+class ValidationScores(keras.callbacks.Callback):
+    """Adds ``val_mse`` and ``val_f1`` (membrane F1 at 0.5) on the whole validation slices to the logs."""
+
+    def __init__(self, slices: list[Slice]) -> None:
+        super().__init__()
+        self.slices = slices
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is None or not self.slices:
+            return
+        probs = [self._predict(s.image) for s in self.slices]
+        logs["val_mse"] = float(np.mean([mse(p, s.label) for p, s in zip(probs, self.slices, strict=True)]))
+        logs["val_f1"] = float(np.mean([membrane_f1(p, s.label) for p, s in zip(probs, self.slices, strict=True)]))
+
+    def _predict(self, image: np.ndarray) -> np.ndarray:
+        out = self.model(image[None, :, :, None], training=False)
+        return np.asarray(out, dtype=np.float32)[0, :, :, 0]
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Saves the best model (by ``monitor``, higher is better) and, every epoch, the last model with
+    ``state.json`` so ``--resume`` continues where a killed run stopped. Also rewrites ``history.csv``."""
+
+    def __init__(self, run_dir: Path, state: dict[str, Any], history: list[dict[str, float]],
+                 monitor: str = "val_f1") -> None:
+        super().__init__()
+        self.run_dir, self.state, self.history, self.monitor = run_dir, state, history, monitor
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               "elapsed_s": self.state["elapsed_s"] + time.monotonic() - self.state["_started"]}
+        self.history.append(row)
+        score = logs.get(self.monitor, -float(logs.get("loss", math.inf)))
+        if score > self.state["best_score"]:
+            self.state.update(best_score=float(score), best_epoch=epoch + 1, best_logs=row)
+            self._save(self.run_dir / "model.keras")
+        self._save(self.run_dir / "last.keras")
+        write_text_atomic(self.run_dir / "history.csv", _history_csv(self.history))
+        self.state["epoch"] = epoch + 1
+        write_json_atomic(self.run_dir / "state.json", _public_state(self.state, row["elapsed_s"]))
+
+    def _save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            self.model.save(tmp)
+
+
+def _public_state(state: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    public = {k: v for k, v in state.items() if not k.startswith("_")}
+    public["elapsed_s"] = elapsed
+    return public
+
+
+def _history_csv(rows: list[dict[str, float]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class ScheduleAndBudget(keras.callbacks.Callback):
+    """Cosine learning-rate decay over the run's progress (epochs or time budget, whichever is further)
+    after a short warm-up; stops training cleanly when the time budget is spent."""
+
+    def __init__(self, base_lr: float, total_steps: int, budget_s: float | None, state: dict[str, Any],
+                 warmup_steps: int = 20) -> None:
+        super().__init__()
+        self.base_lr, self.total_steps, self.budget_s = base_lr, max(total_steps, 1), budget_s
+        self.state, self.warmup_steps = state, warmup_steps
+        self.spent_s, self.step = float(state.get("elapsed_s", 0.0)), int(state.get("steps", 0))
+        self.started = time.monotonic()
+        self.out_of_time = False
+
+    def progress(self) -> float:
+        """Fraction of the run done, in [0, 1]."""
+        by_steps = self.step / self.total_steps
+        if self.budget_s is None:
+            return min(by_steps, 1.0)
+        by_time = (self.spent_s + time.monotonic() - self.started) / self.budget_s
+        return min(max(by_steps, by_time), 1.0)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        warm = min(1.0, (self.step + 1) / self.warmup_steps)
+        lr = self.base_lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * self.progress())))
+        self.model.optimizer.learning_rate.assign(lr)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.step += 1
+        self.state["steps"] = self.step
+        if self.budget_s is not None and self.spent_s + time.monotonic() - self.started >= self.budget_s:
+            self.out_of_time = True
+            self.model.stop_training = True
+
+
+class RichProgress(keras.callbacks.Callback):
+    """One rich progress bar over all steps, showing loss and the latest validation scores."""
+
+    def __init__(self, total_steps: int, done_steps: int, budget_s: float | None) -> None:
+        super().__init__()
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[scores]}"),
+            transient=False,
+        )
+        self.total_steps, self.done_steps, self.budget_s = total_steps, done_steps, budget_s
+        self.val_text = ""
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.progress.start()
+        budget = f" (time budget {self.budget_s:.0f}s)" if self.budget_s else ""
+        self.task = self.progress.add_task("train", total=self.total_steps, completed=self.done_steps,
+                                           scores=budget)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        text = f"loss {float(loss):.4f}" if loss is not None else ""
+        self.progress.update(self.task, advance=1, scores=f"{text} {self.val_text}")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        if "val_f1" in logs:
+            self.val_text = f"| epoch {epoch + 1} val_mse {logs['val_mse']:.4f} val_f1 {logs['val_f1']:.4f}"
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.progress.stop()

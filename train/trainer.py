@@ -1,0 +1,246 @@
+"""The fit loop: ``train.fit(TrainConfig(...))`` trains a model and writes ``runs/train/<name>/``.
+
+Data are loaded and validated before anything is written, so bad data leaves ``runs/`` untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.atomic import write_json_atomic
+from runtime.errors import InputError
+from runtime.preprocess import DTYPE_RANGE
+from train import runs
+from train.augment import sample_batch
+from train.data import Slice, dataset_summary, load_split, split_by_slice
+from train.losses import LOSSES
+from train.models import ModelSpec
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; saved as ``config.json`` so a run can be rebuilt and exported."""
+
+    data: str
+    model: ModelSpec = field(default_factory=ModelSpec)
+    loss: str = "mse"
+    epochs: int = 1000
+    steps_per_epoch: int = 20
+    batch: int = 8
+    crop: int = 256
+    lr: float = 3e-3
+    val: float = 0.2
+    seed: int = 0
+    time_budget: float | None = None
+    patience: int = 0
+    elastic: bool = False
+    amp: bool = False
+    name: str | None = None
+    runs_root: str = str(runs.RUNS_ROOT)
+
+    def check(self) -> None:
+        """Raise ``InputError`` for option values that cannot work, naming the option and the fix."""
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        for option, value in (("--epochs", self.epochs), ("--batch", self.batch),
+                              ("--steps-per-epoch", self.steps_per_epoch)):
+            if value < 1:
+                raise InputError(f"{option} {value}: must be at least 1")
+        if self.crop % self.model.size_multiple or self.crop < self.model.size_multiple:
+            raise InputError(f"--crop {self.crop}: must be a positive multiple of {self.model.size_multiple} "
+                             f"(2^depth for a depth-{self.model.depth} U-Net)")
+        if not self.lr > 0:
+            raise InputError(f"--lr {self.lr}: must be positive, e.g. 3e-3")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        kwargs["model"] = ModelSpec(**values["model"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports. Scores are the best checkpoint's validation scores."""
+
+    run_dir: Path
+    epochs: int
+    best_epoch: int
+    val_mse: float
+    val_f1: float
+    crops_per_s: float
+    stopped: str
+    device: str
+
+
+def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train a new run from ``config``."""
+    config.check()
+    train_set, val_set = _load_data(config)
+    run_dir = runs.new_run_dir(Path(config.runs_root), config.name)
+    write_json_atomic(run_dir / runs.CONFIG, _config_record(config, train_set, val_set))
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "elapsed_s": 0.0, "steps": 0}
+    return _run(config, run_dir, train_set, val_set, state, [], progress)
+
+
+def resume(run: str | Path, progress: bool = True, time_budget: float | None = None) -> TrainResult:
+    """Continue a run from its ``last.keras`` and ``state.json`` (e.g. after it was killed)."""
+    run_dir = runs.resolve_run(run, Path(runs.RUNS_ROOT))
+    record = runs.read_json(run_dir / runs.CONFIG)
+    config = TrainConfig.from_dict(record["train"])
+    if time_budget is not None:
+        config.time_budget = time_budget
+    if not (run_dir / runs.LAST_MODEL).is_file():
+        raise InputError(f"{run_dir}: nothing to resume (no {runs.LAST_MODEL}); start a new run instead")
+    state = runs.read_json(run_dir / runs.STATE)
+    history = _read_history(run_dir / runs.HISTORY)
+    train_set, val_set = _load_data(config)
+    return _run(config, run_dir, train_set, val_set, state, history, progress)
+
+
+def _load_data(config: TrainConfig) -> tuple[list[Slice], list[Slice]]:
+    slices = load_split(config.data, "train", require_labels=True)
+    smallest = min(min(s.image.shape) for s in slices)
+    if config.crop > smallest:
+        raise InputError(f"--crop {config.crop}: larger than the smallest slice ({smallest} px); lower --crop")
+    return split_by_slice(slices, config.val, config.seed)
+
+
+def _config_record(config: TrainConfig, train_set: list[Slice], val_set: list[Slice]) -> dict[str, Any]:
+    spec = config.model
+    return {
+        "train": config.to_dict(),
+        "model": {**spec.to_dict(), "receptive_field": spec.receptive_field, "size_multiple": spec.size_multiple},
+        "data": {"dir": str(Path(config.data).resolve()), "train_slices": [s.source for s in train_set],
+                 "val_slices": [s.source for s in val_set],
+                 "summary": dataset_summary(Path(config.data).resolve(), train_set, val_set)},
+        "normalization": DTYPE_RANGE,
+        "threshold": 0.5,
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+
+
+def _read_history(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int) -> Any:
+    import keras
+
+    class CropBatches(keras.utils.PyDataset):
+        """``steps_per_epoch`` augmented batches per epoch, reproducible from (seed, epoch, step)."""
+
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = first_epoch
+
+        def __len__(self) -> int:
+            return config.steps_per_epoch
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            rng = np.random.default_rng([config.seed, self.epoch, index])
+            return sample_batch(train_set, config.batch, config.crop, rng, use_elastic=config.elastic)
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+
+    return CropBatches()
+
+
+def _setup_device(config: TrainConfig) -> str:
+    """Use the GPU when TensorFlow sees one (memory growth on); ``--amp`` only there. Returns a label."""
+    import warnings
+
+    import keras
+    import tensorflow as tf
+
+    from runtime.errors import SegWarning
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if config.amp and gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    elif config.amp:
+        warnings.warn("--amp needs a GPU; training in float32 on the CPU", SegWarning, stacklevel=2)
+    return f"GPU x{len(gpus)}" if gpus else "CPU"
+
+
+def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any]) -> Any:
+    import keras
+
+    from train.losses import get_loss
+    from train.models import build_model
+
+    if state["epoch"] > 0:
+        return keras.models.load_model(run_dir / runs.LAST_MODEL, safe_mode=True)
+    model = build_model(config.model)
+    model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=get_loss(config.loss))
+    return model
+
+
+def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: list[Slice],
+         state: dict[str, Any], history: list[dict[str, float]], progress: bool) -> TrainResult:
+    import keras
+
+    from train.callbacks import Checkpoints, RichProgress, ScheduleAndBudget, ValidationScores
+
+    device = _setup_device(config)
+    keras.utils.set_random_seed(config.seed + int(state["epoch"]))
+    model = _model_for(config, run_dir, state)
+    state["_started"] = time.monotonic()
+    total_steps = config.epochs * config.steps_per_epoch
+    schedule = ScheduleAndBudget(config.lr, total_steps, config.time_budget, state)
+    callbacks = [schedule, ValidationScores(val_set), Checkpoints(run_dir, state, history)]
+    if config.patience:
+        callbacks.append(keras.callbacks.EarlyStopping("val_f1", mode="max", patience=config.patience))
+    if progress:
+        callbacks.append(RichProgress(total_steps, int(state.get("steps", 0)), config.time_budget))
+    first_step, started = int(state.get("steps", 0)), time.monotonic()
+    if state["epoch"] < config.epochs and not _budget_spent(config, state):
+        model.fit(_make_batches(train_set, config, int(state["epoch"])), epochs=config.epochs,
+                  initial_epoch=int(state["epoch"]), callbacks=callbacks, verbose=0)
+    seconds = max(time.monotonic() - started, 1e-9)
+    return _result(config, run_dir, state, schedule, (int(state.get("steps", 0)) - first_step) / seconds, device)
+
+
+def _budget_spent(config: TrainConfig, state: dict[str, Any]) -> bool:
+    return config.time_budget is not None and float(state.get("elapsed_s", 0.0)) >= config.time_budget
+
+
+def _result(config: TrainConfig, run_dir: Path, state: dict[str, Any], schedule: Any,
+            steps_per_s: float, device: str) -> TrainResult:
+    if state["best_epoch"] == 0:
+        raise InputError(f"{run_dir}: training stopped before one epoch finished; raise --time-budget")
+    best = state.get("best_logs", {})
+    if schedule.out_of_time or _budget_spent(config, state):
+        stopped = "time budget"
+    elif state["epoch"] < config.epochs:
+        stopped = "early stopping"
+    else:
+        stopped = "epochs"
+    return TrainResult(run_dir, int(state["epoch"]), int(state["best_epoch"]), float(best.get("val_mse", "nan")),
+                       float(best.get("val_f1", "nan")), steps_per_s * config.batch, stopped, device)
