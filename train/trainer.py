@@ -189,16 +189,23 @@ def _setup_device(config: TrainConfig) -> str:
     return f"GPU x{len(gpus)}" if gpus else "CPU"
 
 
-def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any]) -> Any:
+def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any], on_gpu: bool) -> Any:
+    """A fresh compiled model, or the run's ``last.keras`` (with optimizer state) when resuming.
+
+    XLA only on the GPU: on the CPU, TensorFlow's oneDNN kernels train a U-Net about twice as fast as
+    XLA's (measured here: 1.1 s vs 2.3 s per batch of 8 256x256 crops, 8-wide U-Net).
+    """
     import keras
 
     from train.losses import get_loss
     from train.models import build_model
 
     if state["epoch"] > 0:
-        return keras.models.load_model(run_dir / runs.LAST_MODEL, safe_mode=True)
-    model = build_model(config.model)
-    model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=get_loss(config.loss))
+        model = keras.models.load_model(run_dir / runs.LAST_MODEL, safe_mode=True)
+    else:
+        model = build_model(config.model)
+        model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=get_loss(config.loss))
+    model.jit_compile = on_gpu
     return model
 
 
@@ -210,7 +217,7 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
 
     device = _setup_device(config)
     keras.utils.set_random_seed(config.seed + int(state["epoch"]))
-    model = _model_for(config, run_dir, state)
+    model = _model_for(config, run_dir, state, on_gpu=device.startswith("GPU"))
     state["_started"] = time.monotonic()
     total_steps = config.epochs * config.steps_per_epoch
     schedule = ScheduleAndBudget(config.lr, total_steps, config.time_budget, state)
