@@ -114,12 +114,18 @@ def _read_tiff_pages(path: Path) -> list[np.ndarray]:
             if len(series) == 1 and series[0].ndim >= 3 and "S" not in series[0].axes[:1]:
                 stack = series[0].asarray()
                 return _split_stack(stack, series[0].axes)
-            pages = [page.asarray() for page in tif.pages]
+            pages = [_page_array(page) for page in tif.pages]
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise InputError(f"{path}: corrupt or unreadable TIFF ({type(exc).__name__}: {exc})") from None
     if not pages:
         raise InputError(f"{path}: corrupt or unreadable TIFF (no image pages found)")
     return pages
+
+
+def _page_array(page: tifffile.TiffPage) -> np.ndarray:
+    """One TIFF page as ``(H, W)`` or ``(H, W, S)``; planar RGB (``SYX``) is moved to samples-last."""
+    array = page.asarray()
+    return np.moveaxis(array, 0, -1) if page.axes.startswith("S") and array.ndim == 3 else array
 
 
 def _split_stack(stack: np.ndarray, axes: str) -> list[np.ndarray]:

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from toolkit.console import command, console
 
+Opt = typer.Option
+
 
 @command
 def train_command(
-    data: Path = typer.Option(None, "--data", help="Dataset folder (DIR/train/image + DIR/train/label, or ISBI stacks)."),
-    model: str = typer.Option("unet", "--model", help="Architecture: unet (default) or cnn (the seed's plain CNN)."),
-    width: int = typer.Option(None, "--width", help="Base filters (default: 16 for unet, 32 for cnn)."),
-    depth: int = typer.Option(4, "--depth", help="U-Net poolings (input sizes must be multiples of 2^depth) / CNN layers."),
-    batch_norm: bool = typer.Option(True, "--batch-norm/--no-batch-norm", help="Batch normalisation in the U-Net."),
-    loss: str = typer.Option("mse", "--loss", help="mse (default, the seed's), bce, dice or bce-dice."),
-    epochs: int = typer.Option(1000, "--epochs", help="Maximum epochs (an epoch = --steps-per-epoch batches)."),
-    steps_per_epoch: int = typer.Option(20, "--steps-per-epoch", help="Batches between validations/checkpoints."),
-    batch: int = typer.Option(8, "--batch", help="Crops per batch."),
-    crop: int = typer.Option(256, "--crop", help="Random crop size (a multiple of 2^depth)."),
-    lr: float = typer.Option(3e-3, "--lr", help="Peak Adam learning rate (warm-up, then cosine decay)."),
-    val: float = typer.Option(0.2, "--val", help="Fraction of slices held out for validation."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the split, the crops and the weights."),
-    time_budget: float = typer.Option(None, "--time-budget", help="Stop cleanly after this many seconds."),
-    patience: int = typer.Option(0, "--patience", help="Early stopping after N epochs without a better val F1 (0 = off)."),
-    elastic: bool = typer.Option(False, "--elastic", help="Add elastic deformation to the augmentation."),
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision (GPU only)."),
-    name: str = typer.Option(None, "--name", help="Run folder name under runs/train (default: a timestamp)."),
-    resume: str = typer.Option(None, "--resume", help="Continue an interrupted run (folder or name)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    data: Annotated[Path | None, Opt("--data", help="Dataset: DIR/train/{image,label} or ISBI stacks.")] = None,
+    model: Annotated[str, Opt("--model", help="Architecture: unet (default) or cnn (the seed's plain CNN).")] = "unet",
+    width: Annotated[int | None, Opt("--width", help="Base filters (default: 16 for unet, 32 for cnn).")] = None,
+    depth: Annotated[int, Opt("--depth", help="U-Net poolings (sizes: multiples of 2^depth).")] = 4,
+    batch_norm: Annotated[bool, Opt("--batch-norm/--no-batch-norm", help="Batch normalisation in the U-Net.")] = True,
+    loss: Annotated[str, Opt("--loss", help="mse (default, the seed's), bce, dice or bce-dice.")] = "mse",
+    epochs: Annotated[int, Opt("--epochs", help="Maximum epochs (an epoch = --steps-per-epoch batches).")] = 1000,
+    steps_per_epoch: Annotated[int, Opt("--steps-per-epoch", help="Batches between validations/checkpoints.")] = 20,
+    batch: Annotated[int, Opt("--batch", help="Crops per batch.")] = 8,
+    crop: Annotated[int, Opt("--crop", help="Random crop size (a multiple of 2^depth).")] = 256,
+    lr: Annotated[float, Opt("--lr", help="Peak Adam learning rate (warm-up, then cosine decay).")] = 3e-3,
+    val: Annotated[float, Opt("--val", help="Fraction of slices held out for validation.")] = 0.2,
+    seed: Annotated[int, Opt("--seed", help="Seed for the split, the crops and the weights.")] = 0,
+    time_budget: Annotated[float | None, Opt("--time-budget", help="Stop cleanly after this many seconds.")] = None,
+    patience: Annotated[int, Opt("--patience", help="Stop after N epochs without better val F1.")] = 0,
+    elastic: Annotated[bool, Opt("--elastic", help="Add elastic deformation to the augmentation.")] = False,
+    amp: Annotated[bool, Opt("--amp", help="Mixed precision (GPU only).")] = False,
+    name: Annotated[str | None, Opt("--name", help="Run folder name under runs/train (default: a timestamp).")] = None,
+    resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
+    quiet: Annotated[bool, Opt("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a segmentation model and write runs/train/<name>/ (model.keras, config.json, history.csv, loss.png)."""
     import train
@@ -62,14 +65,10 @@ def _bad_model(model: str) -> None:
 
 
 def _write_figures(run_dir: Path) -> None:
-    """The loss curve beside the run's history (toolkit.plots, when matplotlib is installed)."""
-    try:
-        from toolkit import plots
-    except ImportError:
-        return
-    write = getattr(plots, "write_run_figures", None)
-    if write is not None:
-        write(run_dir)
+    """loss.png and samples.png in the run folder."""
+    from toolkit.run_figures import write_run_figures
+
+    write_run_figures(run_dir)
 
 
 def register(app: typer.Typer) -> None:

@@ -57,6 +57,15 @@ def test_multipage_stack_reads_every_page(tmp_path: Path) -> None:
         read_image(tmp_path / "s.tif")
 
 
+def test_planar_rgb_tiff_is_gray_with_warning(tmp_path: Path) -> None:
+    planar = np.zeros((3, 6, 7), np.uint8)
+    planar[1] = 200
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    with pytest.warns(SegWarning, match="3-channel image converted to gray"):
+        gray = read_image(tmp_path / "planar.tif")
+    assert gray.shape == (6, 7) and gray[0, 0] == round(0.587 * 200)
+
+
 def test_stack_pages_of_different_sizes(tmp_path: Path) -> None:
     with tifffile.TiffWriter(tmp_path / "mixed.tif") as writer:
         writer.write(np.zeros((4, 4), np.uint8))

@@ -1,0 +1,38 @@
+"""Figures written into a training run: the loss curve and a sample of validation predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from train import runs
+from train.data import Slice, load_split
+
+
+def write_run_figures(run_dir: Path, n_samples: int = 2) -> list[Path]:
+    """Write ``loss.png`` (train/val loss per epoch) and ``samples.png`` (image, truth, prediction for up
+    to ``n_samples`` validation slices) into ``run_dir``; returns the paths written."""
+    from toolkit import plots
+
+    written = [plots.plot_loss_curve(run_dir / runs.HISTORY, run_dir / "loss.png", title=run_dir.name)]
+    samples = _validation_samples(run_dir, n_samples)
+    if samples:
+        probs = _predict_keras(run_dir / runs.BEST_MODEL, [s.image for s in samples])
+        written.append(plots.plot_predictions([s.image for s in samples], [s.label for s in samples], probs,
+                                              run_dir / "samples.png", title=f"{run_dir.name}: validation"))
+    return written
+
+
+def _validation_samples(run_dir: Path, n_samples: int) -> list[Slice]:
+    record = runs.read_json(run_dir / runs.CONFIG)
+    wanted = set(record["data"]["val_slices"][:n_samples])
+    return [s for s in load_split(record["data"]["dir"], "train") if s.source in wanted]
+
+
+def _predict_keras(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Whole-image Keras predictions ``(H, W) float32 in [0, 1]`` for ``(H, W)`` images."""
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    return [np.asarray(model(image[None, :, :, None], training=False))[0, :, :, 0] for image in images]
