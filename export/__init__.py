@@ -1,1 +1,26 @@
-"""seg export package."""
+"""seg export: Keras -> ONNX with tf2onnx, ``seg.`` metadata inside the model, and a parity gate.
+
+``to_onnx`` and the report types load lazily, so ``import export`` stays cheap (no onnx, no TensorFlow).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from export.convert import ExportReport, to_onnx
+    from export.parity import ParityReport
+    from export.variants import VariantReport
+
+__all__ = ["ExportReport", "ParityReport", "VariantReport", "to_onnx"]
+
+_HOMES = {"to_onnx": "export.convert", "ExportReport": "export.convert", "ParityReport": "export.parity",
+          "VariantReport": "export.variants"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")

@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MODEL_KINDS = ("unet", "cnn")
+BN_MOMENTUM = 0.9
+"""Batch-norm moving statistics follow the last ~10 batches. Keras' 0.99 lags by ~100 batches, which left
+validation (inference-mode) predictions near-constant for the first minutes of a short CPU run."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def _conv_block(x: Any, filters: int, batch_norm: bool, name: str) -> Any:
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 

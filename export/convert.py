@@ -1,0 +1,198 @@
+"""Keras -> ONNX with tf2onnx, the ``seg.`` metadata, the parity gate and atomic writes.
+
+``to_onnx`` converts in memory, checks the graph (``onnx.checker`` + strict shape inference), writes the
+metadata, runs the parity gate on the exact bytes it is about to write, and only then writes ``out``
+atomically. A failed gate leaves no file at ``out`` (its ``.parity.json`` report is still written).
+TensorFlow, Keras and tf2onnx are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export import parity, variants
+from export.source import Source, load_source, receptive_field
+from runtime.atomic import write_bytes_atomic, write_json_atomic
+from runtime.errors import GateError, InputError
+from runtime.metadata import DEFAULT_TILE, ModelInfo
+
+INPUT_NAME, OUTPUT_NAME = "image", "prob"
+DYNAMIC_DIMS = ("N", "H", "W")
+Transform = Callable[[onnx.ModelProto], None]
+
+
+@dataclass
+class ExportReport:
+    """What ``to_onnx`` wrote: the model, its metadata, the FP32 parity report and any variants."""
+
+    out: Path
+    size_bytes: int
+    info: ModelInfo
+    parity: parity.ParityReport
+    parity_path: Path
+    variants: list[variants.VariantReport] = field(default_factory=list)
+
+
+def to_onnx(
+    weights: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    opset: int = 17,
+    atol: float = 1e-4,
+    min_agreement: float = 0.9999,
+    fp16: bool = False,
+    int8: bool = False,
+    calib: str | Path | None = None,
+    variant_agreement: float = 0.99,
+    max_delta_f1: float = 0.01,
+    max_images: int = 8,
+    timing_runs: int = 3,
+    transform: Transform | None = None,
+) -> ExportReport:
+    """Export a Keras run/model to ``out`` (``.onnx``) behind the parity gate; optional FP16/INT8 variants.
+
+    ``data``: dataset folder (``DIR/train/image`` layout) or image folder for the gate; default the run's
+    ``config.json`` ``data.dir``. ``transform`` edits the converted model before the gate (a test seam that
+    proves the gate gates). Raises ``InputError`` (exit 2) for unusable input and ``GateError`` (exit 1)
+    when a gate fails, in which case the gated file is not written.
+    """
+    out = _check_out(Path(out))
+    source = load_source(weights)
+    image_set = parity.load_images(_data_dir(data, source), source.config, max_images)
+    proto = convert_keras(source.model, opset)
+    info = model_info(source, proto)
+    attach_metadata(proto, info)
+    if transform is not None:
+        transform(proto)
+    model_bytes = proto.SerializeToString()
+    report = parity.check(source.model, model_bytes, image_set, info.size_multiple, info.threshold, atol,
+                          min_agreement)
+    parity_path = parity.report_path(out)
+    write_json_atomic(parity_path, report.to_dict(out))
+    if not report.passed:
+        raise GateError(f"{out}: parity gate FAILED ({report.reason}); model not written, see {parity_path}")
+    write_bytes_atomic(out, model_bytes)
+    result = ExportReport(out, len(model_bytes), info, report, parity_path)
+    options = variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs)
+    if fp16:
+        result.variants.append(variants.export_fp16(proto, out, image_set, info, options))
+    if int8:
+        calib_set = parity.load_calibration(calib, source.config, image_set, _data_dir(data, source))
+        result.variants.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
+    return result
+
+
+def _check_out(out: Path) -> Path:
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"{out}: the output must end in .onnx, e.g. model.onnx")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give a file name such as {out / 'model.onnx'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _data_dir(data: str | Path | None, source: Source) -> Path:
+    if data is not None:
+        return Path(data)
+    if source.data_dir is None:
+        raise InputError(f"{source.weights}: no config.json with data.dir beside it; pass --data DIR for the gate")
+    return source.data_dir
+
+
+def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
+    """tf2onnx conversion with input ``image`` ``(N, H, W, 1) float32`` and output ``prob`` ``(N, H, W, 1)``,
+    N/H/W dynamic; ``onnx.checker`` (full) and strict shape inference must pass."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = [tf.TensorSpec((None, None, None, 1), tf.float32, name=INPUT_NAME)]
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    except Exception as exc:  # tf2onnx raises many types for unsupported ops/opsets
+        raise InputError(f"tf2onnx could not convert the model at opset {opset}: {exc}") from None
+    graph = proto.graph
+    _rename(graph, graph.input[0].name, INPUT_NAME)
+    _rename(graph, graph.output[0].name, OUTPUT_NAME)
+    for value in (graph.input[0], graph.output[0]):
+        for dim, name in zip(value.type.tensor_type.shape.dim, DYNAMIC_DIMS, strict=False):
+            dim.dim_param = name
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    return proto
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a value everywhere in ``graph`` (node inputs/outputs and graph inputs/outputs)."""
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in (*graph.input, *graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def model_info(source: Source, proto: onnx.ModelProto) -> ModelInfo:
+    """The ``seg.`` metadata for ``source``: contract, tile, halo (from the receptive field), versions."""
+    field_px, multiple = receptive_field(source.model)
+    spec = source.config.get("model", {})
+    tile = int(source.config.get("tile", DEFAULT_TILE))
+    return ModelInfo(
+        model_kind=str(spec.get("kind", source.model.name)),
+        width=int(spec.get("width", 0)),
+        depth=int(spec.get("depth", 0)),
+        input_layout="NHWC",
+        normalization=str(source.config.get("normalization", "dtype-range")),
+        tile_size=tile,
+        halo=recommended_halo(field_px, tile),
+        size_multiple=multiple,
+        threshold=source.threshold,
+        receptive_field=field_px,
+        training_data=str(source.config.get("data", {}).get("summary", "")),
+        versions=_versions(proto),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def recommended_halo(field_px: int, tile: int) -> int:
+    """``runtime.tiling.recommended_halo`` when present; else half the receptive field rounded up to 16,
+    capped at a quarter tile."""
+    try:
+        from runtime.tiling import recommended_halo as runtime_halo
+    except ImportError:
+        return min(-(-(field_px // 2) // 16) * 16, tile // 4)
+    return int(runtime_halo(field_px, tile))
+
+
+def _versions(proto: onnx.ModelProto) -> dict[str, str]:
+    opsets = [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")]
+    versions = {"opset": str(opsets[0]) if opsets else "unknown"}
+    for package in ("seg-toolkit", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            if package == "onnxruntime":
+                import onnxruntime
+
+                versions[package] = onnxruntime.__version__
+    return versions
+
+
+def attach_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
+    """Write ``info.to_props()`` into ``proto.metadata_props`` (replacing earlier ``seg.`` keys)."""
+    props = info.to_props()
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *props.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "seg-toolkit (tf2onnx)"

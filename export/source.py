@@ -1,0 +1,146 @@
+"""What is being exported: a Keras model file, the run config next to it, and facts read off the graph.
+
+``load_source(weights)`` accepts a run folder (holding ``model.keras`` + ``config.json``) or a ``.keras``
+file (its folder's ``config.json`` is used when present). The Keras model is loaded with
+``safe_mode=True``: a model with a ``Lambda`` layer (arbitrary code) is refused, not executed.
+TensorFlow/Keras are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import InputError
+
+BEST_MODEL = "model.keras"
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A loaded Keras model and its run config (``{}`` when the model has no ``config.json`` beside it)."""
+
+    weights: Path
+    model: Any
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The dataset folder the run was trained on, from ``config.json`` (``data.dir``)."""
+        folder = self.config.get("data", {}).get("dir")
+        return Path(folder) if folder else None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.get("threshold", 0.5))
+
+
+def model_path(weights: str | Path) -> Path:
+    """The ``.keras`` file for a run folder or a model path; ``InputError`` when there is none."""
+    weights = Path(weights)
+    if weights.is_dir():
+        weights = weights / BEST_MODEL
+        if not weights.is_file():
+            raise InputError(f"{weights}: no such file; the run folder holds no best model (train it first)")
+    if not weights.exists():
+        raise InputError(f"{weights}: no such weights file; give a run folder or a .keras model")
+    if not weights.is_file():
+        raise InputError(f"{weights}: not a file; give a run folder or a .keras model")
+    return weights
+
+
+def load_source(weights: str | Path) -> Source:
+    """Load the Keras model (``safe_mode=True``) and the ``config.json`` beside it."""
+    path = model_path(weights)
+    return Source(path, load_keras(path), read_config(path.parent / CONFIG))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.json`` as a dict; ``{}`` when absent, ``InputError`` when corrupt."""
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable or corrupt JSON ({exc}); fix or delete it") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def load_keras(path: Path) -> Any:
+    """``keras.models.load_model(path, compile=False, safe_mode=True)`` with one-line errors."""
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a Keras model (.keras files are zip archives); give a model.keras")
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError/... for bad archives
+        raise InputError(f"{path}: cannot load as a Keras model: {_first_line(exc)}") from None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise InputError(f"{path}: expected one input and one output, got {len(model.inputs)}/{len(model.outputs)}")
+    return model
+
+
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    if "safe_mode" in text or "Lambda" in text:
+        return "it contains a Lambda layer (arbitrary code), refused with safe_mode=True; rebuild it without Lambda"
+    return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
+
+
+def receptive_field(model: Any) -> tuple[int, int]:
+    """``(receptive_field, size_multiple)`` in pixels, read off the Keras graph config.
+
+    Convolutions add ``(k - 1) * dilation * jump``, poolings ``(p - 1) * jump``, a transposed convolution
+    divides the jump by its stride and adds ``(k - 1) * jump``; merges take the widest input.
+    ``size_multiple`` is the largest jump (product of downsampling strides).
+    """
+    layers = model.get_config()["layers"]
+    state: dict[str, tuple[float, float]] = {}
+    previous = (1.0, 1.0)
+    widest_jump = 1.0
+    for layer in layers:
+        parents = _parent_names(layer.get("inbound_nodes"))
+        inputs = [state[p] for p in parents if p in state] or [previous]
+        field_px, jump = max(inputs)
+        field_px, jump = _grow(layer["class_name"], layer["config"], field_px, jump)
+        widest_jump = max(widest_jump, jump)
+        previous = state[layer.get("name", layer["config"].get("name"))] = (field_px, jump)
+    return math.ceil(previous[0]), int(round(widest_jump))
+
+
+def _grow(kind: str, config: dict[str, Any], field_px: float, jump: float) -> tuple[float, float]:
+    if "kernel_size" in config:
+        kernel, stride = config["kernel_size"][0], config.get("strides", [1])[0]
+        if "Transpose" in kind:
+            jump /= stride
+            return field_px + (kernel - 1) * jump, jump
+        dilation = config.get("dilation_rate", [1])[0]
+        return field_px + (kernel - 1) * dilation * jump, jump * stride
+    if "pool_size" in config:
+        pool = config["pool_size"][0]
+        stride = (config.get("strides") or config["pool_size"])[0]
+        return field_px + (pool - 1) * jump, jump * stride
+    if kind == "UpSampling2D":
+        return field_px, jump / config["size"][0]
+    return field_px, jump
+
+
+def _parent_names(nodes: Any) -> list[str]:
+    """Names of the layers feeding a functional-model layer (``keras_history`` entries), in order."""
+    names: list[str] = []
+    if isinstance(nodes, dict):
+        if nodes.get("class_name") == "__keras_tensor__":
+            return [nodes["config"]["keras_history"][0]]
+        nodes = list(nodes.values())
+    if isinstance(nodes, list):
+        for item in nodes:
+            names.extend(_parent_names(item))
+    return names

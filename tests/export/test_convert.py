@@ -1,0 +1,111 @@
+"""Conversion, metadata and the parity gate on a tiny U-Net and real ISBI slices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from runtime.errors import GateError, InputError
+from runtime.io import read_image
+from runtime.metadata import ModelInfo
+from runtime.preprocess import normalize
+from runtime.providers import make_session
+
+pytestmark = pytest.mark.slow
+
+
+def test_io_names_dynamic_dims_and_checker(exported: Any) -> None:
+    model = onnx.load(exported.out)
+    onnx.checker.check_model(model, full_check=True)
+    for value, name in ((model.graph.input[0], "image"), (model.graph.output[0], "prob")):
+        assert value.name == name
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        assert dims == ["N", "H", "W", 1]
+    assert len(model.graph.input) == 1 and len(model.graph.output) == 1
+    assert exported.size_bytes == exported.out.stat().st_size
+
+
+def test_metadata_round_trips(exported: Any, isbi_dir: Path) -> None:
+    from train.models import ModelSpec
+
+    model = onnx.load(exported.out)
+    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, source=str(exported.out))
+    session = make_session(exported.out, provider="cpu")
+    from_ort = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
+    spec = ModelSpec(width=4, depth=2)
+    assert info == exported.info == from_ort
+    assert not info.from_defaults
+    assert (info.model_kind, info.width, info.depth, info.input_layout) == ("unet", 4, 2, "NHWC")
+    assert (info.receptive_field, info.size_multiple) == (spec.receptive_field, spec.size_multiple)
+    assert (info.normalization, info.threshold, info.tile_size) == ("dtype-range", 0.5, 512)
+    assert 0 < info.halo <= info.tile_size // 4
+    assert info.training_data == "isbi2012: 2 train + 2 val slices (512x512)"
+    assert {"tensorflow", "keras", "tf2onnx", "onnx", "opset"} <= info.versions.keys()
+    assert info.versions["opset"] == "17" and info.created.startswith("20")
+
+
+def test_parity_passes_on_isbi_slices(exported: Any) -> None:
+    parity = exported.parity
+    assert parity.passed, parity.reason
+    assert parity.max_abs_diff <= 1e-5 and parity.batch4_max_abs_diff <= 1e-5
+    assert parity.mask_agreement >= 0.9999
+    assert [row.name for row in parity.images] == ["00", "01", "02", "mosaic-768x1024"]  # val slices first
+    assert (parity.images[-1].height, parity.images[-1].width) == (768, 1024)
+    saved = json.loads(exported.parity_path.read_text())
+    assert exported.parity_path.name == "model.parity.json"
+    assert saved["passed"] is True and saved["max_abs_diff"] == parity.max_abs_diff
+    assert len(saved["images"]) == 4
+
+
+def _slices(isbi_dir: Path, count: int) -> np.ndarray:
+    names = sorted((isbi_dir / "train" / "image").glob("*.png"))[:count]
+    return np.stack([normalize(read_image(p)) for p in names])
+
+
+@pytest.mark.parametrize("shape", [(1, 512, 512), (1, 768, 1024), (4, 512, 512), (2, 64, 96)])
+def test_runs_on_sizes_and_batches(exported: Any, unet_run: Path, isbi_dir: Path, shape: tuple[int, ...]) -> None:
+    import keras
+
+    count, height, width = shape
+    tiles = np.tile(_slices(isbi_dir, count), (1, 2, 2))[:, :height, :width, None]
+    session = make_session(exported.out, provider="cpu")
+    got = session.run(None, {"image": tiles})[0]
+    want = keras.models.load_model(unet_run / "model.keras", compile=False).predict(tiles, verbose=0)
+    assert got.shape == (count, height, width, 1) and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-5
+
+
+def _bump_one_weight(model: onnx.ModelProto) -> None:
+    """Add 0.05 to the kernel of the last convolution (one weight tensor after conversion)."""
+    from onnx import numpy_helper
+
+    last_conv = [node for node in model.graph.node if node.op_type == "Conv"][-1]
+    target = next(t for t in model.graph.initializer if t.name == last_conv.input[1])
+    array = numpy_helper.to_array(target).copy()
+    array += 0.05
+    target.CopyFrom(numpy_helper.from_array(array, target.name))
+
+
+def test_gate_really_gates(unet_run: Path, tmp_path: Path) -> None:
+    from export import to_onnx
+
+    out = tmp_path / "model.onnx"
+    with pytest.raises(GateError, match=r"model.onnx: parity gate FAILED \(max \|Δ\| .* > atol 0.0001 on "):
+        to_onnx(unet_run, out, max_images=2, transform=_bump_one_weight)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.parity.json"]
+    assert json.loads((tmp_path / "model.parity.json").read_text())["passed"] is False
+
+
+def test_missing_data_dir_is_an_input_error(unet_run: Path, tmp_path: Path) -> None:
+    from export import to_onnx
+
+    with pytest.raises(InputError, match="no such folder; give --data"):
+        to_onnx(unet_run, tmp_path / "m.onnx", data=tmp_path / "nowhere")
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,86 @@
+"""Fast unit tests: loading weights, graph receptive field, padding, image selection."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.parity import _validation_first, pad_to_multiple
+from export.source import load_source, model_path, read_config, receptive_field
+from runtime.errors import InputError
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_unet_receptive_field_matches_model_spec(depth: int, batch_norm: bool) -> None:
+    from train.models import ModelSpec, build_model
+
+    spec = ModelSpec(width=2, depth=depth, batch_norm=batch_norm)
+    assert receptive_field(build_model(spec)) == (spec.receptive_field, spec.size_multiple)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_cnn_receptive_field_counts_every_3x3_conv(depth: int) -> None:
+    from train.models import ModelSpec, build_model
+
+    # depth + 1 hidden 3x3 convs and a 3x3 output conv, each adding 2 pixels
+    assert receptive_field(build_model(ModelSpec(kind="cnn", width=2, depth=depth))) == (1 + 2 * (depth + 2), 1)
+
+
+@pytest.mark.parametrize(("shape", "multiple", "want"),
+                         [((512, 512), 16, (512, 512)), ((500, 333), 16, (512, 336)), ((5, 7), 16, (16, 16)),
+                          ((768, 1024), 4, (768, 1024)), ((1, 1), 1, (1, 1))])
+def test_pad_to_multiple(shape: tuple[int, int], multiple: int, want: tuple[int, int]) -> None:
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    padded = pad_to_multiple(image, multiple)
+    assert padded.shape == want and padded.dtype == np.float32
+    np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
+
+
+def test_validation_slices_come_first(tmp_path: Path) -> None:
+    paths = [tmp_path / f"{i:02d}.png" for i in range(5)]
+    config = {"data": {"dir": str(tmp_path), "val_slices": ["03", "01"]}}
+    assert [p.stem for p in _validation_first(paths, config, tmp_path)] == ["01", "03", "00", "02", "04"]
+    assert [p.stem for p in _validation_first(paths, config, tmp_path / "other")] == ["00", "01", "02", "03", "04"]
+
+
+def test_missing_weights(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"nope.keras: no such weights file; give a run folder or a .keras model$"):
+        model_path(tmp_path / "nope.keras")
+    with pytest.raises(InputError, match=r"model.keras: no such file; the run folder holds no best model"):
+        model_path(tmp_path)
+
+
+def test_not_a_keras_model(tmp_path: Path) -> None:
+    text = tmp_path / "model.keras"
+    text.write_text("hello")
+    with pytest.raises(InputError, match=r"model.keras: not a Keras model \(.keras files are zip archives\)"):
+        load_source(text)
+    archive = tmp_path / "junk.keras"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("readme.txt", "not a model")
+    with pytest.raises(InputError, match=r"junk.keras: cannot load as a Keras model: "):
+        load_source(archive)
+
+
+def test_lambda_layer_refused_by_safe_mode(tmp_path: Path) -> None:
+    import keras
+
+    inputs = keras.Input((None, None, 1))
+    keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2.0)(inputs)).save(tmp_path / "model.keras")
+    with pytest.raises(InputError, match=r"model.keras: cannot load as a Keras model: it contains a Lambda layer"):
+        load_source(tmp_path)
+
+
+def test_config_is_optional_but_must_be_json(tmp_path: Path) -> None:
+    assert read_config(tmp_path / "config.json") == {}
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(InputError, match=r"config.json: unreadable or corrupt JSON"):
+        read_config(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(InputError, match=r"config.json: expected a JSON object, got list"):
+        read_config(tmp_path / "config.json")

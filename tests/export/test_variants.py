@@ -1,0 +1,77 @@
+"""FP16 and INT8 variants: written with their own parity reports, gated against FP32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from runtime.errors import GateError
+from runtime.metadata import ModelInfo
+from runtime.providers import make_session
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind", ["fp16", "int8"])
+def test_variant_written_and_gated(edge_export: Any, kind: str) -> None:
+    assert edge_export.parity.passed
+    report = {v.kind: v for v in edge_export.variants}[kind]
+    assert report.passed, report.reason
+    assert report.path == edge_export.out.with_name(f"model.{kind}.onnx") and report.path.is_file()
+    assert report.mask_agreement >= 0.99 and report.delta_f1 <= 0.01
+    assert report.f1_reference == "labels" and report.f1_fp32 > 0.5  # the detector really finds membranes
+    assert report.ms_fp32 > 0 and report.ms_variant > 0
+    saved = json.loads(report.path.with_name(f"model.{kind}.parity.json").read_text())
+    assert saved["passed"] is True and saved["kind"] == kind
+
+
+@pytest.mark.parametrize(("kind", "marker_op"), [("fp16", "Cast"), ("int8", "QuantizeLinear")])
+def test_variant_keeps_float_io_and_metadata(edge_export: Any, kind: str, marker_op: str) -> None:
+    path = edge_export.out.with_name(f"model.{kind}.onnx")
+    model = onnx.load(path)
+    assert marker_op in {node.op_type for node in model.graph.node}
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["seg.precision"] == kind
+    assert ModelInfo.from_props(props) == edge_export.info
+    session = make_session(path, provider="cpu")
+    image = np.random.default_rng(0).random((2, 64, 96, 1), dtype=np.float32)
+    prob = session.run(None, {"image": image})[0]
+    assert prob.shape == (2, 64, 96, 1) and prob.dtype == np.float32
+
+
+def test_variant_gate_failure_writes_nothing(edge_export: Any, tmp_path: Path) -> None:
+    from export import parity, variants
+
+    image_set = parity.load_images(Path(edge_export.parity.source), {}, max_images=1)
+    strict = variants.VariantOptions(min_agreement=0.99, max_delta_f1=-1.0, timing_runs=1)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(GateError, match=r"model.fp16.onnx: fp16 gate FAILED \(\|Δ membrane F1\| 0\.\d+ > -1 vs"):
+        variants.export_fp16(onnx.load(edge_export.out), out, image_set, edge_export.info, strict)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.parity.json"]
+
+
+def test_int8_is_at_most_a_third_of_fp32_for_the_default_unet(tmp_path: Path, isbi_dir: Path) -> None:
+    """Width 16, depth 4 (the `seg train` default): the INT8 file is <= 1/3 of FP32."""
+    import keras
+
+    from export import parity, variants
+    from export.convert import convert_keras
+    from train.models import ModelSpec, build_model
+
+    keras.utils.set_random_seed(0)
+    proto = convert_keras(build_model(ModelSpec()))
+    calib = parity.load_images(isbi_dir, {}, max_images=1)
+    int8 = variants.quantize_int8(proto, calib, 16, activation=_quant("QUInt8"), weight=_quant("QInt8"),
+                                  reduce_range=False)
+    assert len(int8.SerializeToString()) <= len(proto.SerializeToString()) / 3
+
+
+def _quant(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return getattr(QuantType, name)

@@ -1,0 +1,58 @@
+"""``seg export OUT.onnx``: convert the newest (or a given) trained model to ONNX behind the parity gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from toolkit.console import command, console
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``export`` command to ``app``."""
+    app.command("export")(export)
+
+
+@command
+def export(
+    out: Annotated[Path, typer.Argument(help="ONNX file to write, e.g. model.onnx (only if the gate passes).")],
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="Run folder, run name or .keras file (default: the newest run's best model).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Images for the parity gate (dataset or image folder) (default: the run's dataset).")] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
+    atol: Annotated[float, typer.Option("--atol", help="Largest allowed |Keras - ONNX| probability.")] = 1e-4,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write OUT.fp16.onnx (fp16 weights, fp32 IO).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx (static QDQ, per-channel).")] = False,
+    calib: Annotated[Path | None, typer.Option(
+        "--calib", help="Calibration images for --int8 (default: dataset images the gate does not use).")] = None,
+) -> None:
+    """Export a trained Keras model to ONNX; fails (exit 1, nothing written) unless ONNX matches Keras."""
+    from export import to_onnx
+    from toolkit.runs import resolve_weights
+
+    report = to_onnx(resolve_weights(weights), out, data=data, opset=opset, atol=atol, fp16=fp16, int8=int8,
+                     calib=calib)
+    for line in _lines(report):
+        console.print(line, soft_wrap=True)
+
+
+def _lines(report: Any) -> list[str]:
+    parity = report.parity
+    lines = [f"parity on {len(parity.images)} images from {parity.source} (Keras vs onnxruntime, same arrays)",
+             f"{report.out.name}: max |Δ| {parity.max_abs_diff:.2e}  mean |Δ| {parity.mean_abs_diff:.2e}  "
+             f"mask agreement {parity.mask_agreement:.4%}  batch-4 max |Δ| {parity.batch4_max_abs_diff:.2e}  "
+             f"{_size(report.size_bytes)}  [bold green]PASS[/]"]
+    for variant in report.variants:
+        lines.append(f"{variant.path.name}: mask agreement {variant.mask_agreement:.4%}  "
+                     f"|Δ membrane F1| {variant.delta_f1:.4f}  {_size(variant.size_bytes)} "
+                     f"({variant.size_ratio:.2f}x FP32)  CPU {variant.ms_variant:.1f} ms/img "
+                     f"(FP32 {variant.ms_fp32:.1f})  [bold green]PASS[/]")
+    lines.append(f"wrote {report.out} and {report.parity_path.name}")
+    return lines
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
