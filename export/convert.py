@@ -22,6 +22,7 @@ from export.source import Source, load_source, receptive_field
 from runtime.atomic import write_bytes_atomic, write_json_atomic
 from runtime.errors import GateError, InputError
 from runtime.metadata import DEFAULT_TILE, ModelInfo
+from runtime.tiling import recommended_halo
 
 INPUT_NAME, OUTPUT_NAME = "image", "prob"
 DYNAMIC_DIMS = ("N", "H", "W")
@@ -161,16 +162,6 @@ def model_info(source: Source, proto: onnx.ModelProto) -> ModelInfo:
         versions=_versions(proto),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-
-
-def recommended_halo(field_px: int, tile: int) -> int:
-    """``runtime.tiling.recommended_halo`` when present; else half the receptive field rounded up to 16,
-    capped at a quarter tile."""
-    try:
-        from runtime.tiling import recommended_halo as runtime_halo
-    except ImportError:
-        return min(-(-(field_px // 2) // 16) * 16, tile // 4)
-    return int(runtime_halo(field_px, tile))
 
 
 def _versions(proto: onnx.ModelProto) -> dict[str, str]:

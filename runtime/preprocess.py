@@ -80,3 +80,19 @@ def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 def to_prob_image(prob: np.ndarray) -> np.ndarray:
     """Probability ``(H, W) float32 in [0, 1]`` -> ``(H, W)`` uint16 (0..65535) for lossless-enough PNGs."""
     return np.rint(np.clip(prob, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+OVERLAY_RGB = (230, 30, 30)
+"""Colour of predicted membrane drawn over an image."""
+
+
+def overlay_rgb(image: np.ndarray, prob: np.ndarray, threshold: float = 0.5, alpha: float = 0.5) -> np.ndarray:
+    """Gray ``image`` ``(H, W) float32 in [0, 1]`` with predicted membrane (``prob < threshold``) tinted
+    ``OVERLAY_RGB`` at opacity ``alpha`` -> ``(H, W, 3) uint8``."""
+    if np.shape(image) != np.shape(prob) or np.ndim(image) != 2:
+        raise InputError(f"overlay: image {np.shape(image)} and prob {np.shape(prob)} must be the same (H, W)")
+    gray = np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    membrane = np.asarray(prob) < threshold
+    rgb[membrane] = (1.0 - alpha) * rgb[membrane] + alpha * np.array(OVERLAY_RGB, np.float32)
+    return np.rint(rgb).astype(np.uint8)

@@ -22,16 +22,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _register() -> None:
-    """Attach every command module's commands to ``app`` (one line per module)."""
-    from toolkit import cmd_train
+    """Attach every command module's commands to ``app``."""
+    from toolkit import cmd_data, cmd_demo, cmd_evaluate, cmd_export, cmd_infer, cmd_train
 
-    cmd_train.register(app)
-    from toolkit import cmd_export
-
-    cmd_export.register(app)
-    from toolkit import cmd_infer
-
-    cmd_infer.register(app)
+    for module in (cmd_train, cmd_export, cmd_infer, cmd_evaluate, cmd_data, cmd_demo):
+        module.register(app)
 
 
 _register()

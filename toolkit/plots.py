@@ -22,6 +22,7 @@ import numpy as np
 
 from runtime.atomic import atomic_path
 from runtime.errors import InputError
+from runtime.preprocess import OVERLAY_RGB, overlay_rgb  # noqa: F401  (OVERLAY_RGB: public colour)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,7 +35,6 @@ FALSE_MEMBRANE_RGB = (213, 94, 0)  # vermillion: predicted membrane where the tr
 MISSED_MEMBRANE_RGB = (0, 114, 178)  # blue: true membrane predicted as interior
 MEMBRANE_RGB = (0, 0, 0)  # correct membrane: black, as in the labels
 INTERIOR_RGB = (255, 255, 255)  # correct interior: white, as in the labels
-OVERLAY_RGB = (230, 30, 30)  # predicted membrane drawn over the image
 DPI = 100
 PANEL = 5.4  # inches per image panel: 540 pixels at DPI
 
@@ -51,16 +51,6 @@ def error_map_rgb(prob: np.ndarray, label: np.ndarray, threshold: float = 0.5) -
     rgb[predicted & ~truth] = FALSE_MEMBRANE_RGB
     rgb[~predicted & truth] = MISSED_MEMBRANE_RGB
     return rgb
-
-
-def overlay_rgb(image: np.ndarray, prob: np.ndarray, threshold: float = 0.5, alpha: float = 0.5) -> np.ndarray:
-    """Gray image with predicted membrane tinted ``OVERLAY_RGB`` (blend ``alpha``) -> ``(H, W, 3) uint8``."""
-    _check_same_shape(image=image, prob=prob)
-    gray = np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    membrane = np.asarray(prob) < threshold
-    rgb[membrane] = (1.0 - alpha) * rgb[membrane] + alpha * np.array(OVERLAY_RGB, np.float32)
-    return np.rint(rgb).astype(np.uint8)
 
 
 def plot_image_and_label(image: np.ndarray, label: np.ndarray, path: PathLike, title: str = "") -> Path:
@@ -128,6 +118,7 @@ def plot_predictions(
 
 def plot_overlay(image: np.ndarray, prob: np.ndarray, path: PathLike, threshold: float = 0.5, title: str = "") -> Path:
     """Predicted membrane (``prob < threshold``) drawn in red over the gray image."""
+    _check_same_shape(image=image, prob=prob)
     fig, axes = _figure(1, 1, title)
     _show(axes[0, 0], overlay_rgb(image, prob, threshold), f"predicted membrane (red, t={threshold:g})")
     return _save(fig, path)

@@ -58,6 +58,6 @@ def test_sample_batch_shapes_ranges_and_determinism() -> None:
     slices = [_coded_slice()]
     x, y = sample_batch(slices, 4, 32, np.random.default_rng(7))
     assert x.shape == y.shape == (4, 32, 32, 1) and x.dtype == y.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     x2, _ = sample_batch(slices, 4, 32, np.random.default_rng(7))
     np.testing.assert_array_equal(x, x2)

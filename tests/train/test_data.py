@@ -17,7 +17,7 @@ def test_pairs_by_stem_and_normalises(tmp_path: Path) -> None:
     assert [s.name for s in slices] == ["00", "01", "02"]
     for item in slices:
         assert item.image.dtype == np.float32 and item.image.shape == (32, 32)
-        assert 0.0 <= item.image.min() and item.image.max() <= 1.0
+        assert item.image.min() >= 0.0 and item.image.max() <= 1.0
         assert set(np.unique(item.label)) == {0.0, 1.0}
         assert item.label[0, 5] == 0.0 and item.label[5, 5] == 1.0  # membrane line at row 0
 

@@ -1,0 +1,305 @@
+"""Segment a folder, a file, a glob or a TIFF stack: reading runs ahead, writing runs behind.
+
+Outputs in ``output_dir`` (names keep the input's stem, so masks pair with images like ISBI labels):
+
+- ``<stem>.png``: the mask, 8-bit, 255 = cell interior, 0 = membrane. A multi-page TIFF input gives a
+  multi-page ``<stem>.tif`` mask stack instead (stack in, stack out).
+- ``prob/<stem>.tif`` with ``save_prob``: the interior probability, uncompressed float32 TIFF (exact, one
+  page per slice; 16-bit PNG would round to 1.5e-5 and compress no better on real maps).
+- ``overlay/<stem>.png`` (``.tif`` for stacks) with ``overlay``: the image in gray, membranes in red.
+
+Every file is written atomically, so an output that exists is complete: a rerun skips inputs whose
+outputs all exist (resume after a crash or kill) unless ``overwrite``. A bad input file is reported and
+skipped; the run goes on and lists the failures in its summary. Two inputs with the same stem (``a.png``
+and ``a.tif``) would share outputs: the first (in sorted order) is segmented, the second is a failure.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from runtime.errors import InputError, SegError
+from runtime.io import TIFF_SUFFIXES, is_image_file, list_images, read_pages, write_pages
+from runtime.preprocess import normalize, overlay_rgb, to_mask
+from runtime.segmenter import Segmenter
+
+Progress = Callable[[int, int], None]  # (images done, images to do)
+OnError = Callable[[str], None]  # one line per failed input
+_GLOB_CHARS = "*?["
+_READ_AHEAD = 8  # input files decoded ahead of inference
+_WRITE_BEHIND = 8  # finished files waiting for the writer before inference waits for it
+
+
+@dataclass
+class InferSummary:
+    """What a run did. ``images`` counts slices segmented (a stack counts each page)."""
+
+    output_dir: str
+    files: int = 0
+    images: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    compute_s: float = 0.0
+
+    @property
+    def provider(self) -> str:
+        """The provider that really ran (first of the session's providers)."""
+        return self.providers[0] if self.providers else "none"
+
+    @property
+    def images_per_s(self) -> float:
+        """End-to-end throughput: read + infer + write, images per second of wall time."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def compute_images_per_s(self) -> float:
+        """Compute-only throughput: images per second spent inside ``session.run``."""
+        return self.images / self.compute_s if self.compute_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "provider": self.provider, "images_per_s": self.images_per_s,
+                "compute_images_per_s": self.compute_images_per_s}
+
+
+@dataclass
+class _Item:
+    """One input file and the outputs it owns."""
+
+    source: Path
+    mask: Path
+    prob: Path | None
+    overlay: Path | None
+
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.mask, self.prob, self.overlay) if p is not None]
+
+    def complete(self) -> bool:
+        return all(p.is_file() for p in self.outputs())
+
+
+def segment_paths(
+    inputs: str | os.PathLike[str],
+    model: str | os.PathLike[str] | bytes = "model.onnx",
+    output_dir: str | os.PathLike[str] | None = None,
+    provider: str = "auto",
+    threshold: float | None = None,
+    save_prob: bool = False,
+    overlay: bool = False,
+    overwrite: bool = False,
+    segmenter: Segmenter | None = None,
+    progress: Progress | None = None,
+    on_error: OnError | None = None,
+    **segmenter_options: object,
+) -> InferSummary:
+    """Segment every image under ``inputs`` with ``model`` into ``output_dir`` (default: ``default_output``).
+
+    ``threshold`` defaults to the model's; ``segmenter_options`` go to ``Segmenter`` (tile_size, halo,
+    batch_size, blend, tta, threads). Raises ``InputError``/``ProviderError`` before writing anything when
+    the input or the model is unusable; per-file problems land in ``summary.failures``.
+    """
+    files = resolve_inputs(inputs)
+    out_dir = Path(output_dir) if output_dir is not None else default_output(inputs)
+    seg = segmenter or Segmenter(model, provider=provider, **segmenter_options)  # type: ignore[arg-type]
+    items, failures = plan_outputs(files, out_dir, save_prob, overlay)
+    summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
+    todo = [item for item in items if overwrite or not item.complete()]
+    summary.skipped = len(items) - len(todo)
+    for folder in {p.parent for item in todo for p in item.outputs()}:
+        folder.mkdir(parents=True, exist_ok=True)
+    cut = seg.info.threshold if threshold is None else float(threshold)
+    report = _reporter(summary, on_error)
+    compute_before, start = seg.stats.compute_s, time.perf_counter()
+    summary.images = _pipeline(seg, todo, cut, report, progress)
+    summary.seconds = time.perf_counter() - start
+    summary.compute_s = seg.stats.compute_s - compute_before
+    return summary
+
+
+def resolve_inputs(inputs: str | os.PathLike[str]) -> list[Path]:
+    """Image files named by ``inputs``: a folder (its images), a file, or a glob pattern; sorted."""
+    text = str(inputs)
+    path = Path(text)
+    if path.is_dir():
+        return list_images(path)
+    if path.is_file():
+        return [path]
+    if any(char in text for char in _GLOB_CHARS):
+        matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        files = [p for p in matches if p.is_file() and is_image_file(p)]
+        if not files:
+            raise InputError(f"{text}: the pattern matches no PNG/JPEG/TIFF image")
+        return files
+    raise InputError(f"{text}: no such file or folder")
+
+
+def default_output(inputs: str | os.PathLike[str]) -> Path:
+    """``runs/infer/<name>``: the input folder's name, the file's stem, or the glob's parent folder name."""
+    text = str(inputs)
+    path = Path(text)
+    if any(char in text for char in _GLOB_CHARS) and not path.exists():
+        path = next((p for p in path.parents if not any(c in str(p) for c in _GLOB_CHARS)), Path("."))
+    name = path.resolve().name if path.is_dir() else path.stem
+    return Path("runs") / "infer" / (name or "input")
+
+
+def plan_outputs(
+    files: list[Path], out_dir: Path, save_prob: bool, overlay: bool
+) -> tuple[list[_Item], list[str]]:
+    """One ``_Item`` per input whose output names are free; failures (one line each) for the rest."""
+    inputs = {f.resolve() for f in files}
+    items, failures, owner = [], [], {}
+    for source in files:
+        stack = _is_stack(source)
+        mask_suffix = ".tif" if stack else ".png"
+        item = _Item(
+            source,
+            out_dir / f"{source.stem}{mask_suffix}",
+            out_dir / "prob" / f"{source.stem}.tif" if save_prob else None,
+            out_dir / "overlay" / f"{source.stem}{mask_suffix}" if overlay else None,
+        )
+        problem = _name_problem(item, out_dir, inputs, owner)
+        if problem:
+            failures.append(f"{source}: {problem}")
+            continue
+        owner.update({p.resolve(): source for p in item.outputs()})
+        owner[out_dir.resolve() / source.stem] = source
+        items.append(item)
+    return items, failures
+
+
+def _name_problem(item: _Item, out_dir: Path, inputs: set[Path], owner: dict[Path, Path]) -> str | None:
+    root = out_dir.resolve()
+    taken = owner.get(root / item.source.stem)
+    if taken is not None:
+        return f"same name as {taken}; its outputs would collide (rename one, or run them separately)"
+    for path in item.outputs():
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            return f"output {path} would land outside {out_dir}"
+        if resolved in inputs:
+            raise InputError(f"{out_dir}: output {path} would overwrite an input; choose another --output")
+    return None
+
+
+def _is_stack(path: Path) -> bool:
+    """True for a TIFF holding several gray pages (read as a stack by ``runtime.io.read_pages``)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.series) > 1:
+                return True
+            series = tif.series[0]
+            planes = series.ndim - (1 if series.axes.endswith("S") else 0)
+            return planes > 2 and int(np.prod(series.shape[: planes - 2])) > 1
+    except Exception:  # unreadable: reported when it is read
+        return False
+
+
+def _reporter(summary: InferSummary, on_error: OnError | None) -> OnError:
+    for line in summary.failures:
+        if on_error:
+            on_error(line)
+
+    def report(line: str) -> None:
+        summary.failures.append(line)
+        if on_error:
+            on_error(line)
+
+    return report
+
+
+def _read(path: Path, method: str) -> list[np.ndarray]:
+    """Pages of ``path`` as ``(H, W)`` raw integers or float32 in [0, 1] (floats checked here, per file)."""
+    pages = read_pages(path)
+    return [normalize(p, method, str(path)) if p.dtype.kind == "f" else p for p in pages]
+
+
+@dataclass
+class _Open:
+    item: _Item
+    pages: list[np.ndarray]
+    probs: list[np.ndarray] = field(default_factory=list)
+
+
+def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnError,
+              progress: Progress | None) -> int:
+    """Read ahead (thread pool) -> ``seg.predict_iter`` -> write behind (one thread). Returns images done."""
+    opened: deque[_Open] = deque()
+    writes: deque[tuple[_Item, Future[None]]] = deque()
+    done = images = 0
+    with ThreadPoolExecutor(2, "seg-read") as readers, ThreadPoolExecutor(1, "seg-write") as writer:
+        pages = _pages(todo, readers, seg.info.normalization, opened, report)
+        for prob in seg.predict_iter(pages):
+            entry = opened[0]
+            entry.probs.append(prob)
+            images += 1
+            if len(entry.probs) < len(entry.pages):
+                continue
+            opened.popleft()
+            writes.append((entry.item, writer.submit(_write, entry, threshold)))
+            while len(writes) > _WRITE_BEHIND or (writes and writes[0][1].done()):
+                done += _settle(*writes.popleft(), report)
+                if progress:
+                    progress(done, len(todo))
+        while writes:
+            done += _settle(*writes.popleft(), report)
+            if progress:
+                progress(done, len(todo))
+    return images
+
+
+def _pages(todo: list[_Item], readers: ThreadPoolExecutor, method: str, opened: deque[_Open],
+           report: OnError) -> Iterator[np.ndarray]:
+    """Every page of every readable input, in order, decoded ``_READ_AHEAD`` files ahead."""
+    queue: deque[tuple[_Item, Future[list[np.ndarray]]]] = deque()
+    upcoming = iter(todo)
+    for item in upcoming:
+        queue.append((item, readers.submit(_read, item.source, method)))
+        if len(queue) >= _READ_AHEAD:
+            break
+    while queue:
+        item, future = queue.popleft()
+        nxt = next(upcoming, None)
+        if nxt is not None:
+            queue.append((nxt, readers.submit(_read, nxt.source, method)))
+        try:
+            pages = future.result()
+        except SegError as exc:
+            report(str(exc))
+            continue
+        opened.append(_Open(item, pages))
+        yield from pages
+
+
+def _settle(item: _Item, future: Future[None], report: OnError) -> int:
+    try:
+        future.result()
+        return 1
+    except (SegError, OSError) as exc:
+        report(f"{item.source}: could not write outputs ({exc})")
+        return 0
+
+
+def _write(entry: _Open, threshold: float) -> None:
+    """Write the mask (and prob map, overlay) of one input; each file atomically."""
+    item = entry.item
+    masks = [to_mask(prob, threshold) for prob in entry.probs]
+    if item.prob is not None:
+        write_pages(item.prob, entry.probs)
+    if item.overlay is not None:
+        pairs = zip(entry.pages, entry.probs, strict=True)
+        write_pages(item.overlay, [overlay_rgb(normalize(page), prob, threshold) for page, prob in pairs])
+    write_pages(item.mask, masks)  # last: the mask marks the input as done

@@ -1,0 +1,215 @@
+"""onnxruntime sessions on CUDA or CPU, honest about which one really runs.
+
+``make_session(model, provider)`` with ``provider`` one of:
+
+- ``"cuda"``: strict. If the CUDA execution provider cannot load (libraries missing, no GPU), raise
+  ``ProviderError`` naming what is missing and the fix; never fall back silently to the CPU.
+- ``"auto"``: CUDA when it loads, otherwise CPU; logs which one it chose.
+- ``"cpu"``: CPU only.
+
+onnxruntime itself falls back to the CPU with nothing but a log line when CUDA cannot load, so the
+providers a session really uses are read back with ``session_providers`` after creation.
+A seg model takes one input ``(N, H, W, 1) float32`` (interior probability out, same layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from runtime.errors import InputError, ProviderError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("auto", "cuda", "cpu")
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+CUDA_FIX = 'pip install "seg-toolkit[cuda]"'
+_ORT_WARNING = 2  # onnxruntime's default logger severity
+
+
+def make_session(
+    model: str | os.PathLike[str] | bytes,
+    provider: str = "auto",
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` for a seg model (path or serialized bytes) on ``provider``.
+
+    ``threads`` sets the CPU intra-op threads (default: physical cores). Raises ``ProviderError`` for an
+    unknown provider or an unloadable CUDA provider, ``InputError`` for an unusable model file.
+    """
+    provider = check_provider(provider)
+    name = _model_name(model)
+    source = _model_source(model, name)
+    options = _session_options(threads)
+    if provider == "cpu":
+        session = _create(source, options, [CPU_EP], name)
+    else:
+        problem = cuda_problem()
+        if problem is None:
+            session = _create(source, options, [(CUDA_EP, _cuda_options()), CPU_EP], name)
+            problem = None if CUDA_EP in session.get_providers() else "onnxruntime fell back to the CPU"
+        if problem is not None and provider == "cuda":
+            raise ProviderError(f"{name}: CUDA provider cannot load: {problem}; fix: {CUDA_FIX}")
+        if problem is not None:
+            log.info("CUDA unavailable (%s); running on CPU", problem)
+            session = _create(source, options, [CPU_EP], name)
+    check_model_io(session, name)
+    log.info("%s: running on %s", name, ", ".join(session_providers(session)))
+    return session
+
+
+def session_providers(session: ort.InferenceSession) -> list[str]:
+    """The providers ``session`` really uses, as short names in priority order (e.g. ``["cuda", "cpu"]``)."""
+    short = {CUDA_EP: "cuda", CPU_EP: "cpu", "TensorrtExecutionProvider": "tensorrt"}
+    return [short.get(p, p) for p in session.get_providers()]
+
+
+def check_provider(provider: str) -> str:
+    """Lower-cased ``provider`` if valid, else ``ProviderError`` listing the valid names."""
+    key = str(provider).strip().lower()
+    if key not in PROVIDERS:
+        raise ProviderError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+    return key
+
+
+def cuda_problem() -> str | None:
+    """Why the CUDA provider cannot load here (one line), or None when its libraries load.
+
+    Calls ``onnxruntime.preload_dlls()`` first (CUDA/cuDNN from the ``nvidia-*`` pip wheels), then loads
+    the CUDA provider library the way onnxruntime would, which names the first missing library.
+    """
+    if CUDA_EP not in ort.get_available_providers():
+        return f"this onnxruntime build ({_ort_build()}) has no {CUDA_EP}"
+    _preload_dlls()
+    library = _cuda_library()
+    if library is None:
+        return f"{_ort_build()} ships no CUDA provider library"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return f"{_first_line(str(exc))} ({_ort_build()} needs CUDA {_cuda_version()} and cuDNN 9)"
+    return None
+
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (hyper-threads not counted); ``os.cpu_count`` fallback."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        cores = set()
+        for cpu in cpus:
+            topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        return max(1, len(cores))
+    except (AttributeError, OSError, ValueError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_model_io(session: ort.InferenceSession, name: str) -> None:
+    """``InputError`` unless the model has one input ``(N, H, W, 1) float32`` and a matching output."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise InputError(f"{name}: expected a model with 1 input, got {len(inputs)}; not a seg model")
+    for kind, arg in (("input", inputs[0]), ("output", outputs[0])):
+        shape = list(arg.shape)
+        if arg.type != "tensor(float)":
+            raise InputError(f"{name}: model {kind} {arg.name!r} is {arg.type}; expected float32 (N, H, W, 1)")
+        channels_ok = shape[-1] == 1 or not isinstance(shape[-1], int) if shape else False
+        if len(shape) != 4 or not channels_ok:
+            raise InputError(
+                f"{name}: model {kind} {arg.name!r} has shape {shape}; expected (N, H, W, 1) "
+                "(one gray channel, NHWC)"
+            )
+
+
+def _create(
+    source: str | bytes, options: ort.SessionOptions, providers: list[Any], name: str
+) -> ort.InferenceSession:
+    ort.set_default_logger_severity(3)  # failed CUDA loads are reported by us, in one line
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise InputError(f"{name}: not a loadable ONNX model ({_first_line(str(exc))})") from None
+    finally:
+        ort.set_default_logger_severity(_ORT_WARNING)
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads if threads else physical_cores()
+    options.log_severity_level = 3
+    return options
+
+
+def _cuda_options() -> dict[str, str]:
+    """Fixed tile shapes: search cuDNN convolution algorithms exhaustively once, reuse the winner."""
+    return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"}
+
+
+def _model_name(model: str | os.PathLike[str] | bytes) -> str:
+    return "model (bytes)" if isinstance(model, bytes | bytearray) else str(model)
+
+
+def _model_source(model: str | os.PathLike[str] | bytes, name: str) -> str | bytes:
+    if isinstance(model, bytes | bytearray):
+        return bytes(model)
+    path = Path(model)
+    if not path.exists():
+        raise InputError(f"{path}: no such model file; export one with `seg export {path.name}`")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file (expected an .onnx model)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes); not an ONNX model")
+    return str(path)
+
+
+def _preload_dlls() -> None:
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        try:
+            preload()
+        except Exception as exc:  # a failed preload is diagnosed by the library load below
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
+
+
+def _cuda_library() -> Path | None:
+    folder = Path(ort.__file__).parent / "capi"
+    name = "onnxruntime_providers_cuda.dll" if sys.platform == "win32" else "libonnxruntime_providers_cuda.so"
+    return folder / name if (folder / name).exists() else None
+
+
+def _ort_build() -> str:
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+
+        return f"{info.package_name} {info.__version__}"
+    except ImportError:
+        return f"onnxruntime {ort.__version__}"
+
+
+def _cuda_version() -> str:
+    try:
+        from onnxruntime.capi.build_and_package_info import cuda_version
+
+        return re.sub(r"\..*", ".x", str(cuda_version))
+    except ImportError:
+        return "12.x or newer"
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"

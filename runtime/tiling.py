@@ -1,0 +1,203 @@
+"""Tiling as small pure numpy functions: pad, cut into fixed-size overlapping tiles, blend, stitch.
+
+Geometry (one axis; the grid is the product of the row and column axes):
+
+- The image is reflect-padded at the bottom/right to at least one tile and to a multiple of the
+  network's size multiple (2^depth), so that every tile starts on the pooling grid of the whole image.
+- Tiles of ``tile`` pixels step by ``tile - 2*halo`` (rounded down to the size multiple); the last tile
+  is shifted inward to end at the image edge, so every tile has the same shape (one static input shape).
+- Every pixel lies at least ``halo`` pixels inside some tile (or on the image border itself). A tile's
+  predictions within ``halo`` of its own edges lack context, so the blending window falls towards zero
+  there (not at the image border, where whole-image inference has no more context either) and is 1 in
+  the tile's core; windows are separable, so the total weight is an outer product of two 1-D sums and
+  never needs a full-size weight image.
+
+With ``halo >= receptive_field / 2`` the core of each tile sees exactly what whole-image inference sees,
+so tiled and whole-image predictions agree; the window only smooths where context runs short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+BLENDS = ("gaussian", "ramp")
+
+T = TypeVar("T")
+
+
+def recommended_halo(receptive_field: int, tile: int, multiple: int = 16) -> int:
+    """Halo for ``tile``-pixel tiles of a network whose receptive field is ``receptive_field`` pixels.
+
+    Rule: half the receptive field (an output pixel depends on inputs at most that far away), rounded up
+    to ``multiple`` so tile steps stay on the pooling grid, capped at a quarter of the tile (rounded down
+    to ``multiple``) so the core (``tile - 2*halo``) keeps at least half the tile's width and tiling costs at
+    most 4x the pixels. Unknown receptive field (``<= 0``): 64, capped the same way.
+    """
+    cap = max(0, (tile // 4) // multiple * multiple)
+    wanted = 64 if receptive_field <= 0 else math.ceil(receptive_field / 2 / multiple) * multiple
+    return min(wanted, cap)
+
+
+def padded_length(length: int, tile: int, multiple: int = 1) -> int:
+    """Length after padding: at least ``tile`` (0 = no tiling) and a multiple of ``multiple``."""
+    return max(tile, math.ceil(length / multiple) * multiple)
+
+
+def reflect_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad ``(H, W, ...)`` at the bottom/right to ``(height, width, ...)`` by reflection (no copy if no pad).
+
+    Pads larger than the image reflect repeatedly; a 1-pixel axis repeats its pixel.
+    """
+    pad_h, pad_w = height - image.shape[0], width - image.shape[1]
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"cannot pad {image.shape[:2]} down to {(height, width)}")
+    if pad_h == 0 and pad_w == 0:
+        return image
+    extra = [(0, 0)] * (image.ndim - 2)
+    if min(image.shape[:2]) == 1:
+        return np.pad(image, [(0, pad_h), (0, pad_w), *extra], mode="symmetric")
+    return np.pad(image, [(0, pad_h), (0, pad_w), *extra], mode="reflect")
+
+
+def tile_starts(length: int, tile: int, halo: int, multiple: int = 1) -> list[int]:
+    """Start offsets of ``tile``-pixel tiles covering ``length`` (>= tile) pixels, overlapping by >= 2*halo.
+
+    Steps are ``tile - 2*halo`` rounded down to ``multiple``; the last tile ends exactly at ``length``.
+    """
+    if length < tile:
+        raise ValueError(f"length {length} is shorter than one tile ({tile}); pad first")
+    step = (tile - 2 * halo) // multiple * multiple
+    if step <= 0:
+        raise ValueError(f"halo {halo} leaves no core in a {tile}-pixel tile; use halo < {tile // 2}")
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def tile_grid(height: int, width: int, tile: int, halo: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """``(y, x)`` top-left corners of every tile over a padded ``height`` x ``width`` image, row-major."""
+    rows, cols = tile_starts(height, tile, halo, multiple), tile_starts(width, tile, halo, multiple)
+    return [(y, x) for y in rows for x in cols]
+
+
+def window_1d(
+    tile: int, halo: int, blend: str = "gaussian", open_start: bool = False, open_end: bool = False
+) -> np.ndarray:
+    """``(tile,) float32 in [0, 1]``: 1 in the core, falling towards the tile's edges across the halo.
+
+    ``"gaussian"``: a Gaussian tail, sigma = halo/4 (weight 0.14 at halo/2, 3e-4 at the edge);
+    ``"ramp"``: 0 on the outer half of the halo (context-starved predictions are dropped), then linear up
+    to 1 at ``halo``. An ``open`` end lies on the image border, where the tile sees what the whole image
+    sees, so it does not fall off. ``halo == 0`` gives all ones.
+    """
+    if blend not in BLENDS:
+        raise ValueError(f"unknown blend {blend!r}; choose one of {', '.join(BLENDS)}")
+    if halo <= 0:
+        return np.ones(tile, np.float32)
+    index = np.arange(tile)
+    to_start = np.full(tile, np.inf) if open_start else index + 0.5  # distance of pixel centres to the edge
+    to_end = np.full(tile, np.inf) if open_end else tile - index - 0.5
+    edge = np.minimum(to_start, to_end)
+    if blend == "ramp":
+        profile = (edge - halo / 2) / (halo / 2)
+    else:
+        profile = np.exp(-0.5 * (np.maximum(halo - edge, 0.0) / (halo / 4.0)) ** 2)
+    return np.clip(profile, 0.0, 1.0).astype(np.float32)
+
+
+def axis_windows(length: int, tile: int, halo: int, blend: str = "gaussian", multiple: int = 1) -> list[
+    tuple[int, np.ndarray]
+]:
+    """``(start, (tile,) float32 window)`` for each tile along an axis of ``length`` pixels.
+
+    The first tile's window is open at the start and the last tile's at the end (the image border).
+    """
+    starts = tile_starts(length, tile, halo, multiple)
+    return [
+        (start, window_1d(tile, halo, blend, open_start=start == 0, open_end=start + tile == length))
+        for start in starts
+    ]
+
+
+def weight_sum_1d(length: int, windows: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
+    """``(length,) float32``: sum of the 1-D windows of all tiles along an axis (> 0 everywhere)."""
+    total = np.zeros(length, np.float32)
+    for start, profile in windows:
+        total[start : start + profile.size] += profile
+    return total
+
+
+def accumulate(out: np.ndarray, pred: np.ndarray, y: int, x: int, window: np.ndarray) -> None:
+    """Add ``pred * window`` (both ``(T, T)`` float32) into ``out`` ``(H, W) float32`` at ``(y, x)``, in place."""
+    t_h, t_w = pred.shape
+    out[y : y + t_h, x : x + t_w] += pred * window
+
+
+def normalize_weights(out: np.ndarray, row_weight: np.ndarray, col_weight: np.ndarray, chunk: int = 512) -> None:
+    """Divide ``out`` ``(H, W)`` in place by ``outer(row_weight, col_weight)``, ``chunk`` rows at a time."""
+    for start in range(0, out.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        out[rows] /= row_weight[rows, None] * col_weight[None, :]
+
+
+def stitch(
+    preds: Iterable[np.ndarray],
+    height: int,
+    width: int,
+    halo: int,
+    blend: str = "gaussian",
+    multiple: int = 1,
+) -> np.ndarray:
+    """Blend ``(T, T)`` tile predictions, in ``tile_grid`` order, into ``(height, width) float32``."""
+    preds = [np.asarray(pred, np.float32) for pred in preds]
+    tile = preds[0].shape[0]
+    rows = axis_windows(height, tile, halo, blend, multiple)
+    cols = axis_windows(width, tile, halo, blend, multiple)
+    corners = [(row, col) for row in rows for col in cols]
+    out = np.zeros((height, width), np.float32)
+    for pred, ((y, wy), (x, wx)) in zip(preds, corners, strict=True):
+        accumulate(out, pred, y, x, np.outer(wy, wx))
+    normalize_weights(out, weight_sum_1d(height, rows), weight_sum_1d(width, cols))
+    return out
+
+
+def cut_tiles(image: np.ndarray, corners: Sequence[tuple[int, int]], tile: int) -> np.ndarray:
+    """``(N, tile, tile)`` copies of ``image`` ``(H, W)`` at ``corners`` (same dtype)."""
+    return np.stack([image[y : y + tile, x : x + tile] for y, x in corners])
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter); packs tiles of several images."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# Test-time augmentation over the dihedral group D4: k in 0..7 = (k // 4 flips) then (k % 4 quarter turns).
+DIHEDRAL = tuple(range(8))
+
+
+def dihedral(array: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
+    """Element ``k`` (0..7) of the 8 flips/rotations applied to the ``axes`` plane of ``array``."""
+    if k // 4:
+        array = np.flip(array, axis=axes[1])
+    return np.rot90(array, k % 4, axes=axes)
+
+
+def dihedral_inverse(array: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
+    """Undo ``dihedral(., k, axes)``: ``dihedral_inverse(dihedral(a, k), k) == a``."""
+    array = np.rot90(array, -(k % 4), axes=axes)
+    if k // 4:
+        array = np.flip(array, axis=axes[1])
+    return array

@@ -1,0 +1,128 @@
+"""Folder/file/glob/stack inference: outputs, resume, failures, name collisions, summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from runtime.batch import default_output, resolve_inputs, segment_paths
+from runtime.errors import InputError
+from runtime.io import read_image, read_pages
+from runtime.metadata import ModelInfo
+from runtime.preprocess import to_mask
+from runtime.segmenter import Segmenter
+from tests.runtime.test_providers import tiny_model
+
+META = ModelInfo(tile_size=64, halo=16, size_multiple=16).to_props()
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(tiny_model(metadata=META))
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, shape in enumerate([(64, 64), (50, 90), (100, 70)]):
+        Image.fromarray(rng.integers(0, 255, shape).astype(np.uint8)).save(root / f"s{i}.png")
+    return root
+
+
+def test_folder_run_writes_masks_probs_and_overlays(folder: Path, model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = segment_paths(folder, model, out, provider="cpu", save_prob=True, overlay=True)
+    assert (summary.files, summary.images, summary.skipped, summary.failures) == (3, 3, 0, [])
+    assert summary.provider == "cpu" and summary.compute_s > 0 and summary.images_per_s > 0
+    seg = Segmenter(model, "cpu")
+    for image_path in sorted(folder.iterdir()):
+        image = read_image(image_path)
+        prob = seg.predict(image)
+        mask = read_image(out / image_path.name)
+        np.testing.assert_array_equal(mask, to_mask(prob, 0.5))
+        np.testing.assert_allclose(tifffile.imread(out / "prob" / f"{image_path.stem}.tif"), prob, atol=1e-6)
+        overlay = np.asarray(Image.open(out / "overlay" / image_path.name))
+        assert overlay.shape == (*image.shape, 3)
+        membrane = mask == 0
+        assert (overlay[..., 0][membrane] >= overlay[..., 1][membrane]).all()
+    assert sorted(p.name for p in out.iterdir()) == ["overlay", "prob", "s0.png", "s1.png", "s2.png"]
+    assert set(summary.to_dict()) >= {"images_per_s", "compute_images_per_s", "provider"}
+
+
+def test_resume_skips_complete_outputs_and_overwrite_redoes_them(folder: Path, model: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    segment_paths(folder, model, out, provider="cpu")
+    (out / "s1.png").unlink()
+    again = segment_paths(folder, model, out, provider="cpu")
+    assert (again.images, again.skipped) == (1, 2)
+    assert (out / "s1.png").is_file()
+    more = segment_paths(folder, model, out, provider="cpu", save_prob=True)  # new output kind: not complete
+    assert more.images == 3
+    assert segment_paths(folder, model, out, provider="cpu", overwrite=True).images == 3
+
+
+def test_bad_file_is_reported_and_the_run_goes_on(folder: Path, model: Path, tmp_path: Path) -> None:
+    (folder / "bad.png").write_bytes(b"not a png")
+    lines: list[str] = []
+    summary = segment_paths(folder, model, tmp_path / "out", provider="cpu", on_error=lines.append)
+    assert summary.images == 3
+    assert summary.failures == lines == [f"{folder / 'bad.png'}: not a readable image (unknown or corrupt format)"]
+
+
+def test_same_stem_twice_is_an_error_for_the_second(folder: Path, model: Path, tmp_path: Path) -> None:
+    tifffile.imwrite(folder / "s0.tif", np.zeros((32, 32), np.uint8))
+    summary = segment_paths(folder, model, tmp_path / "out", provider="cpu")
+    assert summary.images == 3
+    assert summary.failures == [
+        f"{folder / 's0.tif'}: same name as {folder / 's0.png'}; its outputs would collide "
+        "(rename one, or run them separately)"
+    ]
+
+
+def test_output_folder_equal_to_input_folder_is_refused(folder: Path, model: Path) -> None:
+    with pytest.raises(InputError, match="would overwrite an input; choose another --output"):
+        segment_paths(folder, model, folder, provider="cpu")
+
+
+def test_tiff_stack_in_stack_out(tmp_path: Path, model: Path) -> None:
+    stack = np.random.default_rng(1).integers(0, 255, (5, 40, 60)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "vol.tif", stack)
+    summary = segment_paths(tmp_path / "vol.tif", model, tmp_path / "out", provider="cpu", save_prob=True)
+    assert (summary.files, summary.images) == (1, 5)
+    masks = read_pages(tmp_path / "out" / "vol.tif")
+    probs = read_pages(tmp_path / "out" / "prob" / "vol.tif")
+    seg = Segmenter(model, "cpu")
+    assert len(masks) == len(probs) == 5
+    for page, mask in zip(stack, masks, strict=True):
+        np.testing.assert_array_equal(mask, to_mask(seg.predict(page)))
+
+
+def test_resolve_inputs(folder: Path) -> None:
+    assert [p.name for p in resolve_inputs(folder)] == ["s0.png", "s1.png", "s2.png"]
+    assert resolve_inputs(folder / "s1.png") == [folder / "s1.png"]
+    assert [p.name for p in resolve_inputs(f"{folder}/s[01].png")] == ["s0.png", "s1.png"]
+    with pytest.raises(InputError, match=r"nope: no such file or folder"):
+        resolve_inputs(folder / "nope")
+    with pytest.raises(InputError, match=r"\*.jpg: the pattern matches no PNG/JPEG/TIFF image"):
+        resolve_inputs(f"{folder}/*.jpg")
+
+
+def test_default_output(folder: Path) -> None:
+    assert default_output(folder) == Path("runs/infer/images")
+    assert default_output(folder / "s1.png") == Path("runs/infer/s1")
+    assert default_output(f"{folder}/*.png") == Path("runs/infer/images")
+
+
+def test_missing_input_writes_nothing(tmp_path: Path, model: Path) -> None:
+    with pytest.raises(InputError):
+        segment_paths(tmp_path / "missing", model, tmp_path / "out", provider="cpu")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,142 @@
+"""Pure tiling functions: padding, grids, windows, stitching round trips, dihedral TTA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime import tiling
+
+
+@pytest.mark.parametrize(
+    ("field", "tile", "expected"),
+    [(215, 512, 112), (95, 512, 48), (0, 512, 64), (1000, 512, 128), (215, 128, 32), (215, 32, 0)],
+)
+def test_recommended_halo(field: int, tile: int, expected: int) -> None:
+    assert tiling.recommended_halo(field, tile) == expected
+
+
+@pytest.mark.parametrize(("length", "tile", "multiple", "expected"), [(100, 512, 16, 512), (1000, 512, 16, 1008),
+                                                                        (1024, 512, 16, 1024), (33, 0, 16, 48)])
+def test_padded_length(length: int, tile: int, multiple: int, expected: int) -> None:
+    assert tiling.padded_length(length, tile, multiple) == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 3), (40, 70)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_reflect_pad_keeps_the_image_and_mirrors_it(
+    shape: tuple[int, int], dtype: type, rng: np.random.Generator
+) -> None:
+    image = (rng.random(shape) * 200).astype(dtype)
+    padded = tiling.reflect_pad(image, 64, 80)
+    assert padded.shape == (64, 80) and padded.dtype == image.dtype
+    np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
+    if min(shape) > 1 and shape[1] + 1 < 80:
+        np.testing.assert_array_equal(padded[: shape[0], shape[1]], image[:, shape[1] - 2])
+
+
+def test_reflect_pad_without_padding_is_no_copy(rng: np.random.Generator) -> None:
+    image = rng.random((16, 16))
+    assert tiling.reflect_pad(image, 16, 16) is image
+    with pytest.raises(ValueError, match="cannot pad"):
+        tiling.reflect_pad(image, 8, 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    length_tiles=st.integers(1, 6),
+    extra=st.integers(0, 15),
+    tile_units=st.integers(2, 8),
+    halo_units=st.integers(0, 3),
+)
+def test_tile_starts_cover_every_pixel_with_a_core(length_tiles: int, extra: int, tile_units: int,
+                                                   halo_units: int) -> None:
+    multiple = 16
+    tile = tile_units * multiple
+    halo = min(halo_units * 8, (tile - multiple) // 2)
+    length = tile * length_tiles + extra * multiple
+    starts = tiling.tile_starts(length, tile, halo, multiple)
+    assert starts[0] == 0 and starts[-1] == length - tile
+    assert all(s % multiple == 0 for s in starts)
+    assert starts == sorted(set(starts))
+    covered = np.zeros(length, bool)  # pixels >= halo inside a tile, or on the image border side
+    for s in starts:
+        lo = s if s == 0 else s + halo
+        hi = s + tile if s + tile == length else s + tile - halo
+        covered[lo:hi] = True
+    assert covered.all()
+
+
+def test_tile_starts_rejects_bad_geometry() -> None:
+    with pytest.raises(ValueError, match="shorter than one tile"):
+        tiling.tile_starts(100, 128, 16)
+    with pytest.raises(ValueError, match="leaves no core"):
+        tiling.tile_starts(512, 128, 64)
+
+
+@pytest.mark.parametrize("blend", tiling.BLENDS)
+def test_window_shape(blend: str) -> None:
+    window = tiling.window_1d(64, 16, blend)
+    assert window.dtype == np.float32 and window.shape == (64,)
+    assert (window >= 0).all() and (window <= 1).all()
+    np.testing.assert_array_equal(window[16:48], 1.0)
+    np.testing.assert_array_equal(window, window[::-1])
+    assert window[0] < 1e-3 and np.all(np.diff(window[:16]) >= 0)
+    opened = tiling.window_1d(64, 16, blend, open_start=True)
+    np.testing.assert_array_equal(opened[:48], 1.0)
+    np.testing.assert_array_equal(tiling.window_1d(64, 0, blend), 1.0)
+    with pytest.raises(ValueError, match="unknown blend 'box'"):
+        tiling.window_1d(64, 16, "box")
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 200), (176, 96), (512, 288)])
+@pytest.mark.parametrize(("tile", "halo"), [(64, 16), (64, 0), (32, 8)])
+@pytest.mark.parametrize("blend", tiling.BLENDS)
+def test_tile_then_stitch_with_identity_model_returns_the_input(
+    shape: tuple[int, int], tile: int, halo: int, blend: str, rng: np.random.Generator
+) -> None:
+    image = rng.random(shape, dtype=np.float32)
+    corners = tiling.tile_grid(*shape, tile, halo, 16)
+    tiles = tiling.cut_tiles(image, corners, tile)
+    assert tiles.shape == (len(corners), tile, tile)
+    out = tiling.stitch(list(tiles), *shape, halo, blend, 16)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, image, rtol=2e-6, atol=0)
+
+
+def test_weight_sums_are_positive_everywhere() -> None:
+    for blend in tiling.BLENDS:
+        windows = tiling.axis_windows(400, 64, 24, blend, 16)
+        assert (tiling.weight_sum_1d(400, windows) > 0.5).all()
+
+
+def test_normalize_weights_in_chunks(rng: np.random.Generator) -> None:
+    out = rng.random((37, 11), dtype=np.float32)
+    rows, cols = rng.random(37, dtype=np.float32) + 0.5, rng.random(11, dtype=np.float32) + 0.5
+    expected = out / np.outer(rows, cols)
+    tiling.normalize_weights(out, rows, cols, chunk=5)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_batched_packs_across_sources() -> None:
+    assert list(tiling.batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(tiling.batched([], 3)) == []
+    with pytest.raises(ValueError):
+        list(tiling.batched(range(3), 0))
+
+
+@pytest.mark.parametrize("axes", [(-2, -1), (1, 2)])
+def test_dihedral_group_has_8_distinct_elements_with_inverses(axes: tuple[int, int], rng: np.random.Generator) -> None:
+    array = rng.random((2, 5, 5, 1)) if axes == (1, 2) else rng.random((5, 5))
+    images = [tiling.dihedral(array, k, axes) for k in tiling.DIHEDRAL]
+    assert len({im.tobytes() for im in images}) == 8
+    for k, image in zip(tiling.DIHEDRAL, images, strict=True):
+        np.testing.assert_array_equal(tiling.dihedral_inverse(image, k, axes), array)
+
+
+def test_dihedral_on_non_square_swaps_shape(rng: np.random.Generator) -> None:
+    array = rng.random((3, 7))
+    assert tiling.dihedral(array, 1).shape == (7, 3)
+    np.testing.assert_array_equal(tiling.dihedral_inverse(tiling.dihedral(array, 5), 5), array)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from toolkit.demo import make_mosaic, run_demo
+
+
+def test_mosaic_repeats_images_to_fill_the_grid(tmp_path: Path) -> None:
+    import numpy as np
+
+    from runtime.io import write_image
+
+    paths = []
+    for i in range(2):
+        write_image(tmp_path / f"{i}.png", np.full((4, 6), i * 100, np.uint8))
+        paths.append(tmp_path / f"{i}.png")
+    mosaic = make_mosaic(paths, grid=3)
+    assert mosaic.shape == (12, 18)
+    assert mosaic[0, 0] == 0 and mosaic[0, 6] == 100 and mosaic[0, 12] == 0 and mosaic[4, 0] == 100
+
+
+@pytest.mark.slow
+def test_demo_on_a_tiny_budget_writes_a_complete_report(tmp_path: Path) -> None:
+    lines: list[str] = []
+    report = run_demo(tmp_path / "demo", budget_s=8, width=4, say=lines.append, progress=False, synth=(8, 256))
+    stages = [line.split(":")[0] for line in lines]
+    assert stages[:2] == ["data", "train"] and "export" in stages and "evaluate (test, 2 held-out slices)" in stages
+    assert report.numbers["export"]["passed"] is True
+    assert report.numbers["infer"]["images"] == 1
+    text = (tmp_path / "demo" / "report.md").read_text()
+    assert "max_abs_diff" in text and "v_rand" in text
+    for figure in report.figures:
+        assert figure.is_file(), figure
+        with Image.open(figure) as img:
+            assert img.format == "PNG"
+    again: list[str] = []
+    run_demo(tmp_path / "demo", budget_s=8, width=4, say=again.append, progress=False, synth=(8, 256))
+    assert again[0].startswith("data: reusing synthetic slices")

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.helpers import make_dataset
+from toolkit.cli import app
+from toolkit.evaluate import SCORE_ROWS, evaluate, select_split
+
+runner = CliRunner()
+
+
+def test_select_split_val_matches_training_split(tmp_path: Path) -> None:
+    from train.data import load_split, split_by_slice
+
+    make_dataset(tmp_path, n=10, size=16)
+    expected = split_by_slice(load_split(tmp_path), 0.2, 0)[1]
+    assert [s.name for s in select_split(tmp_path, "val", 0.2, 0)] == [s.name for s in expected]
+    assert len(select_split(tmp_path, "train", 0.2, 0)) == 8
+
+
+def test_unlabelled_test_split_says_so(tmp_path: Path) -> None:
+    make_dataset(tmp_path, n=2, size=16, split="test")
+    for path in (tmp_path / "test/label").iterdir():
+        path.unlink()
+    (tmp_path / "test/label").rmdir()
+    make_dataset(tmp_path, n=2, size=16)
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "test/image/00.png"), "--data",
+                                 str(tmp_path), "--split", "test"])
+    assert result.exit_code == 2
+    assert "the test split has no labels, so it cannot be scored" in result.output
+
+
+def test_missing_model_and_bad_split(tmp_path: Path) -> None:
+    make_dataset(tmp_path, n=2, size=16)
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "m.onnx: model not found" in result.output
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path),
+                                 "--split", "dev"])
+    assert result.exit_code == 2 and "--split 'dev': choose one of val, test, train" in result.output
+
+
+@pytest.mark.slow
+def test_keras_and_onnx_agree_and_figures_exist(trained_run: Path, exported_model: Path, isbi_dir: Path,
+                                                tmp_path: Path) -> None:
+    keras_report = evaluate(trained_run / "model.keras", isbi_dir, "val")
+    onnx_report = evaluate(exported_model, isbi_dir, "val", figures=tmp_path / "fig")
+    assert keras_report.slice_names == onnx_report.slice_names and len(onnx_report.slice_names) == 5
+    for key, _ in SCORE_ROWS:
+        assert abs(keras_report.scores[key] - onnx_report.scores[key]) <= 1e-4, key
+    assert 0.0 < onnx_report.scores["v_rand"] <= 1.0 and 0.0 < onnx_report.scores["membrane_f1"] <= 1.0
+    for path in onnx_report.figures:
+        with Image.open(path) as img:
+            assert img.format == "PNG" and min(img.size) > 100
+
+
+@pytest.mark.slow
+def test_cli_prints_all_scores_and_json(exported_model: Path, isbi_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--model", str(exported_model), "--data", str(isbi_dir),
+                                 "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    for _, label in SCORE_ROWS:
+        assert label[:20] in result.output
+    scores = json.loads((tmp_path / "s.json").read_text())["scores"]
+    assert np.isclose(scores["membrane_f1"], scores["membrane_f1"]) and len(scores["v_rand_curve"]) == 11

@@ -1,0 +1,49 @@
+"""``seg evaluate``: a thin layer over ``toolkit.evaluate.evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolkit.console import command, console
+
+Opt = typer.Option
+
+
+@command
+def evaluate_command(
+    model: Annotated[Path, Opt("--model", help="A .onnx (run through the runtime, tiled) or .keras model.")],
+    data: Annotated[Path, Opt("--data", help="Dataset folder in the seed layout (or ISBI stacks).")],
+    split: Annotated[str, Opt("--split", help="val (slices held out by training), test or train.")] = "val",
+    figures: Annotated[Path | None, Opt("--figures", help="Write figures (PNG) into this folder.")] = None,
+    json_out: Annotated[Path | None, Opt("--json", help="Write all scores as JSON to this file.")] = None,
+    provider: Annotated[str, Opt("--provider", help="For ONNX models: cpu, cuda or auto.")] = "cpu",
+    val: Annotated[float, Opt("--val", help="Validation fraction used by training (for --split val).")] = 0.2,
+    seed: Annotated[int, Opt("--seed", help="Seed used by training's split (for --split val).")] = 0,
+    threshold: Annotated[float, Opt("--threshold", help="Threshold for the pixel scores.")] = 0.5,
+) -> None:
+    """Score a model with the seed's MSE and the ISBI 2012 scores (V_rand, V_info after thinning)."""
+    from rich.table import Table
+
+    from runtime.atomic import write_json_atomic
+    from toolkit.evaluate import SCORE_ROWS, evaluate
+
+    report = evaluate(model, data, split, figures=figures, provider=provider, val=val, seed=seed,
+                      threshold=threshold)
+    table = Table(title=f"{model.name} on {split} ({len(report.slice_names)} slices, {report.engine})")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    for key, label in SCORE_ROWS:
+        table.add_row(label, f"{report.scores[key]:.4f}")
+    console.print(table)
+    if json_out:
+        write_json_atomic(json_out, report.to_dict())
+        console.print(f"scores written to {json_out}")
+    for path in report.figures:
+        console.print(f"figure: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_command)

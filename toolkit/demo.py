@@ -1,0 +1,157 @@
+"""``run_demo``: the whole toolkit on one page — data, training, export with parity, tiled inference on a
+large mosaic, evaluation, figures and ``report.md`` — with no dataset needed (it synthesises one).
+
+Each stage reuses what an interrupted earlier demo left complete in ``out`` (data, run, model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.atomic import write_text_atomic
+from runtime.io import list_images, read_image, write_image
+from train import runs
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class DemoReport:
+    """Numbers from every stage, as written into ``report.md``."""
+
+    out: Path
+    data: Path
+    numbers: dict[str, Any] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+
+
+def run_demo(out: Path = Path("runs/demo"), data: Path | None = None, budget_s: float = 240.0, seed: int = 0,
+             width: int = 8, say: Say = print, progress: bool = True, synth: tuple[int, int] = (30, 512),
+             ) -> DemoReport:
+    """Run every stage into ``out`` and return the report; ``budget_s`` bounds the training time.
+    ``synth`` = (number of slices, size) of the synthetic data made when ``data`` is None."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = DemoReport(out, _data_stage(out, data, seed, say, synth))
+    run_dir = _train_stage(report, budget_s, seed, width, say, progress)
+    model = _export_stage(report, run_dir, say)
+    _infer_stage(report, model, say)
+    _evaluate_stage(report, model, say)
+    write_text_atomic(out / "report.md", render_report(report))
+    say(f"report: {out / 'report.md'}")
+    return report
+
+
+def _data_stage(out: Path, data: Path | None, seed: int, say: Say, synth: tuple[int, int]) -> Path:
+    if data is not None:
+        say(f"data: using {data}")
+        return data
+    target = out / "data"
+    if (target / "train" / "image").is_dir():
+        say(f"data: reusing synthetic slices in {target}")
+        return target
+    from toolkit.synth import synthesize
+
+    summary = synthesize(target, n=synth[0], size=synth[1], seed=seed)
+    say(f"data: {summary.n_train} train + {summary.n_test} test synthetic slices in {target} "
+        f"({summary.seconds:.1f}s)")
+    return target
+
+
+def _train_stage(report: DemoReport, budget_s: float, seed: int, width: int, say: Say, progress: bool) -> Path:
+    import train
+    from train.models import ModelSpec
+
+    run_dir = report.out / "runs" / "demo"
+    if (run_dir / runs.LAST_MODEL).is_file():
+        result = train.resume(run_dir, progress=progress)
+    else:
+        config = train.TrainConfig(data=str(report.data), model=ModelSpec("unet", width, 4), time_budget=budget_s,
+                                   seed=seed, runs_root=str(run_dir.parent), name=run_dir.name)
+        result = train.fit(config, progress=progress)
+    from toolkit.run_figures import write_run_figures
+
+    report.figures += write_run_figures(result.run_dir)
+    report.numbers["train"] = {"epochs": result.epochs, "best_epoch": result.best_epoch, "device": result.device,
+                               "val_mse": result.val_mse, "val_f1": result.val_f1, "crops_per_s": result.crops_per_s}
+    say(f"train: {result.epochs} epochs on {result.device} in <= {budget_s:.0f}s, "
+        f"val membrane F1 {result.val_f1:.3f} (best epoch {result.best_epoch})")
+    return result.run_dir
+
+
+def _export_stage(report: DemoReport, run_dir: Path, say: Say) -> Path:
+    from export import to_onnx
+
+    model = report.out / "model.onnx"
+    result = to_onnx(run_dir, model)
+    parity = result.parity
+    report.numbers["export"] = {"max_abs_diff": parity.max_abs_diff, "mean_abs_diff": parity.mean_abs_diff,
+                                "mask_agreement": parity.mask_agreement, "passed": parity.passed,
+                                "size_bytes": result.size_bytes}
+    say(f"export: {model} ({result.size_bytes / 1e6:.1f} MB), parity passed: max |d| {parity.max_abs_diff:.1e}, "
+        f"mask agreement {parity.mask_agreement:.4%}")
+    return model
+
+
+def make_mosaic(images: list[Path], grid: int = 3) -> np.ndarray:
+    """A ``(grid*H, grid*W)`` uint8 mosaic of the first ``grid**2`` images (repeated when fewer)."""
+    tiles = [read_image(images[i % len(images)]) for i in range(grid * grid)]
+    rows = [np.concatenate(tiles[r * grid:(r + 1) * grid], axis=1) for r in range(grid)]
+    return np.concatenate(rows, axis=0)
+
+
+def _infer_stage(report: DemoReport, model: Path, say: Say) -> None:
+    from runtime.batch import segment_paths
+
+    folder = report.data / "test" / "image"
+    sources = list_images(folder if folder.is_dir() else report.data / "train" / "image")
+    mosaic_dir = report.out / "mosaic"
+    mosaic_dir.mkdir(exist_ok=True)
+    write_image(mosaic_dir / "mosaic.png", make_mosaic(sources))
+    summary = segment_paths(mosaic_dir / "mosaic.png", model, report.out / "masks", provider="auto",
+                            overlay=True, overwrite=True)
+    report.numbers["infer"] = {"images": summary.images, "provider": summary.provider,
+                               "seconds": summary.seconds}
+    report.figures += sorted((report.out / "masks").glob("*overlay*"))
+    height, width = read_image(mosaic_dir / "mosaic.png").shape
+    say(f"infer: {width}x{height} mosaic tiled on {summary.provider} in {summary.seconds:.1f}s "
+        f"-> {report.out / 'masks'}")
+
+
+def _evaluate_stage(report: DemoReport, model: Path, say: Say) -> None:
+    from toolkit.evaluate import evaluate
+
+    has_test_labels = (report.data / "test" / "label").is_dir()
+    split = "test" if has_test_labels else "val"
+    result = evaluate(model, report.data, split, figures=report.out / "figures")
+    report.figures += [Path(p) for p in result.figures]
+    report.numbers["evaluate"] = {"split": split, "slices": len(result.slice_names),
+                                  **{k: result.scores[k] for k in ("mse", "pixel_error", "membrane_f1",
+                                                                   "membrane_iou", "v_rand", "v_info")}}
+    scores = result.scores
+    say(f"evaluate ({split}, {len(result.slice_names)} held-out slices): membrane F1 {scores['membrane_f1']:.3f}, "
+        f"V_rand {scores['v_rand']:.3f}, V_info {scores['v_info']:.3f}")
+
+
+def render_report(report: DemoReport) -> str:
+    """``report.md``: every number of every stage and links to the figures (relative to ``report.out``)."""
+    lines = ["# seg demo report", "", f"Data: `{report.data}`", ""]
+    for stage, numbers in report.numbers.items():
+        lines += [f"## {stage}", "", "| quantity | value |", "|---|---|"]
+        lines += [f"| {key} | {_fmt(value)} |" for key, value in numbers.items()]
+        lines.append("")
+    lines += ["## Figures", ""]
+    for path in report.figures:
+        relative = Path(path).resolve().relative_to(report.out.resolve())
+        lines.append(f"![{relative.stem}]({relative.as_posix()})")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)

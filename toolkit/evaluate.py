@@ -1,0 +1,133 @@
+"""``evaluate``: score a Keras or ONNX model on a labelled split with the seed's MSE and the ISBI 2012 scores.
+
+ONNX models run through ``runtime.Segmenter`` (tiled, as deployed); Keras models through Keras (whole
+images, reflect-padded to the size multiple). Both see the same normalised slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InputError
+from train import runs
+from train.data import Slice, load_split, split_by_slice
+
+SPLITS = ("val", "test", "train")
+SCORE_ROWS = (
+    ("mse", "MSE (seed metric)"),
+    ("pixel_error", "pixel error"),
+    ("membrane_f1", "membrane F1 (= Dice)"),
+    ("membrane_iou", "membrane IoU"),
+    ("v_rand", "V_rand (thinned, foreground-restricted)"),
+    ("v_info", "V_info (thinned, foreground-restricted)"),
+    ("v_rand_threshold", "best threshold for V_rand"),
+)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Scores (``toolkit.metrics.score_slices``) of ``model`` on ``split`` of ``data``."""
+
+    model: str
+    engine: str
+    data: str
+    split: str
+    slice_names: list[str]
+    scores: dict[str, Any]
+    figures: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | None = None, provider: str = "cpu",
+             val: float = 0.2, seed: int = 0, threshold: float = 0.5) -> EvalReport:
+    """Score ``model`` (``.onnx`` or ``.keras``) on ``split``: ``val`` is the slices held out by training
+    with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder)."""
+    from toolkit import metrics
+
+    model = Path(model)
+    if not model.is_file():
+        raise InputError(f"{model}: model not found; give a .onnx or .keras file")
+    slices = select_split(Path(data), split, *_split_options(model, val, seed))
+    probs, engine = predict_slices(model, [s.image for s in slices], provider)
+    labels = [s.label for s in slices]
+    scores = metrics.score_slices(probs, labels, threshold=threshold)
+    written = _figures(figures, model, slices, probs, threshold) if figures else []
+    return EvalReport(str(model), engine, str(data), split, [s.name for s in slices], scores, written)
+
+
+def _split_options(model: Path, val: float, seed: int) -> tuple[float, int]:
+    config = model.parent / runs.CONFIG
+    if model.suffix == ".keras" and config.is_file():
+        record = runs.read_json(config)["train"]
+        return float(record["val"]), int(record["seed"])
+    return val, seed
+
+
+def select_split(data: Path, split: str, val: float, seed: int) -> list[Slice]:
+    """The labelled slices of ``split``; a split without labels is an ``InputError`` that says so."""
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    if split == "test":
+        slices = load_split(data, "test", require_labels=False)
+        if any(s.label is None for s in slices):
+            raise InputError(f"{data / 'test' / 'label'}: the test split has no labels, so it cannot be scored; "
+                             "use --split val")
+        return slices
+    train_set, val_set = split_by_slice(load_split(data, "train"), val, seed)
+    chosen = val_set if split == "val" else train_set
+    if not chosen:
+        raise InputError(f"--split {split}: no slices (the validation fraction is 0); use --split train")
+    return chosen
+
+
+def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu") -> tuple[list[np.ndarray], str]:
+    """Probabilities ``(H, W) float32 in [0, 1]`` for each image, and a label for the engine used."""
+    if model.suffix == ".onnx":
+        from runtime import Segmenter
+
+        segmenter = Segmenter(model, provider=provider)
+        return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)})"
+    if model.suffix == ".keras":
+        return keras_predict(model, images), "keras"
+    raise InputError(f"{model}: unknown model type {model.suffix!r}; give a .onnx or .keras file")
+
+
+def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Whole-image Keras predictions; images are reflect-padded to a multiple of 32 and cropped back."""
+    import keras
+
+    try:
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise InputError(f"{model_path}: not a loadable Keras model ({type(exc).__name__}: {exc})") from None
+    out = []
+    for image in images:
+        height, width = image.shape
+        padded = np.pad(image, ((0, -height % 32), (0, -width % 32)), mode="reflect")
+        prob = np.asarray(model(padded[None, :, :, None], training=False), np.float32)[0, :height, :width, 0]
+        out.append(prob)
+    return out
+
+
+def _figures(folder: Path, model: Path, slices: list[Slice], probs: list[np.ndarray], threshold: float) -> list[str]:
+    from toolkit import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    first, prob = slices[0], probs[0]
+    paths = [
+        plots.plot_image_and_label(first.image, first.label, folder / "image_label.png", title=first.source),
+        plots.plot_predictions([s.image for s in slices[:3]], [s.label for s in slices[:3]], probs[:3],
+                               folder / "predictions.png", threshold=threshold, title=model.name),
+        plots.plot_overlay(first.image, prob, folder / "overlay.png", threshold=threshold, title=first.source),
+        plots.plot_error_map(prob, first.label, folder / "error_map.png", threshold=threshold, title=first.source),
+    ]
+    history = model.parent / runs.HISTORY
+    if history.is_file():
+        paths.append(plots.plot_loss_curve(history, folder / "loss.png", title=model.parent.name))
+    return [str(p) for p in paths]
