@@ -16,12 +16,12 @@ Opt = typer.Option
 def train_command(
     data: Annotated[Path | None, Opt("--data", help="Dataset: DIR/train/{image,label} or ISBI stacks.")] = None,
     model: Annotated[str, Opt("--model", help="Architecture: unet (default) or cnn (the seed's plain CNN).")] = "unet",
-    width: Annotated[int | None, Opt("--width", help="Base filters (default: 16 for unet, 32 for cnn).")] = None,
+    width: Annotated[int | None, Opt("--width", help="Base filters (default: 8 for unet, 32 for cnn).")] = None,
     depth: Annotated[int, Opt("--depth", help="U-Net poolings (sizes: multiples of 2^depth).")] = 4,
     batch_norm: Annotated[bool, Opt("--batch-norm/--no-batch-norm", help="Batch normalisation in the U-Net.")] = True,
     loss: Annotated[str, Opt("--loss", help="mse (default, the seed's), bce, dice or bce-dice.")] = "mse",
     epochs: Annotated[int, Opt("--epochs", help="Maximum epochs (an epoch = --steps-per-epoch batches).")] = 1000,
-    steps_per_epoch: Annotated[int, Opt("--steps-per-epoch", help="Batches between validations/checkpoints.")] = 20,
+    steps_per_epoch: Annotated[int, Opt("--steps-per-epoch", help="Batches between validations/checkpoints.")] = 40,
     batch: Annotated[int, Opt("--batch", help="Crops per batch.")] = 8,
     crop: Annotated[int, Opt("--crop", help="Random crop size (a multiple of 2^depth).")] = 256,
     lr: Annotated[float, Opt("--lr", help="Peak Adam learning rate (warm-up, then cosine decay).")] = 3e-3,
@@ -44,7 +44,7 @@ def train_command(
     else:
         if data is None:
             raise typer.BadParameter("give --data DIR (or --resume RUN)", param_hint="--data")
-        spec = ModelSpec(kind=model, width=width or (16 if model == "unet" else 32), depth=depth,
+        spec = ModelSpec(kind=model, width=width or (8 if model == "unet" else 32), depth=depth,
                          batch_norm=batch_norm) if model in ("unet", "cnn") else _bad_model(model)
         config = train.TrainConfig(
             data=str(data), model=spec, loss=loss, epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch,

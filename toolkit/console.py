@@ -54,7 +54,7 @@ def command(fn: F) -> F:
                 raise
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; rerun the same command to resume", 130) from None
+            raise fail("interrupted; nothing half-written was left (rerun the same command to continue)", 130) from None
         except Exception as exc:
             if _state["debug"]:
                 raise

@@ -41,7 +41,7 @@ def dataset_stage(out: Path, overwrite: bool = False, splits: Sequence[str] = SP
     refused with ``InputError`` unless ``overwrite``.
     """
     out = Path(out)
-    _check_target(out, overwrite)
+    check_target(out, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}", dir=out.parent))
@@ -57,7 +57,7 @@ def dataset_stage(out: Path, overwrite: bool = False, splits: Sequence[str] = SP
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

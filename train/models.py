@@ -21,7 +21,7 @@ class ModelSpec:
     hidden conv layers (CNN)."""
 
     kind: str = "unet"
-    width: int = 16
+    width: int = 8
     depth: int = 4
     batch_norm: bool = True
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import write_json_atomic
+from runtime.atomic import remove_temporaries, write_json_atomic
 from runtime.errors import InputError
 from runtime.preprocess import DTYPE_RANGE
 from train import runs
@@ -32,7 +32,7 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     loss: str = "mse"
     epochs: int = 1000
-    steps_per_epoch: int = 20
+    steps_per_epoch: int = 40
     batch: int = 8
     crop: int = 256
     lr: float = 3e-3
@@ -88,23 +88,32 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train a new run from ``config``."""
     config.check()
     train_set, val_set = _load_data(config)
+    record = _config_record(config, train_set, val_set)  # imports TensorFlow: before the run folder exists
     run_dir = runs.new_run_dir(Path(config.runs_root), config.name)
-    write_json_atomic(run_dir / runs.CONFIG, _config_record(config, train_set, val_set))
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "elapsed_s": 0.0, "steps": 0}
-    return _run(config, run_dir, train_set, val_set, state, [], progress)
+    write_json_atomic(run_dir / runs.CONFIG, record)
+    return _run(config, run_dir, train_set, val_set, _fresh_state(), [], progress)
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "elapsed_s": 0.0, "steps": 0}
 
 
 def resume(run: str | Path, progress: bool = True, time_budget: float | None = None) -> TrainResult:
-    """Continue a run from its ``last.keras`` and ``state.json`` (e.g. after it was killed)."""
+    """Continue a run from its ``last.keras`` and ``state.json`` (e.g. after it was killed).
+
+    A run killed before its first epoch ended starts over from its config; temporaries a killed save
+    left in the run folder are deleted; history rows past the saved state are dropped (redone).
+    """
     run_dir = runs.resolve_run(run, Path(runs.RUNS_ROOT))
     record = runs.read_json(run_dir / runs.CONFIG)
     config = TrainConfig.from_dict(record["train"])
     if time_budget is not None:
         config.time_budget = time_budget
-    if not (run_dir / runs.LAST_MODEL).is_file():
-        raise InputError(f"{run_dir}: nothing to resume (no {runs.LAST_MODEL}); start a new run instead")
-    state = runs.read_json(run_dir / runs.STATE)
-    history = _read_history(run_dir / runs.HISTORY)
+    remove_temporaries(run_dir)
+    state, history = _fresh_state(), []
+    if (run_dir / runs.LAST_MODEL).is_file() and (run_dir / runs.STATE).is_file():
+        state = runs.read_json(run_dir / runs.STATE)
+        history = [row for row in _read_history(run_dir / runs.HISTORY) if row.get("epoch", 0) <= state["epoch"]]
     train_set, val_set = _load_data(config)
     return _run(config, run_dir, train_set, val_set, state, history, progress)
 
