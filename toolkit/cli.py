@@ -23,9 +23,9 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _register() -> None:
     """Attach every command module's commands to ``app``."""
-    from toolkit import cmd_data, cmd_demo, cmd_evaluate, cmd_export, cmd_infer, cmd_train
+    from toolkit import cmd_benchmark, cmd_data, cmd_demo, cmd_evaluate, cmd_export, cmd_infer, cmd_train
 
-    for module in (cmd_train, cmd_export, cmd_infer, cmd_evaluate, cmd_data, cmd_demo):
+    for module in (cmd_train, cmd_export, cmd_infer, cmd_evaluate, cmd_data, cmd_demo, cmd_benchmark):
         module.register(app)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console
+from toolkit.console import command, console, quiet_tensorflow
 
 Opt = typer.Option
 
@@ -22,6 +22,7 @@ def demo_command(
 ) -> None:
     """Train, export with parity, infer tiled on a large mosaic, evaluate, and write report.md — on synthetic
     data when no --data is given. Rerunning continues from what is already complete."""
+    quiet_tensorflow()
     from toolkit.demo import run_demo
 
     run_demo(out, data, budget, seed, width, say=lambda line: console.print(line, markup=False))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console
+from toolkit.console import command, console, quiet_tensorflow
 
 Opt = typer.Option
 
@@ -30,6 +30,8 @@ def evaluate_command(
     from runtime.atomic import write_json_atomic
     from toolkit.evaluate import SCORE_ROWS, evaluate
 
+    if model.suffix == ".keras":
+        quiet_tensorflow()
     report = evaluate(model, data, split, figures=figures, provider=provider, val=val, seed=seed,
                       threshold=threshold)
     table = Table(title=f"{model.name} on {split} ({len(report.slice_names)} slices, {report.engine})")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolkit.console import command, console
+from toolkit.console import command, console, quiet_tensorflow
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +32,8 @@ def export(
     """Export a trained Keras model to ONNX; fails (exit 1, nothing written) unless ONNX matches Keras."""
     from export import to_onnx
     from toolkit.runs import resolve_weights
+
+    quiet_tensorflow()
 
     report = to_onnx(resolve_weights(weights), out, data=data, opset=opset, atol=atol, fp16=fp16, int8=int8,
                      calib=calib)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console
+from toolkit.console import command, console, quiet_tensorflow
 
 Opt = typer.Option
 
@@ -36,6 +36,7 @@ def train_command(
     quiet: Annotated[bool, Opt("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a segmentation model and write runs/train/<name>/ (model.keras, config.json, history.csv, loss.png)."""
+    quiet_tensorflow()
     import train
     from train.models import ModelSpec
 
@@ -52,12 +53,12 @@ def train_command(
             amp=amp, name=name,
         )
         result = train.fit(config, progress=not quiet)
-    _write_figures(result.run_dir)
     console.print(
         f"run [bold]{result.run_dir}[/]: {result.epochs} epochs on {result.device} (stopped: {result.stopped}), "
         f"{result.crops_per_s:.1f} crops/s; best epoch {result.best_epoch}: "
         f"val MSE {result.val_mse:.4f}, val membrane F1 {result.val_f1:.4f}"
     )
+    _write_figures(result.run_dir)
 
 
 def _bad_model(model: str) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +22,26 @@ err_console = Console(stderr=True, highlight=False)
 _state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow (and probe its GPUs) with the native stderr silenced: TensorFlow's C++ start-up
+    lines (oneDNN notes, CUDA probing on machines without a GPU) ignore TF_CPP_MIN_LOG_LEVEL and would
+    drown the progress bar. Kept when ``--debug`` is on; a failing import still raises normally."""
+    if _state["debug"] or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def set_debug(enabled: bool) -> None:

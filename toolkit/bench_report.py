@@ -1,0 +1,160 @@
+"""What ``seg benchmark`` measured: one ``BenchRow`` per configuration, the ``BenchReport`` around them, the
+markdown table, the ratios (ORT vs Keras, variant vs FP32) and the INT8 verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from toolkit.bench_flops import CpuPeak
+
+LARGE_RSS_LIMIT_MB = 1536.0  # the acceptance's 1.5 GB for an 8192 x 8192 image
+COLUMNS = (
+    ("engine", "engine"), ("provider", "provider"), ("variant", "variant"), ("batch", "batch"),
+    ("compute_ips", "compute img/s"), ("e2e_ips", "end-to-end img/s"), ("p50_ms", "p50 ms (b=1)"),
+    ("p95_ms", "p95 ms (b=1)"), ("gflops", "GFLOP/s"), ("peak_fraction", "% FP32 peak"),
+    ("peak_rss_mb", "peak RSS MB"), ("size_mb", "model MB"), ("membrane_f1", "membrane F1"),
+    ("v_rand", "V_rand"), ("vs_fp32_compute", "x FP32 (compute)"), ("vs_keras_compute", "x Keras (compute)"),
+    ("vs_keras_e2e", "x Keras (end-to-end)"), ("status", "status"),
+)
+
+
+@dataclass
+class BenchRow:
+    """One measured (or failed) configuration. ``status`` is ``"ok"`` or why nothing was measured."""
+
+    engine: str
+    provider: str
+    variant: str
+    batch: int | None
+    status: str = "ok"
+    providers: list[str] = field(default_factory=list)
+    compute_ips: float | None = None
+    e2e_ips: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    gflops: float | None = None
+    peak_fraction: float | None = None
+    peak_rss_mb: float | None = None
+    size_mb: float | None = None
+    membrane_f1: float | None = None
+    v_rand: float | None = None
+    vs_fp32_compute: float | None = None
+    vs_keras_compute: float | None = None
+    vs_keras_e2e: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``run_benchmark`` measured, on the same images, in one run."""
+
+    model: str
+    machine: CpuPeak
+    gflop_per_image: float
+    flops_by_op: dict[str, float]
+    images: list[str]
+    accuracy_on: list[str]
+    settings: dict[str, Any]
+    rows: list[BenchRow] = field(default_factory=list)
+    large: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    profile_table: list[str] = field(default_factory=list)
+    int8_verdict: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["machine"] = self.machine.to_dict()
+        data["columns"] = [key for key, _ in COLUMNS]
+        return data
+
+    def table(self) -> str:
+        """The markdown table: one line per row, ``-`` where a value does not apply."""
+        lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
+                 "|" + "|".join("---:" if key not in ("engine", "provider", "variant", "status") else "---"
+                                for key, _ in COLUMNS) + "|"]
+        for row in self.rows:
+            lines.append("| " + " | ".join(_format(key, getattr(row, key)) for key, _ in COLUMNS) + " |")
+        return "\n".join(lines)
+
+    def summary(self) -> list[str]:
+        """Lines under the table: work per image, the peak and how it was estimated, large image, INT8."""
+        lines = [f"model: {self.model}; {self.gflop_per_image:.2f} GFLOP per 512x512 image "
+                 "(Conv/ConvTranspose/MatMul from the ONNX graph, 2 FLOP per multiply-add)",
+                 f"machine: {self.machine.model}; FP32 peak {self.machine.how}; {self.machine.int8_note}",
+                 f"images: {len(self.images)} for timing; accuracy on {len(self.accuracy_on) or 'no'} labelled slices"]
+        if self.large:
+            lines.append(large_line(self.large))
+        if self.int8_verdict:
+            lines.append(self.int8_verdict)
+        return lines
+
+
+def large_line(large: dict[str, Any]) -> str:
+    if "error" in large:
+        return f"large image: not measured ({large['error']})"
+    verdict = "within" if large["peak_rss_mb"] <= LARGE_RSS_LIMIT_MB else "OVER"
+    return (f"large image: {large['size']}x{large['size']} uint8 tiled ({large['tiles']} tiles of {large['tile']}, "
+            f"halo {large['halo']}) in {large['seconds']:.1f} s on {', '.join(large['providers'])}; peak RSS "
+            f"{large['peak_rss_mb']:.0f} MB ({verdict} the {LARGE_RSS_LIMIT_MB / 1024:.1f} GB budget; "
+            f"{large['rss_before_mb']:.0f} MB before the image)")
+
+
+def _format(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key == "peak_fraction":
+        return f"{value:.0%}"
+    if key.startswith("vs_"):
+        return f"{value:.2f}x"
+    if key in ("membrane_f1", "v_rand"):
+        return f"{value:.4f}"
+    if key in ("size_mb",):
+        return f"{value:.2f}"
+    if isinstance(value, float):
+        return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    return str(value).replace("|", "/")
+
+
+def add_ratios(rows: list[BenchRow]) -> None:
+    """Fill ``vs_fp32_compute`` (same engine/provider/batch) and ``vs_keras_*`` (same batch) in place."""
+    ok = [row for row in rows if row.ok]
+    fp32 = {(r.provider, r.batch): r for r in ok if r.engine == "onnxruntime" and r.variant == "fp32"}
+    keras = {r.batch: r for r in ok if r.engine == "keras"}
+    for row in ok:
+        if row.engine != "onnxruntime":
+            continue
+        base = fp32.get((row.provider, row.batch))
+        if base is not None and base.compute_ips and row.compute_ips:
+            row.vs_fp32_compute = row.compute_ips / base.compute_ips
+        other = keras.get(row.batch)
+        if other is not None and other.compute_ips and row.compute_ips:
+            row.vs_keras_compute = row.compute_ips / other.compute_ips
+        if other is not None and other.e2e_ips and row.e2e_ips:
+            row.vs_keras_e2e = row.e2e_ips / other.e2e_ips
+
+
+def int8_verdict(rows: list[BenchRow], max_delta: float = 0.01, min_speedup: float = 1.5) -> str:
+    """One line: is INT8 worth it on this CPU (speed at its best batch, accuracy within ``max_delta``)?"""
+    pairs = [(r, f) for r in rows if r.ok and r.variant == "int8" and r.provider == "cpu"
+             for f in rows if f.ok and f.variant == "fp32" and f.provider == "cpu" and f.batch == r.batch]
+    if not pairs:
+        return ""
+    best, base = max(pairs, key=lambda pair: pair[0].vs_fp32_compute or 0.0)
+    speed = best.vs_fp32_compute or 0.0
+    deltas = [abs(a - b) for a, b in ((best.membrane_f1, base.membrane_f1), (best.v_rand, base.v_rand))
+              if a is not None and b is not None]
+    accuracy = (f"|Δ membrane F1| {deltas[0]:.4f}, |Δ V_rand| {deltas[1]:.4f}" if len(deltas) == 2
+                else "accuracy unscored")
+    accurate = len(deltas) == 2 and max(deltas) <= max_delta
+    if speed >= min_speedup and accurate:
+        word = "RECOMMENDED on this CPU"
+    elif speed >= 1.0 and accurate:
+        word = f"faster but below the {min_speedup}x target on this CPU"
+    else:
+        word = "NOT recommended on this CPU (see the per-operator profile)"
+    return f"INT8 vs FP32 (CPU, compute-only, batch {best.batch}): {speed:.2f}x, {accuracy}: {word}"

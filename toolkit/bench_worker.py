@@ -1,0 +1,193 @@
+"""One benchmark configuration, measured in a fresh process so that its peak RSS is its own.
+
+``python -m toolkit.bench_worker SPEC.json RESULT.json`` reads a ``Spec`` (as JSON), measures it and writes
+a JSON dict: ``compute_ips`` / ``e2e_ips`` (images per second, median over repeats after one warm-up
+pass), ``latency_ms`` (p50/p95 of one image at batch 1), ``peak_rss_mb`` (``ru_maxrss`` of this process:
+interpreter, libraries, model and data included), ``providers`` (what really ran) and, for the large-image
+run, ``seconds``. Any ``SegError`` becomes ``{"error": "<one line>"}`` (the parent prints it in the row).
+
+Engines: ``onnx`` (``runtime.Segmenter`` + ``segment_paths``), ``keras`` (``model.predict``, the baseline a
+user would otherwise run) and ``large`` (one ``size x size`` uint8 image through the tiled ``Segmenter``).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import SegError
+
+
+@dataclass
+class Spec:
+    """What to measure. ``images``: input files (all the same size); ``labelled``: files to predict and save
+    as ``(N, H, W) float32`` probabilities in ``probs_out`` for scoring by the parent."""
+
+    engine: str
+    model: str
+    provider: str = "cpu"
+    batch: int = 1
+    images: list[str] = field(default_factory=list)
+    labelled: list[str] = field(default_factory=list)
+    probs_out: str = ""
+    repeats: int = 3
+    latency_runs: int = 0
+    threads: int | None = None
+    size: int = 0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def median_rate(run: Any, images: int, repeats: int) -> float:
+    """Images per second of ``run()`` (which processes ``images`` images): median of ``repeats`` after 1 warm-up."""
+    run()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return images / float(np.median(times))
+
+
+def prepared_batches(images: list[np.ndarray], tile: int, batch: int) -> list[np.ndarray]:
+    """``(H, W) float32`` images -> ``(B, tile, tile, 1) float32`` batches (reflect-padded/cropped to the tile)."""
+    from runtime.tiling import reflect_pad
+
+    tiles = []
+    for image in images:
+        size = (max(tile, image.shape[0]), max(tile, image.shape[1]))
+        tiles.append(reflect_pad(image, *size)[:tile, :tile])
+    stack = np.stack(tiles)[..., None].astype(np.float32)
+    return [np.ascontiguousarray(stack[i : i + batch]) for i in range(0, len(stack), batch)]
+
+
+def measure_onnx(spec: Spec) -> dict[str, Any]:
+    """Compute-only, end-to-end, latency and (optionally) probabilities of one ONNX model/provider/batch."""
+    from runtime import Segmenter, read_image, segment_paths
+    from runtime.preprocess import normalize
+
+    seg = Segmenter(spec.model, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
+    images = [normalize(read_image(p)) for p in spec.images]
+    tile = seg.tile_size or max(images[0].shape)
+    batches = prepared_batches(images, tile, spec.batch)
+    name, output = seg.session.get_inputs()[0].name, seg.session.get_outputs()[0].name
+
+    def compute() -> None:
+        for batch in batches:
+            seg.session.run([output], {name: batch})
+
+    result: dict[str, Any] = {"providers": seg.providers, "tile": tile}
+    result["compute_ips"] = median_rate(compute, len(images), spec.repeats)
+    with tempfile.TemporaryDirectory(prefix="seg-bench-") as folder:
+        source = _linked_inputs(spec.images, Path(folder) / "in")
+        run = lambda: segment_paths(source, segmenter=seg, output_dir=Path(folder) / "out", overwrite=True)  # noqa: E731
+        result["e2e_ips"] = median_rate(run, len(images), spec.repeats)
+    if spec.latency_runs:
+        single = Segmenter(spec.model, provider=spec.provider, batch_size=1, threads=spec.threads)
+        result["latency_ms"] = latency(lambda: single.predict(images[0]), spec.latency_runs)
+    if spec.labelled and spec.probs_out:
+        probs = seg.predict_batch([read_image(p) for p in spec.labelled])
+        np.save(spec.probs_out, np.stack(probs).astype(np.float32))
+    return result
+
+
+def latency(run: Any, runs: int) -> dict[str, float]:
+    """``{"p50", "p95"}`` milliseconds of ``run()`` over ``runs`` calls after one warm-up call."""
+    run()
+    times = []
+    for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
+
+
+def _linked_inputs(paths: list[str], folder: Path) -> Path:
+    """A folder of symlinks to ``paths`` (so ``segment_paths`` reads exactly these files, nothing copied)."""
+    folder.mkdir(parents=True)
+    for path in paths:
+        (folder / Path(path).name).symlink_to(Path(path).resolve())
+    return folder
+
+
+def measure_keras(spec: Spec) -> dict[str, Any]:
+    """Keras ``model.predict``: compute-only on prepared batches, end-to-end read -> predict -> write masks."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    from runtime import read_image, to_mask, write_image
+    from runtime.preprocess import normalize
+
+    try:
+        model = keras.models.load_model(spec.model, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise SegError(f"{spec.model}: not a loadable Keras model ({type(exc).__name__}: {exc})") from None
+    images = [normalize(read_image(p)) for p in spec.images]
+    stack = np.concatenate(prepared_batches(images, max(images[0].shape), len(images)))
+    result: dict[str, Any] = {"providers": ["keras"]}
+    result["compute_ips"] = median_rate(lambda: model.predict(stack, batch_size=spec.batch, verbose=0),
+                                        len(images), spec.repeats)
+    with tempfile.TemporaryDirectory(prefix="seg-bench-keras-") as folder:
+
+        def end_to_end() -> None:
+            pixels = np.stack([normalize(read_image(p)) for p in spec.images])[..., None]
+            probs = model.predict(pixels, batch_size=spec.batch, verbose=0)[..., 0]
+            for path, prob in zip(spec.images, probs, strict=True):
+                write_image(Path(folder) / f"{Path(path).stem}.png", to_mask(prob, 0.5))
+
+        result["e2e_ips"] = median_rate(end_to_end, len(images), spec.repeats)
+    if spec.labelled and spec.probs_out:
+        pixels = np.stack([normalize(read_image(p)) for p in spec.labelled])[..., None]
+        np.save(spec.probs_out, model.predict(pixels, batch_size=spec.batch, verbose=0)[..., 0].astype(np.float32))
+    return result
+
+
+def measure_large(spec: Spec) -> dict[str, Any]:
+    """One ``size x size`` uint8 image (a real slice tiled) through the tiled ``Segmenter``, then to a mask."""
+    from runtime import Segmenter, read_image, to_mask
+
+    seg = Segmenter(spec.model, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
+    before = peak_rss_mb()
+    slice_ = np.asarray(read_image(spec.images[0]))
+    slice_ = slice_ if slice_.dtype == np.uint8 else (slice_ / max(1, slice_.max()) * 255).astype(np.uint8)
+    reps = (-(-spec.size // slice_.shape[0]), -(-spec.size // slice_.shape[1]))
+    image = np.ascontiguousarray(np.tile(slice_, reps)[: spec.size, : spec.size])  # (S, S) uint8
+    start = time.perf_counter()
+    mask = to_mask(seg.predict(image), seg.info.threshold)
+    seconds = time.perf_counter() - start
+    return {"providers": seg.providers, "seconds": seconds, "size": spec.size, "tiles": seg.stats.tiles,
+            "mask_shape": list(mask.shape), "rss_before_mb": before, "tile": seg.tile_size, "halo": seg.halo}
+
+
+ENGINES = {"onnx": measure_onnx, "keras": measure_keras, "large": measure_large}
+
+
+def main(argv: list[str]) -> int:
+    """Measure the spec in ``argv[0]`` and write the result to ``argv[1]``; 0 even for reported errors."""
+    spec = Spec(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    try:
+        result = ENGINES[spec.engine](spec)
+    except SegError as exc:
+        result = {"error": str(exc)}
+    result["peak_rss_mb"] = peak_rss_mb()
+    from runtime.atomic import write_json_atomic
+
+    write_json_atomic(argv[1], result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

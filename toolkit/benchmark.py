@@ -1,0 +1,321 @@
+"""``run_benchmark``: every provider x variant x batch (and Keras) on the same images, in one run.
+
+Each configuration runs in a fresh ``python -m toolkit.bench_worker`` process (``toolkit.bench_worker``), so
+its peak RSS is its own and one configuration cannot warm caches or leak memory into the next; the parent
+only plans, scores accuracy (``toolkit.metrics.score_slices`` on the probabilities the workers save) and
+profiles FP32 against INT8 (``toolkit.bench_profile``). Work per image is counted from the ONNX graph and
+set against the CPU's estimated FP32 peak (``toolkit.bench_flops``).
+
+Images: ``data`` is a dataset (``DIR/train/image`` + ``DIR/train/label``: the first ``images`` slices are
+timed, the validation slices of ``seg train``'s default split (20 %, seed 0) are scored), an image folder
+(timed, not scored) or None (synthetic slices from ``toolkit.synth``, timed and scored against their labels).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.io import list_images, read_image
+from toolkit.bench_flops import achieved, count_flops, cpu_peak
+from toolkit.bench_report import BenchReport, BenchRow, add_ratios, int8_verdict
+from toolkit.bench_worker import Spec
+
+VARIANTS = ("fp32", "fp16", "int8")
+PROVIDERS = ("cpu", "cuda")
+CPU_FP16 = ("not recommended on CPU: onnxruntime's CPU provider has few FP16 kernels, so FP16 runs through "
+            "Casts and is slower than FP32; use FP16 on CUDA (cpu_fp16=True measures it anyway)")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchImages:
+    """Files to time (``timing``), files to score (``labelled``) and their ``(H, W) float32`` 0/1 labels."""
+
+    timing: list[Path]
+    labelled: list[Path]
+    labels: list[np.ndarray]
+    source: str
+
+
+def run_benchmark(
+    model: str | Path,
+    *,
+    keras: str | Path | None = None,
+    data: str | Path | None = None,
+    providers: Sequence[str] = PROVIDERS,
+    variants: Sequence[str] = VARIANTS,
+    batches: Sequence[int] = (1, 4, 8),
+    images: int = 8,
+    repeats: int = 3,
+    latency_runs: int = 20,
+    large: int = 8192,
+    threads: int | None = None,
+    cpu_fp16: bool = False,
+    profile: bool = True,
+    timeout_s: float = 900.0,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Measure ``model`` (``.onnx``; its ``.fp16``/``.int8`` siblings for the variants) and optionally the Keras
+    model on the same images; ``large`` > 0 adds one ``large x large`` uint8 image through the tiled runtime.
+    Raises ``InputError`` (exit 2) for a missing model/keras file, bad data or bad options."""
+    model = _check_model(Path(model)).resolve()
+    keras_path = _check_keras(Path(keras)).resolve() if keras is not None else None
+    variants, providers, batches = _check_options(variants, providers, batches, images)
+    say = progress or (lambda _line: None)
+    with tempfile.TemporaryDirectory(prefix="seg-benchmark-") as folder:
+        work = Path(folder)
+        bench = bench_images(data, images, work)
+        flops = count_flops(model)
+        report = BenchReport(str(model), cpu_peak(), flops["total"] / 1e9, flops, [str(p) for p in bench.timing],
+                             [str(p) for p in bench.labelled], _settings(locals()))
+        runner = _Runner(work, bench, repeats, latency_runs, threads, timeout_s, say)
+        threshold = _threshold(model)
+        for provider in providers:
+            report.rows += runner.onnx_rows(model, provider, variants, batches, cpu_fp16, threshold)
+        if keras_path is not None:
+            report.rows += runner.keras_rows(keras_path, batches, threshold)
+        _add_compute_rates(report)
+        add_ratios(report.rows)
+        report.int8_verdict = int8_verdict(report.rows)
+        if large > 0:
+            report.large = runner.large(model, _working_provider(report.rows), large)
+        if profile and "int8" in variants and "cpu" in providers:
+            _profile(report, model, bench, say)
+    return report
+
+
+def variant_file(model: Path, variant: str) -> Path:
+    """``model.onnx`` for fp32, else its ``model.<variant>.onnx`` sibling (as ``seg export`` names them)."""
+    return model if variant == "fp32" else model.with_name(f"{model.stem}.{variant}{model.suffix}")
+
+
+def bench_images(data: str | Path | None, count: int, work: Path) -> BenchImages:
+    """The images of one benchmark run (see the module docstring); synthetic slices are written under ``work``."""
+    if data is None:
+        return _synthetic(count, work / "synthetic")
+    root = Path(data).resolve()
+    if (root / "train" / "image").is_dir():
+        return _dataset(root, count)
+    if root.is_dir():
+        files = list_images(root)
+        if not files:
+            raise InputError(f"{root}: no PNG/JPEG/TIFF images; pass --data with a dataset or image folder")
+        return BenchImages(_cycle(files, count), [], [], str(root))
+    raise InputError(f"{root}: no such folder; pass --data with a dataset (DIR/train/image) or an image folder")
+
+
+def _dataset(root: Path, count: int) -> BenchImages:
+    from train.data import load_split, split_by_slice
+
+    timing = _cycle(list_images(root / "train" / "image"), count)
+    if not (root / "train" / "label").is_dir():
+        return BenchImages(timing, [], [], str(root))
+    _, val = split_by_slice(load_split(root, "train"), 0.2, 0)
+    scored = [s for s in val if s.label is not None and Path(s.source).is_file()]
+    return BenchImages(timing, [Path(s.source) for s in scored], [s.label for s in scored], str(root))  # type: ignore[misc]
+
+
+def _synthetic(count: int, folder: Path) -> BenchImages:
+    from runtime.io import write_image
+    from runtime.preprocess import binarize_label
+    from toolkit.synth import synth_slice
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files, labels = [], []
+    for index in range(count):
+        image, label = synth_slice(rng, 512)
+        write_image(folder / f"{index:02d}.png", image)
+        files.append(folder / f"{index:02d}.png")
+        labels.append(binarize_label(label))
+    scored = min(count, 4)
+    return BenchImages(files, files[:scored], labels[:scored], "synthetic (toolkit.synth, seed 0)")
+
+
+def _cycle(files: list[Path], count: int) -> list[Path]:
+    return [files[i % len(files)] for i in range(count)]
+
+
+def _check_model(model: Path) -> Path:
+    if not model.is_file():
+        raise InputError(f"{model}: no such model file; export one with `seg export {model.name}`")
+    if model.suffix.lower() != ".onnx":
+        raise InputError(f"{model}: --model must be an .onnx file (pass the Keras model with --keras)")
+    return model
+
+
+def _check_keras(keras: Path) -> Path:
+    if not keras.is_file() or keras.suffix.lower() != ".keras":
+        raise InputError(f"{keras}: no such .keras file; pass a run's model.keras (e.g. runs/train/NAME/model.keras)")
+    return keras
+
+
+def _check_options(variants: Sequence[str], providers: Sequence[str], batches: Sequence[int],
+                   images: int) -> tuple[list[str], list[str], list[int]]:
+    for name in variants:
+        if name not in VARIANTS:
+            raise InputError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    for name in providers:
+        if name not in PROVIDERS:
+            raise InputError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
+    if not batches or min(batches) < 1:
+        raise InputError(f"batch sizes must be >= 1, got {list(batches)}")
+    if images < 1:
+        raise InputError(f"--images must be >= 1, got {images}")
+    return list(dict.fromkeys(variants)), list(dict.fromkeys(providers)), sorted(set(batches))
+
+
+def _settings(scope: dict[str, Any]) -> dict[str, Any]:
+    keys = ("providers", "variants", "batches", "images", "repeats", "latency_runs", "large", "threads", "cpu_fp16")
+    return {key: scope[key] for key in keys} | {"keras": str(scope["keras_path"]) if scope["keras_path"] else None,
+                                                "data": scope["bench"].source}
+
+
+def _threshold(model: Path) -> float:
+    import onnx
+
+    from runtime.metadata import ModelInfo
+
+    props = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    return ModelInfo.from_props(props, source=str(model)).threshold
+
+
+class _Runner:
+    """Spawns one worker per configuration and turns its JSON into ``BenchRow``s."""
+
+    def __init__(self, work: Path, bench: BenchImages, repeats: int, latency_runs: int, threads: int | None,
+                 timeout_s: float, say: Progress) -> None:
+        self.work, self.bench, self.repeats, self.latency_runs = work, bench, repeats, latency_runs
+        self.threads, self.timeout_s, self.say = threads, timeout_s, say
+        self._count = 0
+
+    def onnx_rows(self, model: Path, provider: str, variants: list[str], batches: list[int], cpu_fp16: bool,
+                  threshold: float) -> list[BenchRow]:
+        rows: list[BenchRow] = []
+        for variant in variants:
+            path = variant_file(model, variant)
+            if not path.is_file():
+                rows.append(BenchRow("onnxruntime", provider, variant, None,
+                                     f"not found: {path.name} (export it with `seg export {model.name} --{variant}`)"))
+                continue
+            if provider == "cpu" and variant == "fp16" and not cpu_fp16:
+                rows.append(BenchRow("onnxruntime", provider, variant, None, CPU_FP16))
+                continue
+            scored: tuple[float, float] | None = None
+            for index, batch in enumerate(batches):
+                row = self.measure("onnx", path, provider, variant, batch, first=index == 0, threshold=threshold)
+                row.size_mb = path.stat().st_size / 1e6
+                scored = (row.membrane_f1, row.v_rand) if index == 0 else scored  # type: ignore[assignment]
+                if scored is not None and index > 0 and row.ok:
+                    row.membrane_f1, row.v_rand = scored
+                rows.append(row)
+                if row.status.startswith("ProviderError"):
+                    row.status = row.status.removeprefix("ProviderError: ")
+                    row.batch, row.variant = None, "all"
+                    return [*rows[:-1], row] if rows[:-1] else [row]
+        return rows
+
+    def keras_rows(self, keras: Path, batches: list[int], threshold: float) -> list[BenchRow]:
+        rows = []
+        for index, batch in enumerate(batches):
+            row = self.measure("keras", keras, "cpu", "fp32", batch, first=index == 0, threshold=threshold)
+            row.engine, row.size_mb = "keras", keras.stat().st_size / 1e6
+            if index > 0 and rows and rows[0].ok:
+                row.membrane_f1, row.v_rand = rows[0].membrane_f1, rows[0].v_rand
+            rows.append(row)
+        return rows
+
+    def measure(self, engine: str, path: Path, provider: str, variant: str, batch: int, first: bool,
+                threshold: float) -> BenchRow:
+        """One worker run -> one row (accuracy and latency only for the ``first`` batch of a model)."""
+        probs = self.work / f"probs-{self._count}.npy"
+        spec = Spec(engine, str(path), provider, batch, [str(p) for p in self.bench.timing],
+                    [str(p) for p in self.bench.labelled] if first else [], str(probs), self.repeats,
+                    self.latency_runs if first and engine == "onnx" else 0, self.threads)
+        self.say(f"{engine} {provider} {variant} batch {batch}")
+        result = self.spawn(spec)
+        row = BenchRow("onnxruntime" if engine == "onnx" else engine, provider, variant, batch)
+        if "error" in result:
+            row.status = result["error"]
+            row.peak_rss_mb = result.get("peak_rss_mb")
+            return row
+        row.providers = result.get("providers", [])
+        row.compute_ips, row.e2e_ips, row.peak_rss_mb = result["compute_ips"], result["e2e_ips"], result["peak_rss_mb"]
+        if "latency_ms" in result:
+            row.p50_ms, row.p95_ms = result["latency_ms"]["p50"], result["latency_ms"]["p95"]
+        if first and probs.is_file() and self.bench.labels:
+            row.membrane_f1, row.v_rand = score(np.load(probs), self.bench.labels, threshold)
+        return row
+
+    def large(self, model: Path, provider: str | None, size: int) -> dict[str, Any]:
+        if provider is None:
+            return {"error": "no provider could load the model"}
+        spec = Spec("large", str(model), provider, 4, [str(self.bench.timing[0])], threads=self.threads, size=size)
+        self.say(f"large {size}x{size} on {provider}")
+        return self.spawn(spec)
+
+    def spawn(self, spec: Spec) -> dict[str, Any]:
+        """Run ``toolkit.bench_worker`` on ``spec`` in a fresh interpreter; its JSON result (or an error)."""
+        self._count += 1
+        spec_path, out_path = self.work / f"spec-{self._count}.json", self.work / f"result-{self._count}.json"
+        spec_path.write_text(json.dumps(asdict(spec)), encoding="utf-8")
+        command = [sys.executable, "-m", "toolkit.bench_worker", str(spec_path), str(out_path)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s,
+                                  cwd=Path(__file__).resolve().parents[1], check=False)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {self.timeout_s:.0f} s"}
+        if not out_path.is_file():
+            tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
+            return {"error": f"worker failed (exit {done.returncode}): {tail[0]}"}
+        return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def score(probs: np.ndarray, labels: list[np.ndarray], threshold: float) -> tuple[float, float]:
+    """``(membrane F1, V_rand)`` of ``(N, H, W) float32`` probabilities against ``labels``."""
+    from toolkit.metrics import score_slices
+
+    scores = score_slices(list(probs), labels, threshold=threshold)
+    return float(scores["membrane_f1"]), float(scores["v_rand"])  # type: ignore[arg-type]
+
+
+def _add_compute_rates(report: BenchReport) -> None:
+    for row in report.rows:
+        if row.ok and row.compute_ips:
+            row.gflops, fraction = achieved(report.gflop_per_image, row.compute_ips, report.machine)
+            row.peak_fraction = fraction if row.provider == "cpu" else None
+
+
+def _working_provider(rows: list[BenchRow]) -> str | None:
+    for row in rows:
+        if row.ok and row.engine == "onnxruntime" and row.variant == "fp32":
+            return row.provider
+    return None
+
+
+def _profile(report: BenchReport, model: Path, bench: BenchImages, say: Progress) -> None:
+    """Per-operator profile of FP32 and INT8 on the CPU at batch 4 (or fewer images), into ``report``."""
+    from runtime.preprocess import normalize
+    from toolkit.bench_profile import compare_table, profile_ops
+    from toolkit.bench_worker import prepared_batches
+
+    int8 = variant_file(model, "int8")
+    if not int8.is_file():
+        return
+    say("profile fp32 vs int8 (cpu)")
+    images = [normalize(read_image(p)) for p in bench.timing[:4]]
+    batch = prepared_batches(images, 512, len(images))[0]
+    fp32_ops = profile_ops(model, batch, runs=2, threads=report.settings["threads"])
+    int8_ops = profile_ops(int8, batch, runs=2, threads=report.settings["threads"])
+    report.profile = {"fp32": fp32_ops.to_dict(), "int8": int8_ops.to_dict()}
+    report.profile_table = compare_table(fp32_ops, int8_ops)
