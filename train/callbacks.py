@@ -19,18 +19,24 @@ from train.data import Slice
 
 
 class ValidationScores(keras.callbacks.Callback):
-    """Adds ``val_mse`` and ``val_f1`` (membrane F1 at 0.5) on the whole validation slices to the logs."""
+    """Adds ``val_loss`` (the training loss), ``val_mse`` and ``val_f1`` (membrane F1 at 0.5), each the mean
+    over the whole validation slices, to the logs."""
 
-    def __init__(self, slices: list[Slice]) -> None:
+    def __init__(self, slices: list[Slice], loss: Any) -> None:
         super().__init__()
-        self.slices = slices
+        self.slices, self.loss = slices, keras.losses.get(loss)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None or not self.slices:
             return
-        probs = [self._predict(s.image) for s in self.slices]
-        logs["val_mse"] = float(np.mean([mse(p, s.label) for p, s in zip(probs, self.slices, strict=True)]))
-        logs["val_f1"] = float(np.mean([membrane_f1(p, s.label) for p, s in zip(probs, self.slices, strict=True)]))
+        pairs = [(self._predict(s.image), s.label) for s in self.slices]
+        logs["val_loss"] = float(np.mean([self._loss(prob, label) for prob, label in pairs]))
+        logs["val_mse"] = float(np.mean([mse(prob, label) for prob, label in pairs]))
+        logs["val_f1"] = float(np.mean([membrane_f1(prob, label) for prob, label in pairs]))
+
+    def _loss(self, prob: np.ndarray, label: np.ndarray) -> float:
+        value = self.loss(label[None, :, :, None], prob[None, :, :, None])
+        return float(np.mean(keras.ops.convert_to_numpy(value)))
 
     def _predict(self, image: np.ndarray) -> np.ndarray:
         out = self.model(image[None, :, :, None], training=False)

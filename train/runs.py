@@ -4,10 +4,12 @@ config.json, history.csv and figures. Later commands default to the newest run."
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic import is_temporary
 from runtime.errors import InputError
 
 RUNS_ROOT = Path("runs/train")
@@ -21,6 +23,8 @@ def new_run_dir(root: Path, name: str | None) -> Path:
     if "/" in base or base in ("", ".", ".."):
         raise InputError(f"--name {base!r}: use a plain folder name without '/'")
     candidate, suffix = root / base, 1
+    if name and _abandoned(candidate):  # killed between creating the folder and writing its config
+        shutil.rmtree(candidate)
     while candidate.exists():
         if name:
             raise InputError(f"{candidate}: run already exists; pick another --name or --resume it")
@@ -28,6 +32,11 @@ def new_run_dir(root: Path, name: str | None) -> Path:
         candidate = root / f"{base}-{suffix}"
     candidate.mkdir(parents=True)
     return candidate
+
+
+def _abandoned(folder: Path) -> bool:
+    """A run folder without ``config.json`` that holds nothing but temporaries of atomic writes."""
+    return folder.is_dir() and not (folder / CONFIG).exists() and all(is_temporary(p) for p in folder.iterdir())
 
 
 def newest_run(root: Path = RUNS_ROOT) -> Path:

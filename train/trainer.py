@@ -223,6 +223,7 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
     import keras
 
     from train.callbacks import Checkpoints, RichProgress, ScheduleAndBudget, ValidationScores
+    from train.losses import get_loss
 
     device = _setup_device(config)
     keras.utils.set_random_seed(config.seed + int(state["epoch"]))
@@ -230,7 +231,7 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
     state["_started"] = time.monotonic()
     total_steps = config.epochs * config.steps_per_epoch
     schedule = ScheduleAndBudget(config.lr, total_steps, config.time_budget, state)
-    callbacks = [schedule, ValidationScores(val_set), Checkpoints(run_dir, state, history)]
+    callbacks = [schedule, ValidationScores(val_set, get_loss(config.loss)), Checkpoints(run_dir, state, history)]
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_f1", mode="max", patience=config.patience))
     if progress:

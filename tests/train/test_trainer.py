@@ -37,6 +37,8 @@ def test_loss_falls_and_run_folder_is_complete(isbi_dir: Path, tmp_path: Path) -
     assert config["model"]["receptive_field"] == ModelSpec("unet", 4, 2).receptive_field
     assert len(config["data"]["val_slices"]) == 5 and len(config["data"]["train_slices"]) == 20
     assert 0.0 <= result.val_f1 <= 1.0 and result.stopped == "epochs"
+    for row in rows:  # with the MSE loss, the validation loss is the validation MSE
+        assert float(row["val_loss"]) == pytest.approx(float(row["val_mse"]), rel=1e-4)
     best = max(float(r["val_f1"]) for r in rows)
     assert result.val_f1 == pytest.approx(best)
 
