@@ -116,7 +116,7 @@ def _infer_stage(report: DemoReport, model: Path, say: Say) -> None:
                             overlay=True, overwrite=True)
     report.numbers["infer"] = {"images": summary.images, "provider": summary.provider,
                                "seconds": summary.seconds}
-    report.figures += sorted((report.out / "masks").glob("*overlay*"))
+    report.figures += sorted((report.out / "masks" / "overlay").glob("*.png"))
     height, width = read_image(mosaic_dir / "mosaic.png").shape
     say(f"infer: {width}x{height} mosaic tiled on {summary.provider} in {summary.seconds:.1f}s "
         f"-> {report.out / 'masks'}")
