@@ -122,30 +122,29 @@ class ScheduleAndBudget(keras.callbacks.Callback):
 
 
 class RichProgress(keras.callbacks.Callback):
-    """One rich progress bar over all steps, showing loss and the latest validation scores."""
+    """One rich progress bar over the run — by steps, or by time when a time budget ends it sooner —
+    showing the step count, loss and the latest validation scores."""
 
-    def __init__(self, total_steps: int, done_steps: int, budget_s: float | None) -> None:
+    def __init__(self, schedule: ScheduleAndBudget) -> None:
         super().__init__()
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[scores]}"),
+            TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[scores]}"),
             transient=False,
         )
-        self.total_steps, self.done_steps, self.budget_s = total_steps, done_steps, budget_s
+        self.schedule = schedule
         self.val_text = ""
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.progress.start()
-        budget = f" (time budget {self.budget_s:.0f}s)" if self.budget_s else ""
-        self.task = self.progress.add_task("train", total=self.total_steps, completed=self.done_steps,
-                                           scores=budget)
+        self.task = self.progress.add_task("train", total=1.0, completed=self.schedule.progress(), scores="")
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         loss = (logs or {}).get("loss")
-        text = f"loss {float(loss):.4f}" if loss is not None else ""
-        self.progress.update(self.task, advance=1, scores=f"{text} {self.val_text}")
+        text = f"step {self.schedule.step}" + (f" loss {float(loss):.4f}" if loss is not None else "")
+        self.progress.update(self.task, completed=self.schedule.progress(), scores=f"{text} {self.val_text}")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}

@@ -235,7 +235,7 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_f1", mode="max", patience=config.patience))
     if progress:
-        callbacks.append(RichProgress(total_steps, int(state.get("steps", 0)), config.time_budget))
+        callbacks.append(RichProgress(schedule))
     first_step, started = int(state.get("steps", 0)), time.monotonic()
     if state["epoch"] < config.epochs and not _budget_spent(config, state):
         model.fit(_make_batches(train_set, config, int(state["epoch"])), epochs=config.epochs,
