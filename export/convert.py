@@ -96,7 +96,12 @@ def _check_out(out: Path) -> Path:
         raise InputError(f"{out}: the output must end in .onnx, e.g. model.onnx")
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give a file name such as {out / 'model.onnx'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InputError(f"{out}: {out.parent} is a file, not a folder; choose another path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create its folder ({exc.strerror or exc}); choose another path") from None
     return out
 
 

@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from runtime.errors import InputError
 
 TMP_MARK = ".tmp-"
 
@@ -33,7 +35,10 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(final)
     folder = final.parent if str(final.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}{TMP_MARK}", suffix=final.suffix, dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}{TMP_MARK}", suffix=final.suffix, dir=folder)
+    except OSError as exc:  # missing folder, a file where a folder should be, read-only, disk full
+        raise InputError(f"{final}: cannot write here ({exc.strerror or exc}); choose another path") from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual permissions
@@ -45,6 +50,27 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def remove_temporaries(folder: str | os.PathLike[str], stems: Iterable[str] | None = None) -> list[Path]:
+    """Delete the stray temporaries a killed writer left directly in ``folder``; return what was removed.
+
+    ``stems``: only temporaries of these final names' stems (``.{stem}.tmp-*``), so that a run cleans up
+    after itself without touching files another live process may be writing. None: every temporary.
+    """
+    folder = Path(folder)
+    prefixes = None if stems is None else tuple(f".{stem}{TMP_MARK}" for stem in stems)
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            path = Path(entry.path)
+            if is_temporary(path) and entry.is_file(follow_symlinks=False) and (
+                prefixes is None or path.name.startswith(prefixes)
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def _umask() -> int:

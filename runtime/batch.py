@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from runtime.atomic import remove_temporaries
 from runtime.errors import InputError, SegError
 from runtime.io import TIFF_SUFFIXES, is_image_file, list_images, read_pages, write_pages
 from runtime.preprocess import normalize, overlay_rgb, to_mask
@@ -110,21 +111,46 @@ def segment_paths(
     the input or the model is unusable; per-file problems land in ``summary.failures``.
     """
     files = resolve_inputs(inputs)
+    single = Path(str(inputs)).is_file()  # one file is the main input: its failure is an InputError
     out_dir = Path(output_dir) if output_dir is not None else default_output(inputs)
+    _check_output_dir(out_dir)
     seg = segmenter or Segmenter(model, provider=provider, **segmenter_options)  # type: ignore[arg-type]
     items, failures = plan_outputs(files, out_dir, save_prob, overlay)
     summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
     todo = [item for item in items if overwrite or not item.complete()]
     summary.skipped = len(items) - len(todo)
-    for folder in {p.parent for item in todo for p in item.outputs()}:
-        folder.mkdir(parents=True, exist_ok=True)
+    _prepare_folders(items, todo)
     cut = seg.info.threshold if threshold is None else float(threshold)
-    report = _reporter(summary, on_error)
+    report = _reporter(summary, None if single else on_error)
     compute_before, start = seg.stats.compute_s, time.perf_counter()
     summary.images = _pipeline(seg, todo, cut, report, progress)
     summary.seconds = time.perf_counter() - start
     summary.compute_s = seg.stats.compute_s - compute_before
+    if single and summary.failures:
+        raise InputError(summary.failures[0])
     return summary
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """``InputError`` when ``out_dir`` exists but is not a folder (checked before any work is done)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder; give a folder for --output")
+
+
+def _prepare_folders(items: list[_Item], todo: list[_Item]) -> None:
+    """Create the output folders of ``todo`` and delete temporaries a killed earlier run left for ``items``."""
+    for folder in {p.parent for item in todo for p in item.outputs()}:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{folder}: cannot create the output folder ({exc.strerror or exc}); "
+                             "choose another --output") from None
+    stems: dict[Path, set[str]] = {}
+    for item in items:
+        for path in item.outputs():
+            stems.setdefault(path.parent, set()).add(path.stem)
+    for folder, names in stems.items():
+        remove_temporaries(folder, names)
 
 
 def resolve_inputs(inputs: str | os.PathLike[str]) -> list[Path]:
@@ -137,10 +163,16 @@ def resolve_inputs(inputs: str | os.PathLike[str]) -> list[Path]:
         return [path]
     if any(char in text for char in _GLOB_CHARS):
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        files = [p for p in matches if p.is_file() and is_image_file(p)]
+        files, seen = [], set()
+        for match in matches:  # a symlinked folder (or a link loop) can reach one file by many paths
+            if match.is_file() and is_image_file(match) and _real(match) not in seen:
+                seen.add(_real(match))
+                files.append(match)
         if not files:
             raise InputError(f"{text}: the pattern matches no PNG/JPEG/TIFF image")
         return files
+    if path.exists() or path.is_symlink():
+        raise InputError(f"{text}: not a regular file or folder (a FIFO, device or broken link); give images")
     raise InputError(f"{text}: no such file or folder")
 
 
@@ -158,7 +190,7 @@ def plan_outputs(
     files: list[Path], out_dir: Path, save_prob: bool, overlay: bool
 ) -> tuple[list[_Item], list[str]]:
     """One ``_Item`` per input whose output names are free; failures (one line each) for the rest."""
-    inputs = {f.resolve() for f in files}
+    inputs = {_real(f) for f in files}
     items, failures, owner = [], [], {}
     for source in files:
         stack = _is_stack(source)
@@ -173,24 +205,29 @@ def plan_outputs(
         if problem:
             failures.append(f"{source}: {problem}")
             continue
-        owner.update({p.resolve(): source for p in item.outputs()})
-        owner[out_dir.resolve() / source.stem] = source
+        owner.update({_real(p): source for p in item.outputs()})
+        owner[_real(out_dir) / source.stem] = source
         items.append(item)
     return items, failures
 
 
 def _name_problem(item: _Item, out_dir: Path, inputs: set[Path], owner: dict[Path, Path]) -> str | None:
-    root = out_dir.resolve()
+    root = _real(out_dir)
     taken = owner.get(root / item.source.stem)
     if taken is not None:
         return f"same name as {taken}; its outputs would collide (rename one, or run them separately)"
     for path in item.outputs():
-        resolved = path.resolve()
+        resolved = _real(path)
         if not resolved.is_relative_to(root):
             return f"output {path} would land outside {out_dir}"
         if resolved in inputs:
             raise InputError(f"{out_dir}: output {path} would overwrite an input; choose another --output")
     return None
+
+
+def _real(path: Path) -> Path:
+    """``path`` with symbolic links resolved; a link loop resolves as far as it can instead of raising."""
+    return Path(os.path.realpath(path))
 
 
 def _is_stack(path: Path) -> bool:

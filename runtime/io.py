@@ -35,12 +35,14 @@ def is_image_file(path: Path) -> bool:
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """Supported image files directly inside ``folder``, sorted by name.
 
-    Raises ``InputError`` when ``folder`` is missing, not a folder or holds no image.
+    Raises ``InputError`` when ``folder`` is missing, not a folder or holds no image. Broken or looping
+    symbolic links with an image suffix are listed (reading them names the problem); folders, FIFOs and
+    other non-files are not.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder (expected a folder of PNG/JPEG/TIFF images)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    files = sorted(p for p in folder.iterdir() if (p.is_file() or _dangling(p)) and is_image_file(p))
     if not files:
         raise InputError(f"{folder}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
     return files
@@ -67,11 +69,18 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return pages[0]
 
 
+def _dangling(path: Path) -> bool:
+    """True for a symbolic link whose target is missing or that loops (``exists()`` follows it and fails)."""
+    return path.is_symlink() and not path.exists()
+
+
 def _check_readable(path: Path) -> None:
+    if _dangling(path):
+        raise InputError(f"{path}: broken symbolic link (missing target or a link loop); fix or remove the link")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
-        raise InputError(f"{path}: not a file")
+        raise InputError(f"{path}: not a regular file (a folder, FIFO or device); give an image file")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied (not readable)")
     if path.stat().st_size == 0:
@@ -110,16 +119,31 @@ def _pillow_to_array(img: Image.Image, path: Path) -> np.ndarray:
 def _read_tiff_pages(path: Path) -> list[np.ndarray]:
     try:
         with tifffile.TiffFile(path) as tif:
+            _check_tiff_size(tif, path)
             series = tif.series
             if len(series) == 1 and series[0].ndim >= 3 and "S" not in series[0].axes[:1]:
                 stack = series[0].asarray()
                 return _split_stack(stack, series[0].axes)
             pages = [_page_array(page) for page in tif.pages]
+    except InputError:
+        raise
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise InputError(f"{path}: corrupt or unreadable TIFF ({type(exc).__name__}: {exc})") from None
     if not pages:
         raise InputError(f"{path}: corrupt or unreadable TIFF (no image pages found)")
     return pages
+
+
+def _check_tiff_size(tif: tifffile.TiffFile, path: Path) -> None:
+    """Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) applied to every TIFF page."""
+    limit = Image.MAX_IMAGE_PIXELS
+    for page in tif.pages:
+        height, width = int(page.imagelength), int(page.imagewidth)
+        if limit and height * width > 2 * limit:
+            raise InputError(
+                f"{path}: refused as a possible decompression bomb ({width}x{height} pixels, "
+                f"over twice Pillow's limit of {limit}); split or downsample the image"
+            )
 
 
 def _page_array(page: tifffile.TiffPage) -> np.ndarray:

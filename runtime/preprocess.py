@@ -68,8 +68,18 @@ def binarize_label(label: np.ndarray, name: str = "label") -> np.ndarray:
     """Label ``(H, W)`` of any dtype -> ``(H, W) float32`` with 1.0 = interior, 0.0 = membrane.
 
     Pixels at or above half of the normalised range count as interior (255 = interior in ISBI labels).
+    A label with more than two distinct values (a soft, JPEG or instance-id label) warns once per file.
     """
-    return (normalize(label, name=name) >= 0.5).astype(np.float32)
+    values = normalize(label, name=name)
+    distinct = np.unique(values[:: max(1, values.shape[0] // 256), :: max(1, values.shape[1] // 256)]).size
+    if distinct > 2:
+        warnings.warn(
+            f"{name}: label is not binary ({distinct}+ distinct values); binarized at half range "
+            "(>= 0.5 = interior); save labels as 0 (membrane) / 255 (interior)",
+            SegWarning,
+            stacklevel=2,
+        )
+    return (values >= 0.5).astype(np.float32)
 
 
 def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
