@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,45 +144,16 @@ def test_memory_stays_bounded_for_8192_squared() -> None:
 # -- acceptance: seam-free tiling on real ISBI slices with a (briefly) trained U-Net ---------------------
 
 
-@pytest.fixture(scope="session")
-def trained_unet(isbi_dir: Path) -> tuple[bytes, int]:
-    """A width-8 depth-4 U-Net (no batch norm) trained 120 steps on ISBI crops, as ONNX bytes + receptive field."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-    import tensorflow as tf
-    import tf2onnx
-
-    from runtime.preprocess import binarize_label, normalize
-    from train.models import ModelSpec, build_model
-
-    keras.utils.set_random_seed(0)
-    names = sorted((isbi_dir / "train" / "image").glob("*.png"))[:10]
-    images = np.stack([normalize(read_image(p)) for p in names])
-    labels = np.stack([binarize_label(read_image(isbi_dir / "train" / "label" / p.name)) for p in names])
-    rng = np.random.default_rng(0)
-    spec = ModelSpec(width=8, depth=4, batch_norm=False)
-    model = build_model(spec)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
-    for _ in range(120):
-        idx, (ys, xs) = rng.integers(0, len(images), 4), rng.integers(0, 512 - 128, (2, 4))
-        x = np.stack([images[i, y : y + 128, c : c + 128] for i, y, c in zip(idx, ys, xs, strict=True)])
-        t = np.stack([labels[i, y : y + 128, c : c + 128] for i, y, c in zip(idx, ys, xs, strict=True)])
-        model.train_on_batch(x[..., None], t[..., None])
-    signature = (tf.TensorSpec((None, None, None, 1), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=17)
-    return proto.SerializeToString(), spec.receptive_field
-
-
 @pytest.mark.slow
-def test_tiled_prediction_is_seam_free_on_a_real_mosaic(isbi_dir: Path, trained_unet: tuple[bytes, int]) -> None:
-    model, field = trained_unet
+def test_tiled_prediction_is_seam_free_on_a_real_mosaic(isbi_dir: Path, exported_model: Path) -> None:
+    """The model from ``seg train`` + ``seg export`` (tests/conftest.py), its default tile (512) and halo."""
     slices = [read_image(p) for p in sorted((isbi_dir / "train" / "image").glob("*.png"))[:9]]
     mosaic = np.block([[slices[3 * r + c] for c in range(3)] for r in range(3)])  # (1536, 1536) uint8
-    halo = recommended_halo(field, 512)
-    with pytest.warns(SegWarning):
-        tiled = Segmenter(model, "cpu", tile_size=512, halo=halo).predict(mosaic)
-        whole = Segmenter(model, "cpu", tile_size=0).predict(mosaic)
-        seams = Segmenter(model, "cpu", tile_size=512, halo=0).predict(mosaic)
+    segmenter = Segmenter(exported_model, "cpu")
+    assert segmenter.tile_size == 512 and segmenter.halo == recommended_halo(segmenter.info.receptive_field, 512)
+    tiled = segmenter.predict(mosaic)
+    whole = Segmenter(exported_model, "cpu", tile_size=0).predict(mosaic)
+    seams = Segmenter(exported_model, "cpu", tile_size=512, halo=0).predict(mosaic)
     membrane = float(np.mean(whole < 0.5))
     assert 0.05 < membrane < 0.6, f"degenerate test model: {membrane:.1%} membrane"
     inner = (slice(32, -32), slice(32, -32))
