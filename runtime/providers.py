@@ -41,16 +41,18 @@ def make_session(
     model: str | os.PathLike[str] | bytes,
     provider: str = "auto",
     threads: int | None = None,
+    options: ort.SessionOptions | None = None,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for a seg model (path or serialized bytes) on ``provider``.
 
-    ``threads`` sets the CPU intra-op threads (default: physical cores). Raises ``ProviderError`` for an
+    ``threads`` sets the CPU intra-op threads (default: physical cores); ``options`` replaces the default
+    ``session_options(threads)`` (e.g. to enable onnxruntime's profiler). Raises ``ProviderError`` for an
     unknown provider or an unloadable CUDA provider, ``InputError`` for an unusable model file.
     """
     provider = check_provider(provider)
     name = _model_name(model)
     source = _model_source(model, name)
-    options = _session_options(threads)
+    options = options if options is not None else session_options(threads)
     if provider == "cpu":
         session = _create(source, options, [CPU_EP], name)
     else:
@@ -143,7 +145,8 @@ def _create(
         ort.set_default_logger_severity(_ORT_WARNING)
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The session options seg uses: all graph optimisations, ``threads`` (default physical cores) intra-op."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads if threads else physical_cores()

@@ -83,7 +83,8 @@ class BenchReport:
 
     def summary(self) -> list[str]:
         """Lines under the table: work per image, the peak and how it was estimated, large image, INT8."""
-        lines = [f"model: {self.model}; {self.gflop_per_image:.2f} GFLOP per 512x512 image "
+        tile = self.settings.get("tile", 512)
+        lines = [f"model: {self.model}; {self.gflop_per_image:.2f} GFLOP per {tile}x{tile} tile "
                  "(Conv/ConvTranspose/MatMul from the ONNX graph, 2 FLOP per multiply-add)",
                  f"machine: {self.machine.model}; FP32 peak {self.machine.how}; {self.machine.int8_note}",
                  f"images: {len(self.images)} for timing; accuracy on {len(self.accuracy_on) or 'no'} labelled slices"]

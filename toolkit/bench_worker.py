@@ -4,7 +4,8 @@
 a JSON dict: ``compute_ips`` / ``e2e_ips`` (images per second, median over repeats after one warm-up
 pass), ``latency_ms`` (p50/p95 of one image at batch 1), ``peak_rss_mb`` (``ru_maxrss`` of this process:
 interpreter, libraries, model and data included), ``providers`` (what really ran) and, for the large-image
-run, ``seconds``. Any ``SegError`` becomes ``{"error": "<one line>"}`` (the parent prints it in the row).
+run, ``seconds``. Any ``SegError`` becomes ``{"error": "<one line>", "error_kind": "ProviderError"|...}`` (the
+parent prints it in the row).
 
 Engines: ``onnx`` (``runtime.Segmenter`` + ``segment_paths``), ``keras`` (``model.predict``, the baseline a
 user would otherwise run) and ``large`` (one ``size x size`` uint8 image through the tiled ``Segmenter``).
@@ -181,7 +182,7 @@ def main(argv: list[str]) -> int:
     try:
         result = ENGINES[spec.engine](spec)
     except SegError as exc:
-        result = {"error": str(exc)}
+        result = {"error": str(exc), "error_kind": type(exc).__name__}
     result["peak_rss_mb"] = peak_rss_mb()
     from runtime.atomic import write_json_atomic
 

@@ -18,14 +18,16 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.io import list_images, read_image
+from runtime.io import read_image
+from runtime.metadata import ModelInfo
+from toolkit.bench_data import BenchImages, bench_images
 from toolkit.bench_flops import achieved, count_flops, cpu_peak
 from toolkit.bench_report import BenchReport, BenchRow, add_ratios, int8_verdict
 from toolkit.bench_worker import Spec
@@ -34,17 +36,8 @@ VARIANTS = ("fp32", "fp16", "int8")
 PROVIDERS = ("cpu", "cuda")
 CPU_FP16 = ("not recommended on CPU: onnxruntime's CPU provider has few FP16 kernels, so FP16 runs through "
             "Casts and is slower than FP32; use FP16 on CUDA (cpu_fp16=True measures it anyway)")
+PROVIDER_FAILED = "provider cannot load: "
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BenchImages:
-    """Files to time (``timing``), files to score (``labelled``) and their ``(H, W) float32`` 0/1 labels."""
-
-    timing: list[Path]
-    labelled: list[Path]
-    labels: list[np.ndarray]
-    source: str
 
 
 def run_benchmark(
@@ -57,6 +50,7 @@ def run_benchmark(
     batches: Sequence[int] = (1, 4, 8),
     images: int = 8,
     repeats: int = 3,
+    rounds: int = 1,
     latency_runs: int = 20,
     large: int = 8192,
     threads: int | None = None,
@@ -67,6 +61,8 @@ def run_benchmark(
 ) -> BenchReport:
     """Measure ``model`` (``.onnx``; its ``.fp16``/``.int8`` siblings for the variants) and optionally the Keras
     model on the same images; ``large`` > 0 adds one ``large x large`` uint8 image through the tiled runtime.
+    ``rounds`` > 1 sweeps every configuration that many times, interleaved, and keeps the median per
+    configuration: on a shared machine, load that drifts during the run then hits every row alike.
     Raises ``InputError`` (exit 2) for a missing model/keras file, bad data or bad options."""
     model = _check_model(Path(model)).resolve()
     keras_path = _check_keras(Path(keras)).resolve() if keras is not None else None
@@ -75,15 +71,24 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="seg-benchmark-") as folder:
         work = Path(folder)
         bench = bench_images(data, images, work)
-        flops = count_flops(model)
+        info = _model_info(model)
+        tile = info.tile_size or 512
+        flops = count_flops(model, tile)
         report = BenchReport(str(model), cpu_peak(), flops["total"] / 1e9, flops, [str(p) for p in bench.timing],
-                             [str(p) for p in bench.labelled], _settings(locals()))
+                             [str(p) for p in bench.labelled],
+                             {"providers": providers, "variants": variants, "batches": batches, "images": images,
+                              "repeats": repeats, "rounds": rounds, "latency_runs": latency_runs, "large": large,
+                              "threads": threads, "cpu_fp16": cpu_fp16, "tile": tile, "data": bench.source,
+                              "keras": str(keras_path) if keras_path else None})
         runner = _Runner(work, bench, repeats, latency_runs, threads, timeout_s, say)
-        threshold = _threshold(model)
-        for provider in providers:
-            report.rows += runner.onnx_rows(model, provider, variants, batches, cpu_fp16, threshold)
-        if keras_path is not None:
-            report.rows += runner.keras_rows(keras_path, batches, threshold)
+        threshold = info.threshold
+        sweeps = []
+        for round_ in range(max(1, rounds)):
+            runner.scoring = round_ == 0  # accuracy does not change between rounds
+            rows = [row for provider in providers
+                    for row in runner.onnx_rows(model, provider, variants, batches, cpu_fp16, threshold)]
+            sweeps.append(rows + (runner.keras_rows(keras_path, batches, threshold) if keras_path else []))
+        report.rows = merge_rounds(sweeps)
         _add_compute_rates(report)
         add_ratios(report.rows)
         report.int8_verdict = int8_verdict(report.rows)
@@ -97,53 +102,6 @@ def run_benchmark(
 def variant_file(model: Path, variant: str) -> Path:
     """``model.onnx`` for fp32, else its ``model.<variant>.onnx`` sibling (as ``seg export`` names them)."""
     return model if variant == "fp32" else model.with_name(f"{model.stem}.{variant}{model.suffix}")
-
-
-def bench_images(data: str | Path | None, count: int, work: Path) -> BenchImages:
-    """The images of one benchmark run (see the module docstring); synthetic slices are written under ``work``."""
-    if data is None:
-        return _synthetic(count, work / "synthetic")
-    root = Path(data).resolve()
-    if (root / "train" / "image").is_dir():
-        return _dataset(root, count)
-    if root.is_dir():
-        files = list_images(root)
-        if not files:
-            raise InputError(f"{root}: no PNG/JPEG/TIFF images; pass --data with a dataset or image folder")
-        return BenchImages(_cycle(files, count), [], [], str(root))
-    raise InputError(f"{root}: no such folder; pass --data with a dataset (DIR/train/image) or an image folder")
-
-
-def _dataset(root: Path, count: int) -> BenchImages:
-    from train.data import load_split, split_by_slice
-
-    timing = _cycle(list_images(root / "train" / "image"), count)
-    if not (root / "train" / "label").is_dir():
-        return BenchImages(timing, [], [], str(root))
-    _, val = split_by_slice(load_split(root, "train"), 0.2, 0)
-    scored = [s for s in val if s.label is not None and Path(s.source).is_file()]
-    return BenchImages(timing, [Path(s.source) for s in scored], [s.label for s in scored], str(root))  # type: ignore[misc]
-
-
-def _synthetic(count: int, folder: Path) -> BenchImages:
-    from runtime.io import write_image
-    from runtime.preprocess import binarize_label
-    from toolkit.synth import synth_slice
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    files, labels = [], []
-    for index in range(count):
-        image, label = synth_slice(rng, 512)
-        write_image(folder / f"{index:02d}.png", image)
-        files.append(folder / f"{index:02d}.png")
-        labels.append(binarize_label(label))
-    scored = min(count, 4)
-    return BenchImages(files, files[:scored], labels[:scored], "synthetic (toolkit.synth, seed 0)")
-
-
-def _cycle(files: list[Path], count: int) -> list[Path]:
-    return [files[i % len(files)] for i in range(count)]
 
 
 def _check_model(model: Path) -> Path:
@@ -175,19 +133,15 @@ def _check_options(variants: Sequence[str], providers: Sequence[str], batches: S
     return list(dict.fromkeys(variants)), list(dict.fromkeys(providers)), sorted(set(batches))
 
 
-def _settings(scope: dict[str, Any]) -> dict[str, Any]:
-    keys = ("providers", "variants", "batches", "images", "repeats", "latency_runs", "large", "threads", "cpu_fp16")
-    return {key: scope[key] for key in keys} | {"keras": str(scope["keras_path"]) if scope["keras_path"] else None,
-                                                "data": scope["bench"].source}
-
-
-def _threshold(model: Path) -> float:
+def _model_info(model: Path) -> ModelInfo:
     import onnx
 
-    from runtime.metadata import ModelInfo
-
-    props = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
-    return ModelInfo.from_props(props, source=str(model)).threshold
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise InputError(f"{model}: not a loadable ONNX model ({type(exc).__name__}); export it with `seg export`") \
+            from None
+    return ModelInfo.from_props({p.key: p.value for p in proto.metadata_props}, source=str(model))
 
 
 class _Runner:
@@ -198,31 +152,29 @@ class _Runner:
         self.work, self.bench, self.repeats, self.latency_runs = work, bench, repeats, latency_runs
         self.threads, self.timeout_s, self.say = threads, timeout_s, say
         self._count = 0
+        self.scoring = True
 
     def onnx_rows(self, model: Path, provider: str, variants: list[str], batches: list[int], cpu_fp16: bool,
                   threshold: float) -> list[BenchRow]:
         rows: list[BenchRow] = []
         for variant in variants:
             path = variant_file(model, variant)
+            if provider == "cpu" and variant == "fp16" and not cpu_fp16:
+                rows.append(BenchRow("onnxruntime", provider, variant, None, CPU_FP16))
+                continue
             if not path.is_file():
                 rows.append(BenchRow("onnxruntime", provider, variant, None,
                                      f"not found: {path.name} (export it with `seg export {model.name} --{variant}`)"))
                 continue
-            if provider == "cpu" and variant == "fp16" and not cpu_fp16:
-                rows.append(BenchRow("onnxruntime", provider, variant, None, CPU_FP16))
-                continue
-            scored: tuple[float, float] | None = None
             for index, batch in enumerate(batches):
                 row = self.measure("onnx", path, provider, variant, batch, first=index == 0, threshold=threshold)
+                if row.status.startswith(PROVIDER_FAILED):  # the provider, not this model: one row says why
+                    row.status, row.variant, row.batch = row.status.removeprefix(PROVIDER_FAILED), "all", None
+                    return [r for r in rows if not r.ok] + [row]
                 row.size_mb = path.stat().st_size / 1e6
-                scored = (row.membrane_f1, row.v_rand) if index == 0 else scored  # type: ignore[assignment]
-                if scored is not None and index > 0 and row.ok:
-                    row.membrane_f1, row.v_rand = scored
+                if index > 0 and rows[-1].ok and row.ok:  # accuracy is the variant's, scored at its first batch
+                    row.membrane_f1, row.v_rand = rows[-1].membrane_f1, rows[-1].v_rand
                 rows.append(row)
-                if row.status.startswith("ProviderError"):
-                    row.status = row.status.removeprefix("ProviderError: ")
-                    row.batch, row.variant = None, "all"
-                    return [*rows[:-1], row] if rows[:-1] else [row]
         return rows
 
     def keras_rows(self, keras: Path, batches: list[int], threshold: float) -> list[BenchRow]:
@@ -240,20 +192,20 @@ class _Runner:
         """One worker run -> one row (accuracy and latency only for the ``first`` batch of a model)."""
         probs = self.work / f"probs-{self._count}.npy"
         spec = Spec(engine, str(path), provider, batch, [str(p) for p in self.bench.timing],
-                    [str(p) for p in self.bench.labelled] if first else [], str(probs), self.repeats,
+                    [str(p) for p in self.bench.labelled] if first and self.scoring else [], str(probs), self.repeats,
                     self.latency_runs if first and engine == "onnx" else 0, self.threads)
         self.say(f"{engine} {provider} {variant} batch {batch}")
         result = self.spawn(spec)
         row = BenchRow("onnxruntime" if engine == "onnx" else engine, provider, variant, batch)
         if "error" in result:
-            row.status = result["error"]
-            row.peak_rss_mb = result.get("peak_rss_mb")
+            kind = result.get("error_kind", "")
+            row.status = (PROVIDER_FAILED if kind == "ProviderError" else "") + result["error"]
             return row
         row.providers = result.get("providers", [])
         row.compute_ips, row.e2e_ips, row.peak_rss_mb = result["compute_ips"], result["e2e_ips"], result["peak_rss_mb"]
         if "latency_ms" in result:
             row.p50_ms, row.p95_ms = result["latency_ms"]["p50"], result["latency_ms"]["p95"]
-        if first and probs.is_file() and self.bench.labels:
+        if first and self.scoring and probs.is_file() and self.bench.labels:
             row.membrane_f1, row.v_rand = score(np.load(probs), self.bench.labels, threshold)
         return row
 
@@ -279,6 +231,28 @@ class _Runner:
             tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
             return {"error": f"worker failed (exit {done.returncode}): {tail[0]}"}
         return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def merge_rounds(sweeps: list[list[BenchRow]]) -> list[BenchRow]:
+    """One row per configuration from several sweeps: median speeds/latencies, largest peak RSS, the first
+    sweep's accuracy; a configuration that failed in any sweep keeps that sweep's failed row."""
+    merged = []
+    for row in sweeps[0]:
+        same = [r for sweep in sweeps for r in sweep if _key(r) == _key(row)]
+        failed = [r for r in same if not r.ok]
+        if failed or len(same) == 1:
+            merged.append(failed[0] if failed else row)
+            continue
+        for name in ("compute_ips", "e2e_ips", "p50_ms", "p95_ms"):
+            values = [getattr(r, name) for r in same if getattr(r, name) is not None]
+            setattr(row, name, float(np.median(values)) if values else None)
+        row.peak_rss_mb = max(r.peak_rss_mb or 0.0 for r in same)
+        merged.append(row)
+    return merged
+
+
+def _key(row: BenchRow) -> tuple[str, str, str, int | None]:
+    return row.engine, row.provider, row.variant, row.batch
 
 
 def score(probs: np.ndarray, labels: list[np.ndarray], threshold: float) -> tuple[float, float]:
@@ -314,7 +288,7 @@ def _profile(report: BenchReport, model: Path, bench: BenchImages, say: Progress
         return
     say("profile fp32 vs int8 (cpu)")
     images = [normalize(read_image(p)) for p in bench.timing[:4]]
-    batch = prepared_batches(images, 512, len(images))[0]
+    batch = prepared_batches(images, report.settings["tile"], len(images))[0]
     fp32_ops = profile_ops(model, batch, runs=2, threads=report.settings["threads"])
     int8_ops = profile_ops(int8, batch, runs=2, threads=report.settings["threads"])
     report.profile = {"fp32": fp32_ops.to_dict(), "int8": int8_ops.to_dict()}

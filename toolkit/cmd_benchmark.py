@@ -41,6 +41,8 @@ def benchmark(
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,4,8",
     images: Annotated[int, typer.Option("--images", help="Images per timed pass.")] = 8,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed passes per measurement (median).")] = 3,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", help="Sweep all configurations this many times, interleaved; median per row.")] = 1,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="Single-image runs for p50/p95.")] = 20,
     large: Annotated[int, typer.Option("--large", help="Side of the large tiled image (0 = skip).")] = 8192,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")] = None,
@@ -52,7 +54,7 @@ def benchmark(
     from toolkit.benchmark import run_benchmark
 
     report = run_benchmark(model, keras=keras, data=data, providers=_names(providers), variants=_names(variants),
-                           batches=_ints(batch, "--batch"), images=images, repeats=repeats,
+                           batches=_ints(batch, "--batch"), images=images, repeats=repeats, rounds=rounds,
                            latency_runs=latency_runs, large=large, threads=threads, cpu_fp16=cpu_fp16,
                            progress=lambda line: err_console.print(f"[dim]measuring {line}[/]"))
     console.print(report.table(), markup=False, soft_wrap=True)

@@ -1,0 +1,273 @@
+"""``seg benchmark``: structure and failure paths (never timings), exact FLOP counts, the CPU peak parser."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from runtime.errors import InputError
+from runtime.io import write_image
+from runtime.providers import cuda_problem
+from toolkit.bench_flops import count_flops, cpu_peak
+from toolkit.bench_profile import compare_table, summarize
+from toolkit.bench_report import COLUMNS, BenchRow, add_ratios, int8_verdict
+from toolkit.benchmark import CPU_FP16, merge_rounds, run_benchmark
+from toolkit.cli import app
+
+TILE = 32
+
+
+def seg_model(path: Path) -> Path:
+    """A 2-layer seg model ``image (N, H, W, 1) -> prob`` with seg metadata (32-pixel tiles, halo 8)."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(2, 1, 3, 3)).astype(np.float32)
+    w2 = rng.normal(size=(1, 2, 1, 1)).astype(np.float32)
+    shape = ["N", "H", "W", 1]
+    nodes = [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["c2"]),
+             helper.make_node("Sigmoid", ["c2"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["prob"], perm=[0, 2, 3, 1])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor("w1", TensorProto.FLOAT, w1.shape, w1.ravel()),
+                               helper.make_tensor("w2", TensorProto.FLOAT, w2.shape, w2.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    for key, value in {"seg.tile_size": str(TILE), "seg.halo": "8", "seg.size_multiple": "16"}.items():
+        model.metadata_props.add(key=key, value=value)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.onnx`` plus a 5-slice labelled dataset of 32x32 images (seed layout)."""
+    root = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(1)
+    for split in ("image", "label"):
+        (root / "data" / "train" / split).mkdir(parents=True)
+    for index in range(5):
+        image = rng.integers(0, 256, (TILE, TILE), dtype=np.uint8)
+        write_image(root / "data" / "train" / "image" / f"{index:02d}.png", image)
+        label = np.where(image > 60, 255, 0).astype(np.uint8)
+        write_image(root / "data" / "train" / "label" / f"{index:02d}.png", label)
+    seg_model(root / "model.onnx")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(bench_dir: Path):  # noqa: ANN201
+    return run_benchmark(bench_dir / "model.onnx", data=bench_dir / "data", providers=("cpu", "cuda"),
+                         variants=("fp32", "fp16", "int8"), batches=(1, 2), images=2, repeats=1, latency_runs=2,
+                         large=96, profile=False)
+
+
+def test_rows_cover_every_configuration(report) -> None:  # noqa: ANN001
+    keys = [(row.provider, row.variant, row.batch) for row in report.rows]
+    assert keys[:4] == [("cpu", "fp32", 1), ("cpu", "fp32", 2), ("cpu", "fp16", None), ("cpu", "int8", None)]
+    fp32 = [row for row in report.rows if row.provider == "cpu" and row.variant == "fp32"]
+    for row in fp32:
+        assert row.ok and row.providers == ["cpu"]
+        assert row.compute_ips > 0 and row.e2e_ips > 0 and row.peak_rss_mb > 10
+        assert 0.0 <= row.membrane_f1 <= 1.0 and 0.0 <= row.v_rand <= 1.0
+        assert row.vs_fp32_compute == pytest.approx(1.0)
+    assert fp32[0].p50_ms > 0 and fp32[0].p95_ms >= fp32[0].p50_ms and fp32[1].p50_ms is None
+    assert fp32[0].membrane_f1 == fp32[1].membrane_f1  # one accuracy per variant
+
+
+def test_cpu_fp16_and_missing_variant_rows_say_why(report) -> None:  # noqa: ANN001
+    rows = {(row.provider, row.variant): row for row in report.rows}
+    assert rows["cpu", "fp16"].status == CPU_FP16
+    assert rows["cpu", "int8"].status == "not found: model.int8.onnx (export it with `seg export model.onnx --int8`)"
+
+
+def test_unloadable_cuda_gives_one_row_with_the_reason(report) -> None:  # noqa: ANN001
+    problem = cuda_problem()
+    if problem is None:
+        pytest.skip("CUDA loads on this machine")
+    cuda = [row for row in report.rows if row.provider == "cuda"]
+    assert len(cuda) == 1
+    assert (cuda[0].variant, cuda[0].batch, cuda[0].ok) == ("all", None, False)
+    assert "CUDA provider cannot load" in cuda[0].status and problem in cuda[0].status
+
+
+def test_table_and_summary(report) -> None:  # noqa: ANN001
+    lines = report.table().splitlines()
+    assert lines[0] == "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    assert len(lines) == 2 + len(report.rows)
+    assert all(line.count("|") == len(COLUMNS) + 1 for line in lines)
+    summary = "\n".join(report.summary())
+    assert f"GFLOP per {TILE}x{TILE} tile" in summary and "FMA units" in summary
+    assert "large image: 96x96 uint8 tiled" in summary and "within the 1.5 GB budget" in summary
+    assert report.large["peak_rss_mb"] >= report.large["rss_before_mb"] > 0
+
+
+def test_cli_writes_json_and_prints_the_table(bench_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["benchmark", "--model", str(bench_dir / "model.onnx"), "--data",
+                                      str(bench_dir / "data"), "--providers", "cpu", "--variants", "fp32",
+                                      "--batch", "2", "--images", "2", "--repeats", "1", "--latency-runs", "1",
+                                      "--rounds", "2",
+                                      "--large", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| onnxruntime | cpu | fp32 | 2 |" in result.output
+    data = json.loads(out.read_text())
+    assert data["columns"] == [key for key, _ in COLUMNS]
+    assert [row["status"] for row in data["rows"]] == ["ok"] and data["settings"]["rounds"] == 2
+    assert 0.0 <= data["rows"][0]["v_rand"] <= 1.0  # scored once, kept through the merge
+    assert data["machine"]["gflops"] > 0 and data["large"] is None
+    assert data["flops_by_op"]["total"] == pytest.approx(2 * TILE * TILE * (2 * 9 + 2))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "missing.onnx"], "missing.onnx: no such model file; export one with `seg export missing.onnx`"),
+    (["--variants", "fp64"], "unknown variant 'fp64'; choose from fp32, fp16, int8"),
+    (["--providers", "tpu"], "unknown provider 'tpu'; choose from cpu, cuda"),
+    (["--batch", "1,x"], "--batch '1,x': expected comma-separated integers, e.g. 1,4,8"),
+    (["--batch", "0"], "batch sizes must be >= 1, got [0]"),
+    (["--keras", "nope.keras"], "nope.keras: no such .keras file"),
+])
+def test_bad_input_exits_2_with_one_line(bench_dir: Path, args: list[str], message: str) -> None:
+    base = ["benchmark", "--model", str(bench_dir / "model.onnx")]
+    result = CliRunner().invoke(app, [*base, *args])
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", "")
+
+
+def flop_graph(size: int, group: int) -> bytes:
+    """image (1, S, S, 1) -> Transpose -> Conv 3x3 (1->4) -> grouped Conv 3x3 (4->4) -> ConvTranspose 2x2/2
+    (4->2) -> MatMul with (2S, 3)."""
+    inits = [helper.make_tensor("w1", TensorProto.FLOAT, [4, 1, 3, 3], np.zeros(36, np.float32)),
+             helper.make_tensor("wg", TensorProto.FLOAT, [4, 4 // group, 3, 3], np.zeros(36 * 4 // group, np.float32)),
+             helper.make_tensor("wt", TensorProto.FLOAT, [4, 2, 2, 2], np.zeros(32, np.float32)),
+             helper.make_tensor("b", TensorProto.FLOAT, [2 * size, 3], np.zeros(6 * size, np.float32))]
+    nodes = [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c", "wg"], ["g"], pads=[1, 1, 1, 1], group=group),
+             helper.make_node("ConvTranspose", ["g", "wt"], ["u"], strides=[2, 2]),
+             helper.make_node("MatMul", ["u", "b"], ["prob"])]
+    graph = helper.make_graph(nodes, "flops", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                             ["N", "H", "W", 1])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("size", [8, 16])
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_flops_are_counted_exactly(size: int, group: int) -> None:
+    pixels = size * size
+    conv = 2 * pixels * 4 * (1 * 9) + 2 * pixels * 4 * (4 // group * 9)  # 2 x outputs x (C_in/group x k x k)
+    transposed = 2 * (4 * pixels) * (2 * 2 * 2)  # 2 x inputs x (C_out x k x k)
+    matmul = 2 * (2 * 2 * size * 3) * (2 * size)  # 2 x outputs (1, 2, 2S, 3) x K (2S)
+    flops = count_flops(flop_graph(size, group), size)
+    assert (flops["Conv"], flops["ConvTranspose"], flops["MatMul"]) == (conv, transposed, matmul)
+    assert flops["total"] == conv + transposed + matmul
+
+
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+cpu MHz\t\t: 2100.000
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512_vnni amx_int8
+
+processor\t: 1
+cpu MHz\t\t: 800.000
+"""
+EPYC = "model name\t: AMD EPYC 7B13 64-Core Processor\ncpu MHz\t\t: 2450.000\nflags\t\t: sse avx fma avx2\n"
+OLD = "model name\t: Intel(R) Core(TM) i5-2500 CPU @ 3.30GHz\nflags\t\t: sse sse2 avx\n"
+
+
+@pytest.mark.parametrize(("text", "cores", "isa", "lanes", "units", "ghz", "gflops", "int8"), [
+    (XEON, 2, "AVX-512F", 16, 2, 2.1, 268.8, "AMX-INT8"),
+    (EPYC, 2, "AVX2+FMA", 8, 2, 2.45, 156.8, "no VNNI"),
+    (OLD, 4, "AVX (no FMA)", 8, 1, 3.3, 211.2, "no VNNI"),
+])
+def test_cpu_peak_from_cpuinfo_text(text: str, cores: int, isa: str, lanes: int, units: int, ghz: float,
+                                    gflops: float, int8: str) -> None:
+    peak = cpu_peak(text, cores=cores)
+    assert (peak.isa, peak.lanes, peak.fma_units, peak.cores) == (isa, lanes, units, cores)
+    assert peak.ghz == pytest.approx(ghz) and peak.gflops == pytest.approx(gflops)
+    assert peak.int8_note.startswith(int8) and f"= {gflops:.0f} GFLOP/s" in peak.how
+
+
+def test_profile_summary_drops_the_warm_up_run() -> None:
+    def event(name: str, op: str, dur: int) -> dict:
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur, "args": {"op_name": op}}
+
+    events = [event("a", "Conv", 9000), event("b", "Relu", 900), {"cat": "Session", "name": "x", "dur": 5},
+              event("a", "Conv", 4000), event("b", "Relu", 400), event("a", "Conv", 6000), event("b", "Relu", 600)]
+    profile = summarize(events, "m.onnx", batch=2, runs=2)
+    assert profile.ms_by_op == {"Conv": pytest.approx(2.5), "Relu": pytest.approx(0.25)}
+    assert profile.calls_by_op == {"Conv": 1, "Relu": 1}
+    table = compare_table(profile, summarize(events[:2] + events[3:5], "q.onnx", 2, 1))
+    assert table[2] == "| Conv | 2.5 | 2.0 |" and table[-1] == "| **total (kernels)** | 2.8 | 2.2 |"
+
+
+def _row(engine: str, variant: str, batch: int, compute: float, e2e: float, f1: float = 0.8) -> BenchRow:
+    return BenchRow(engine, "cpu", variant, batch, compute_ips=compute, e2e_ips=e2e, membrane_f1=f1, v_rand=0.9)
+
+
+def test_ratios_and_int8_verdict() -> None:
+    rows = [_row("onnxruntime", "fp32", 4, 10.0, 8.0), _row("onnxruntime", "int8", 4, 16.0, 10.0, f1=0.805),
+            _row("keras", "fp32", 4, 2.0, 1.0), BenchRow("onnxruntime", "cuda", "all", None, "no GPU")]
+    add_ratios(rows)
+    assert rows[1].vs_fp32_compute == pytest.approx(1.6)
+    assert (rows[0].vs_keras_compute, rows[0].vs_keras_e2e) == (pytest.approx(5.0), pytest.approx(8.0))
+    assert rows[2].vs_keras_compute is None and rows[3].vs_fp32_compute is None
+    assert int8_verdict(rows).endswith("1.60x, |Δ membrane F1| 0.0050, |Δ V_rand| 0.0000: RECOMMENDED on this CPU")
+    rows[1].compute_ips, rows[1].membrane_f1 = 9.0, 0.8
+    add_ratios(rows)
+    assert "0.90x" in int8_verdict(rows) and "NOT recommended on this CPU" in int8_verdict(rows)
+    rows[1].compute_ips, rows[1].membrane_f1 = 20.0, 0.7
+    add_ratios(rows)
+    assert "NOT recommended" in int8_verdict(rows)
+
+
+@pytest.mark.slow
+def test_keras_rows_and_ratios(bench_dir: Path, tmp_path: Path) -> None:
+    """A tiny Keras model through the Keras worker: its rows and the ORT/Keras ratios at the same batch."""
+    import keras
+
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inputs))
+    model.save(tmp_path / "model.keras")
+    report = run_benchmark(bench_dir / "model.onnx", keras=tmp_path / "model.keras", data=bench_dir / "data",
+                           providers=("cpu",), variants=("fp32",), batches=(2,), images=2, repeats=1,
+                           latency_runs=1, large=0, profile=False)
+    onnx_row, keras_row = report.rows
+    assert (keras_row.engine, keras_row.batch, keras_row.status, keras_row.providers) == ("keras", 2, "ok", ["keras"])
+    assert keras_row.compute_ips > 0 and keras_row.e2e_ips > 0 and 0.0 <= keras_row.membrane_f1 <= 1.0
+    assert onnx_row.vs_keras_compute == pytest.approx(onnx_row.compute_ips / keras_row.compute_ips)
+    assert onnx_row.vs_keras_e2e == pytest.approx(onnx_row.e2e_ips / keras_row.e2e_ips)
+
+
+def test_merge_rounds_takes_medians_and_keeps_failures() -> None:
+    sweeps = [[_row("onnxruntime", "fp32", 1, c, e), BenchRow("onnxruntime", "cpu", "int8", 1, compute_ips=5.0)]
+              for c, e in ((1.0, 4.0), (3.0, 2.0), (2.0, 9.0))]
+    sweeps[1][1].status = "timed out after 900 s"
+    for sweep, rss in zip(sweeps, (100.0, 300.0, 200.0), strict=True):
+        sweep[0].peak_rss_mb = rss
+    fp32, int8 = merge_rounds(sweeps)
+    assert (fp32.compute_ips, fp32.e2e_ips, fp32.peak_rss_mb, fp32.membrane_f1) == (2.0, 4.0, 300.0, 0.8)
+    assert int8.status == "timed out after 900 s"
+
+
+def test_bench_images_from_each_kind_of_data(bench_dir: Path, tmp_path: Path) -> None:
+    from toolkit.bench_data import bench_images
+
+    dataset = bench_images(bench_dir / "data", 7, tmp_path)
+    assert len(dataset.timing) == 7 and dataset.timing[5] == dataset.timing[0]  # 5 slices, cycled
+    assert len(dataset.labelled) == len(dataset.labels) == 1  # 20 % of 5 slices held out
+    folder = bench_images(bench_dir / "data" / "train" / "image", 2, tmp_path)
+    assert len(folder.timing) == 2 and folder.labelled == []
+    synthetic = bench_images(None, 1, tmp_path)
+    assert synthetic.timing[0].is_file() and synthetic.labels[0].shape == (512, 512)
+    with pytest.raises(InputError, match="nowhere: no such folder; pass --data"):
+        bench_images(tmp_path / "nowhere", 1, tmp_path)
