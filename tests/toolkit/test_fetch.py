@@ -423,7 +423,9 @@ def test_cli_interrupt_exits_130(mirror: Mirror, work: Path, monkeypatch: pytest
     monkeypatch.setattr(fetch_module, "import_isbi_stacks", interrupted)
     result = runner.invoke(app, _cli(mirror, work / "isbi"))
     assert result.exit_code == 130
-    assert _one_error_line(result.output) == "interrupted; nothing half-written was left (rerun the same command to continue)"
+    assert _one_error_line(result.output) == (
+        "interrupted; nothing half-written was left (rerun the same command to continue)"
+    )
     assert list(work.iterdir()) == []
 
 
