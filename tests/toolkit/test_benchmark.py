@@ -271,3 +271,16 @@ def test_bench_images_from_each_kind_of_data(bench_dir: Path, tmp_path: Path) ->
     assert synthetic.timing[0].is_file() and synthetic.labels[0].shape == (512, 512)
     with pytest.raises(InputError, match="nowhere: no such folder; pass --data"):
         bench_images(tmp_path / "nowhere", 1, tmp_path)
+
+
+def test_worker_peak_rss_is_its_own_not_the_parents() -> None:
+    """A worker started from a big parent (as from a long pytest run) reports its own peak, not the parent's."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in this process
+    ballast[::512] = 2.0
+    code = "from toolkit.bench_worker import peak_rss_mb; print(peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 300, out.stdout
+    assert ballast.sum() > 0
