@@ -51,9 +51,17 @@ def _lines(report: Any) -> list[str]:
         lines.append(f"{variant.path.name}: mask agreement {variant.mask_agreement:.4%}  "
                      f"|Δ membrane F1| {variant.delta_f1:.4f}  {_size(variant.size_bytes)} "
                      f"({variant.size_ratio:.2f}x FP32)  CPU {variant.ms_variant:.1f} ms/img "
-                     f"(FP32 {variant.ms_fp32:.1f})  [bold green]PASS[/]")
+                     f"(FP32 {variant.ms_fp32:.1f})  [bold green]PASS[/]{_advice(variant)}")
     lines.append(f"wrote {report.out} and {report.parity_path.name}")
     return lines
+
+
+def _advice(variant: Any) -> str:
+    """For INT8: whether it is worth deploying for speed on this CPU (it always saves file size)."""
+    if variant.settings.get("recommended_on_this_cpu") is False:
+        return (f"  (only {variant.settings['cpu_speedup']:.2f}x FP32 speed on this CPU: deploy it for size, "
+                "not speed)")
+    return ""
 
 
 def _size(size: int) -> str:
