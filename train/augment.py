@@ -10,15 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from runtime.tiling import dihedral  # the same 8 transforms serve test-time augmentation
 from train.data import Slice
 
 N_DIHEDRAL = 8
-
-
-def dihedral(array: np.ndarray, k: int) -> np.ndarray:
-    """Element ``k`` (0..7) of the square's symmetry group: ``k % 4`` quarter turns, mirrored when ``k >= 4``."""
-    turned = np.rot90(array, k % 4, axes=(0, 1))
-    return turned[:, ::-1] if k >= 4 else turned
+__all__ = ["N_DIHEDRAL", "augmented_pair", "dihedral", "elastic", "jitter_intensity", "random_crop",
+           "sample_batch"]
 
 
 def random_crop(
