@@ -17,8 +17,11 @@ and ``a.tif``) would share outputs: the first (in sorted order) is segmented, th
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from runtime.atomic import remove_temporaries
-from runtime.errors import InputError, SegError
+from runtime.atomic import remove_temporaries, write_json_atomic
+from runtime.errors import InputError, SegError, SegWarning
 from runtime.io import TIFF_SUFFIXES, is_image_file, list_images, read_pages, write_pages
 from runtime.preprocess import normalize, overlay_rgb, to_mask
 from runtime.segmenter import Segmenter
@@ -110,17 +113,24 @@ def segment_paths(
     batch_size, blend, tta, threads). Raises ``InputError``/``ProviderError`` before writing anything when
     the input or the model is unusable; per-file problems land in ``summary.failures``.
     """
+    if not str(inputs).strip() or (output_dir is not None and not str(output_dir).strip()):
+        raise InputError("empty --input or --output path; give a folder, file or glob (an unset variable?)")
     files = resolve_inputs(inputs)
     single = Path(str(inputs)).is_file()  # one file is the main input: its failure is an InputError
     out_dir = Path(output_dir) if output_dir is not None else default_output(inputs)
-    _check_output_dir(out_dir)
+    _check_output_dir(out_dir, files)
     seg = segmenter or Segmenter(model, provider=provider, **segmenter_options)  # type: ignore[arg-type]
+    cut = seg.info.threshold if threshold is None else float(threshold)
+    if not 0.0 <= cut <= 1.0:
+        raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
     items, failures = plan_outputs(files, out_dir, save_prob, overlay)
     summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
+    settings = _settings(inputs, model, seg, cut)
+    overwrite = overwrite or _settings_changed(out_dir, settings)
     todo = [item for item in items if overwrite or not item.complete()]
     summary.skipped = len(items) - len(todo)
     _prepare_folders(items, todo)
-    cut = seg.info.threshold if threshold is None else float(threshold)
+    write_json_atomic(out_dir / SETTINGS_FILE, settings)
     report = _reporter(summary, None if single else on_error)
     compute_before, start = seg.stats.compute_s, time.perf_counter()
     summary.images = _pipeline(seg, todo, cut, report, progress)
@@ -131,10 +141,39 @@ def segment_paths(
     return summary
 
 
-def _check_output_dir(out_dir: Path) -> None:
-    """``InputError`` when ``out_dir`` exists but is not a folder (checked before any work is done)."""
+def _check_output_dir(out_dir: Path, files: list[Path]) -> None:
+    """``InputError`` when ``out_dir`` exists but is not a folder, or is the folder of an input (masks would
+    mix with the images and be read as inputs next time); checked before any work is done."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder; give a folder for --output")
+    if any(_real(f.parent) == _real(out_dir) for f in files):
+        raise InputError(f"{out_dir}: is the input folder; masks would mix with the images, choose another --output")
+
+
+SETTINGS_FILE = ".seg-infer.json"
+"""What made the outputs in a folder (inputs, model digest, threshold, tiling). A rerun with other settings
+redoes every output instead of skipping files that only look done."""
+
+
+def _settings(inputs: str | os.PathLike[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
+    digest = hashlib.sha256(model if isinstance(model, bytes) else Path(str(model)).read_bytes()).hexdigest()
+    return {"inputs": str(Path(str(inputs)).resolve()) if not any(c in str(inputs) for c in _GLOB_CHARS)
+            else str(inputs), "model_sha256": digest, "threshold": threshold, "tile": seg.tile_size,
+            "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend}
+
+
+def _settings_changed(out_dir: Path, settings: dict[str, object]) -> bool:
+    """True when ``out_dir`` holds outputs made with other settings (they are redone, with a warning)."""
+    path = out_dir / SETTINGS_FILE
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    changed = sorted(k for k in settings if previous.get(k) != settings[k])
+    if changed:
+        warnings.warn(f"{out_dir}: earlier outputs were made with other {', '.join(changed)}; redoing them all",
+                      SegWarning, stacklevel=3)
+    return bool(changed)
 
 
 def _prepare_folders(items: list[_Item], todo: list[_Item]) -> None:
@@ -182,7 +221,11 @@ def default_output(inputs: str | os.PathLike[str]) -> Path:
     path = Path(text)
     if any(char in text for char in _GLOB_CHARS) and not path.exists():
         path = next((p for p in path.parents if not any(c in str(p) for c in _GLOB_CHARS)), Path("."))
-    name = path.resolve().name if path.is_dir() else path.stem
+    if path.is_dir():
+        resolved = path.resolve()  # "test/image" -> "test-image": dataset folders are all called "image"
+        name = f"{resolved.parent.name}-{resolved.name}" if resolved.name == "image" else resolved.name
+    else:
+        name = path.stem
     return Path("runs") / "infer" / (name or "input")
 
 

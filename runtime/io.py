@@ -208,8 +208,13 @@ def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray]) -> No
     if suffix in TIFF_SUFFIXES:
         compression = None if pages[0].dtype.kind == "f" else "zlib"
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as writer:
-            for page in pages:
-                writer.write(np.ascontiguousarray(page), compression=compression)
+            if len({(p.shape, p.dtype) for p in pages}) == 1:  # one series: tifffile.imread gives (N, H, W[, 3])
+                stack = np.stack(pages) if len(pages) > 1 else np.ascontiguousarray(pages[0])
+                photometric = "rgb" if pages[0].ndim == 3 else "minisblack"
+                writer.write(stack, compression=compression, photometric=photometric)
+            else:  # pages of different sizes can only be separate series
+                for page in pages:
+                    writer.write(np.ascontiguousarray(page), compression=compression)
         return
     if len(pages) != 1:
         raise InputError(f"{path}: {len(pages)} pages need a .tif/.tiff file, not {suffix}")

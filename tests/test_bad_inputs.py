@@ -101,7 +101,7 @@ def test_absolute_glob_writes_only_into_the_output_folder(tmp_path: Path) -> Non
     summary = segment_paths(f"{tmp_path}/in/**/*.png", model, out, provider="cpu")
     assert summary.images == 2
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
-    assert written == {"model.onnx", "in/a/a1.png", "in/b/b1.png", "out/a1.png", "out/b1.png"}
+    assert written == {"model.onnx", "in/a/a1.png", "in/b/b1.png", "out/a1.png", "out/b1.png", "out/.seg-infer.json"}
 
 
 # -- safe_mode and the decompression-bomb guard ------------------------------------------------------

@@ -14,8 +14,11 @@ HELP = (
     "Segment images with an exported ONNX model (tiled, batched; CUDA or CPU).\n\n"
     "Writes OUTPUT/<stem>.png masks (255 = cell interior, 0 = membrane; a multi-page TIFF input gives a "
     "<stem>.tif mask stack), OUTPUT/prob/<stem>.tif float32 probabilities with --save-prob and "
-    "OUTPUT/overlay/<stem>.png with --overlay. OUTPUT defaults to runs/infer/<input folder name or file stem>.\n\n"
-    "Inputs whose outputs all exist are skipped (resume) unless --overwrite. Exits 1 if any file failed, "
+    "OUTPUT/overlay/<stem>.png (.tif for stacks) with --overlay. OUTPUT defaults to runs/infer/<input folder "
+    "name or file stem> (test/image -> test-image). Quote glob patterns: --input 'dir/*.png'.\n\n"
+    "Inputs whose outputs all exist are skipped (resume) unless --overwrite; a rerun with another model, "
+    "threshold, tiling or input redoes them (OUTPUT/.seg-infer.json records what made them). "
+    "Exits 1 if any file failed, "
     "2 if the input or the model is unusable (then nothing is written)."
 )
 Opt = typer.Option

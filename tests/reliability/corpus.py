@@ -158,7 +158,7 @@ INFER = [
          lambda d: _infer(d, out=f.raw(d / "taken.png", b"x").name), 2,
          "{d}/taken.png: exists and is not a folder; give a folder for --output"),
     Case("output-is-input", "seg infer", "--output is the input folder",
-         _output_is_input, 2, "would overwrite an input; choose another --output"),
+         _output_is_input, 2, "is the input folder; masks would mix with the images, choose another --output"),
     Case("not-onnx", "seg infer", "model is a text file", lambda d: _infer(d, model=f.raw(d / "m.onnx", b"hi")), 2,
          "{d}/m.onnx: not a loadable ONNX model", _exists("!out")),
     Case("empty-model", "seg infer", "model is 0 bytes", lambda d: _infer(d, model=f.raw(d / "m.onnx", b"")), 2,

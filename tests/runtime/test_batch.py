@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from runtime.batch import default_output, resolve_inputs, segment_paths
-from runtime.errors import InputError
+from runtime.errors import InputError, SegWarning
 from runtime.io import read_image, read_pages
 from runtime.metadata import ModelInfo
 from runtime.preprocess import to_mask
@@ -53,7 +53,7 @@ def test_folder_run_writes_masks_probs_and_overlays(folder: Path, model: Path, t
         assert overlay.shape == (*image.shape, 3)
         membrane = mask == 0
         assert (overlay[..., 0][membrane] >= overlay[..., 1][membrane]).all()
-    assert sorted(p.name for p in out.iterdir()) == ["overlay", "prob", "s0.png", "s1.png", "s2.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".seg-infer.json", "overlay", "prob", "s0.png", "s1.png", "s2.png"]
     assert set(summary.to_dict()) >= {"images_per_s", "compute_images_per_s", "provider"}
 
 
@@ -89,7 +89,7 @@ def test_same_stem_twice_is_an_error_for_the_second(folder: Path, model: Path, t
 
 
 def test_output_folder_equal_to_input_folder_is_refused(folder: Path, model: Path) -> None:
-    with pytest.raises(InputError, match="would overwrite an input; choose another --output"):
+    with pytest.raises(InputError, match="is the input folder; masks would mix with the images"):
         segment_paths(folder, model, folder, provider="cpu")
 
 
@@ -125,4 +125,36 @@ def test_default_output(folder: Path) -> None:
 def test_missing_input_writes_nothing(tmp_path: Path, model: Path) -> None:
     with pytest.raises(InputError):
         segment_paths(tmp_path / "missing", model, tmp_path / "out", provider="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_seed_layout_image_folders_get_distinct_default_outputs(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        (tmp_path / split / "image").mkdir(parents=True)
+    assert default_output(tmp_path / "test" / "image") == Path("runs/infer/test-image")
+    assert default_output(tmp_path / "train" / "image") == Path("runs/infer/train-image")
+
+
+def test_rerun_with_another_threshold_or_input_redoes_outputs(folder: Path, model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = segment_paths(folder, model, out, provider="cpu")
+    assert first.skipped == 0
+    assert segment_paths(folder, model, out, provider="cpu").skipped == first.images  # same settings: resume
+    with pytest.warns(SegWarning, match="earlier outputs were made with other threshold; redoing them all"):
+        again = segment_paths(folder, model, out, provider="cpu", threshold=0.9)
+    assert again.skipped == 0 and again.images == first.images
+
+
+@pytest.mark.parametrize("bad", [("", "out"), ("in", "")])
+def test_empty_paths_are_refused(folder: Path, model: Path, bad: tuple[str, str]) -> None:
+    inputs, output = (folder if bad[0] else "", bad[1])
+    with pytest.raises(InputError, match="empty --input or --output path"):
+        segment_paths(inputs, model, output, provider="cpu")
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5])
+def test_threshold_outside_unit_interval_is_refused(folder: Path, model: Path, tmp_path: Path,
+                                                    threshold: float) -> None:
+    with pytest.raises(InputError, match="is outside \\[0, 1\\]"):
+        segment_paths(folder, model, tmp_path / "out", provider="cpu", threshold=threshold)
     assert not (tmp_path / "out").exists()

@@ -77,6 +77,7 @@ def test_write_pages_as_a_stack(tmp_path: Path) -> None:
     pages = [np.full((4, 5), i, np.uint8) for i in range(3)]
     write_pages(tmp_path / "out.tif", pages)
     np.testing.assert_array_equal(np.stack(read_pages(tmp_path / "out.tif")), np.stack(pages))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), np.stack(pages))  # one series
     with pytest.raises(InputError, match="3 pages need a .tif/.tiff file"):
         write_pages(tmp_path / "out.png", pages)
 

@@ -44,7 +44,7 @@ def test_infer_auto_runs_and_reports_the_provider(setup: tuple[Path, Path], tmp_
     assert result.exit_code == 0, result.output
     expected = "CUDA" if providers.cuda_problem() is None else "CPU"
     assert f"3 images -> {out} on {expected}" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "02.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".seg-infer.json", "00.png", "01.png", "02.png"]
     again = runner.invoke(app, ["infer", "-i", str(images), "-m", str(model), "-o", str(out)])
     assert "0 images" in again.output and "skipped 3 done" in again.output
 
