@@ -33,17 +33,40 @@ def normalize(image: np.ndarray, method: str = DTYPE_RANGE, name: str = "image")
     if image.dtype == bool:
         return image.astype(np.float32)
     if image.dtype.kind in "ui":
-        return _normalize_integer(image)
+        return _normalize_integer(image, name)
     if image.dtype.kind == "f":
         return _normalize_float(image, name)
     raise InputError(f"{name}: unsupported pixel type {image.dtype}")
 
 
-def _normalize_integer(image: np.ndarray) -> np.ndarray:
+def _normalize_integer(image: np.ndarray, name: str) -> np.ndarray:
+    """8- and 16-bit integers by their dtype's range. Wider integer types (int32, int64 from numpy or
+    lists, ...) carry no meaningful range, so they are read as 8-bit or 16-bit by their values, with a warning."""
+    if image.dtype.itemsize <= 2:
+        warn_if_8_bit_in_16_bit(image, name)
+        return scale_small_integers(image)
+    low, high = (int(image.min()), int(image.max())) if image.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise InputError(f"{name}: {image.dtype} pixels span {low}..{high}; give uint8/uint16 or float in [0, 1]")
+    scale = 255 if high <= 255 else 65535
+    warnings.warn(f"{name}: {image.dtype} pixels read as {8 if scale == 255 else 16}-bit (divided by {scale}); "
+                  "pass uint8/uint16 to say so explicitly", SegWarning, stacklevel=4)
+    return image.astype(np.float32) / np.float32(scale)
+
+
+def scale_small_integers(image: np.ndarray) -> np.ndarray:
+    """8/16-bit integers (signed types shifted to start at 0) -> float32 in [0, 1] by the dtype's range.
+    Per pixel, so normalising tiles one by one equals normalising the whole image."""
     info = np.iinfo(image.dtype)
-    if info.min < 0:  # signed: shift to start at zero
-        return ((image.astype(np.float32) - info.min) / np.float32(info.max - info.min)).astype(np.float32)
-    return image.astype(np.float32) / np.float32(info.max)
+    return ((image.astype(np.float32) - np.float32(info.min)) / np.float32(info.max - info.min)).astype(np.float32)
+
+
+def warn_if_8_bit_in_16_bit(image: np.ndarray, name: str) -> None:
+    """Warn when a uint16 image only uses 0..255: 8-bit data in a 16-bit file looks almost black."""
+    if image.dtype == np.uint16 and image.size and int(image.max()) <= 255:
+        warnings.warn(f"{name}: 16-bit image whose pixels all lie in 0..255 (8-bit data in a 16-bit file?); "
+                      "normalised by 65535 as the contract says, so it looks almost black to the model",
+                      SegWarning, stacklevel=4)
 
 
 def _normalize_float(image: np.ndarray, name: str) -> np.ndarray:

@@ -23,7 +23,7 @@ from runtime import tiling
 from runtime.errors import InputError, SegWarning
 from runtime.io import rgb_to_gray
 from runtime.metadata import ModelInfo
-from runtime.preprocess import DTYPE_RANGE, normalize
+from runtime.preprocess import DTYPE_RANGE, normalize, scale_small_integers, warn_if_8_bit_in_16_bit
 from runtime.providers import make_session, session_providers
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class Segmenter:
         inputs = np.empty((len(batch), tile, tile, 1), np.float32)  # (B, T, T, 1) float32 in [0, 1]
         for i, (job, (y, _), (x, _), k) in enumerate(batch):
             crop = job.pixels[y : y + tile, x : x + tile]
-            crop = normalize(crop, self.info.normalization) if job.lazy else crop
+            crop = scale_small_integers(crop) if job.lazy else crop
             inputs[i, :, :, 0] = tiling.dihedral(crop, k)
         preds = self._run(inputs)  # (B, T, T) float32 in [0, 1]
         scale = np.float32(1.0 / len(self.transforms))
@@ -178,7 +178,7 @@ class Segmenter:
         pixels, lazy = _prepare(image, self.info.normalization, "image")
         height, width = pixels.shape
         if lazy:
-            pixels = normalize(pixels)
+            pixels = scale_small_integers(pixels)
         padded = tiling.reflect_pad(
             pixels, tiling.padded_length(height, 0, self.multiple), tiling.padded_length(width, 0, self.multiple)
         )
@@ -299,7 +299,8 @@ def _prepare(image: np.ndarray, method: str, name: str) -> tuple[np.ndarray, boo
         image = rgb_to_gray(image[..., :3])
     if image.ndim != 2 or min(image.shape) < 1:
         raise InputError(f"{name}: expected a (H, W) gray image, got shape {image.shape}")
-    if (image.dtype.kind in "ui" or image.dtype == bool) and method == DTYPE_RANGE:
+    if image.dtype.kind in "ui" and image.dtype.itemsize <= 2 and method == DTYPE_RANGE:
+        warn_if_8_bit_in_16_bit(image, name)
         return image, True  # per-pixel recipe: normalising each tile equals normalising the image
     return normalize(image, method, name), False
 

@@ -157,6 +157,23 @@ def test_normalize_by_dtype_range(array: np.ndarray, expected: list[list[float]]
     np.testing.assert_allclose(out, expected, atol=1e-7)
 
 
+@pytest.mark.parametrize(("dtype", "values", "expected"), [(np.int64, [0, 255], [0.0, 1.0]),
+                                                          (np.int32, [0, 65535], [0.0, 1.0])])
+def test_wide_integers_are_read_by_value_with_a_warning(dtype: type, values: list[int], expected: list[float]) -> None:
+    with pytest.warns(SegWarning, match=f"{np.dtype(dtype).name} pixels read as"):
+        np.testing.assert_allclose(normalize(np.array([values], dtype)), [expected])
+
+
+def test_wide_integers_out_of_16_bit_range_are_refused() -> None:
+    with pytest.raises(InputError, match="int64 pixels span -1..5; give uint8/uint16 or float"):
+        normalize(np.array([[-1, 5]], np.int64))
+
+
+def test_8_bit_data_in_a_16_bit_image_warns() -> None:
+    with pytest.warns(SegWarning, match="16-bit image whose pixels all lie in 0..255"):
+        normalize(np.array([[0, 200]], np.uint16))
+
+
 def test_normalize_rescales_out_of_range_floats_with_warning() -> None:
     with pytest.warns(SegWarning, match=r"span \[-2, 6\]"):
         out = normalize(np.array([[-2.0, 2.0, 6.0]], np.float64))

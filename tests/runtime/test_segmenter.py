@@ -174,3 +174,14 @@ def test_import_runtime_loads_no_tensorflow_and_nothing_above_it() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wide_integer_images_match_uint8_and_warn_once() -> None:
+    """int64 pixels in 0..255 (e.g. from a Python list) give the uint8 result, not a near-black image."""
+    seg = make(tile_size=32, halo=8)
+    image = np.random.default_rng(0).integers(0, 256, (80, 70)).astype(np.uint8)
+    expected = seg.predict(image)
+    with pytest.warns(SegWarning, match="int64 pixels read as 8-bit") as caught:
+        got = seg.predict(image.astype(np.int64))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert len([w for w in caught if "int64" in str(w.message)]) == 1
