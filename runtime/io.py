@@ -44,7 +44,9 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
         raise InputError(f"{folder}: not a folder (expected a folder of PNG/JPEG/TIFF images)")
     files = sorted(p for p in folder.iterdir() if (p.is_file() or _dangling(p)) and is_image_file(p))
     if not files:
-        raise InputError(f"{folder}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+        dataset = any((folder / split / "image").is_dir() for split in ("train", "test"))
+        hint = "; this is a dataset folder: give its test/image or train/image" if dataset else ""
+        raise InputError(f"{folder}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files){hint}")
     return files
 
 

@@ -173,6 +173,10 @@ def _model_source(model: str | os.PathLike[str] | bytes, name: str) -> str | byt
         raise InputError(f"{path}: not a file (expected an .onnx model)")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes); not an ONNX model")
+    with open(path, "rb") as handle:
+        if handle.read(4) == b"PK\x03\x04":  # a zip: .keras models are zip archives
+            raise InputError(f"{path}: a Keras model (zip archive), not ONNX; convert it first: "
+                             f"seg export model.onnx --weights {path}")
     return str(path)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from toolkit.console import command, console, err_console
+from toolkit.console import command, console, err_console, plural
 
 HELP = (
     "Segment images with an exported ONNX model (tiled, batched; CUDA or CPU).\n\n"
@@ -66,11 +66,11 @@ def infer(
     finally:
         if bar.live.is_started:
             bar.stop()
+    skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
     console.print(
-        f"{summary.images} images -> {summary.output_dir} on [bold]{summary.provider.upper()}[/] "
+        f"{plural(summary.images, 'image')} -> {summary.output_dir} on [bold]{summary.provider.upper()}[/] "
         f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s; "
-        f"compute {summary.compute_images_per_s:.2f} images/s); skipped {summary.skipped} done, "
-        f"{len(summary.failures)} failed",
+        f"compute {summary.compute_images_per_s:.2f} images/s){skipped}; {len(summary.failures)} failed",
         soft_wrap=True,
     )
     if summary.failures:

@@ -44,6 +44,11 @@ def quiet_tensorflow() -> None:
         os.close(saved)
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def set_debug(enabled: bool) -> None:
     _state["debug"] = enabled
     logging.basicConfig(level=logging.DEBUG if enabled else logging.WARNING)

@@ -190,3 +190,9 @@ def test_label_mask_and_prob_conversions() -> None:
     np.testing.assert_array_equal(binarize_label(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
     np.testing.assert_array_equal(to_mask(np.array([[0.2, 0.5, 0.9]], np.float32)), [[0, 255, 255]])
     assert to_prob_image(np.array([[0.0, 1.0]], np.float32)).tolist() == [[0, 65535]]
+
+
+def test_a_dataset_root_given_as_image_folder_gets_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "test" / "image").mkdir(parents=True)
+    with pytest.raises(InputError, match="this is a dataset folder: give its test/image or train/image"):
+        list_images(tmp_path)

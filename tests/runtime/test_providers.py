@@ -160,3 +160,15 @@ def test_missing_model_file_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         make_session(path)
     assert str(info.value) == f"{path}: no such model file; export one with `seg export model.onnx`"
+
+
+def test_a_keras_file_given_as_model_says_to_export_it(tmp_path: Path) -> None:
+    import zipfile
+
+    from runtime.providers import make_session
+
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+    with pytest.raises(InputError, match="a Keras model \\(zip archive\\), not ONNX; convert it first: seg export"):
+        make_session(path, "cpu")

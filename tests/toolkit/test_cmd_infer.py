@@ -46,7 +46,7 @@ def test_infer_auto_runs_and_reports_the_provider(setup: tuple[Path, Path], tmp_
     assert f"3 images -> {out} on {expected}" in result.output
     assert sorted(p.name for p in out.iterdir()) == [".seg-infer.json", "00.png", "01.png", "02.png"]
     again = runner.invoke(app, ["infer", "-i", str(images), "-m", str(model), "-o", str(out)])
-    assert "0 images" in again.output and "skipped 3 done" in again.output
+    assert "0 images" in again.output and "3 already done, skipped" in again.output
 
 
 @pytest.mark.skipif(providers.cuda_problem() is None, reason="CUDA loads here")
@@ -98,7 +98,7 @@ def test_sigkill_during_a_folder_run_then_rerun_completes_every_mask(tmp_path: P
     assert 3 <= len(done_before) < 40, "the kill should land mid-run"
     rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"skipped {len(done_before)} done" in rerun.stdout.replace("\n", " ")
+    assert f"{len(done_before)} already done, skipped" in rerun.stdout.replace("\n", " ")
     for i in range(40):
         mask = read_image(out / f"{i:02d}.png")  # decodes fully: a truncated PNG would raise
         assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
