@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,7 +76,9 @@ def export_fp16(proto: onnx.ModelProto, out: Path, image_set: ImageSet, info: Mo
     """FP16 weights and compute with float32 ``image``/``prob`` (onnxconverter-common); gated, written."""
     from onnxconverter_common import float16
 
-    half = float16.convert_float_to_float16(copy.deepcopy(proto), keep_io_types=True)
+    with warnings.catch_warnings():  # "the float32 number 7e-08 will be truncated": tiny weights, gated below
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(copy.deepcopy(proto), keep_io_types=True)
     _copy_metadata(proto, half, "fp16")
     return _gate_and_write("fp16", proto, half.SerializeToString(), out, image_set, info, options, {})
 

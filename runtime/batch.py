@@ -156,10 +156,20 @@ redoes every output instead of skipping files that only look done."""
 
 
 def _settings(inputs: str | os.PathLike[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
-    digest = hashlib.sha256(model if isinstance(model, bytes) else Path(str(model)).read_bytes()).hexdigest()
+    digest = _model_digest(model if isinstance(model, bytes) else Path(seg.name))
     return {"inputs": str(Path(str(inputs)).resolve()) if not any(c in str(inputs) for c in _GLOB_CHARS)
             else str(inputs), "model_sha256": digest, "threshold": threshold, "tile": seg.tile_size,
             "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend}
+
+
+def _model_digest(model: bytes | Path) -> str:
+    """SHA-256 of the model's bytes (the file the segmenter was made from); "" when it cannot be read."""
+    if isinstance(model, bytes):
+        return hashlib.sha256(model).hexdigest()
+    try:
+        return hashlib.sha256(model.read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _settings_changed(out_dir: Path, settings: dict[str, object]) -> bool:

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console, quiet_tensorflow
+from toolkit.console import command, console, plural, quiet_tensorflow
 
 Opt = typer.Option
 
 
 @command
 def evaluate_command(
-    model: Annotated[Path, Opt("--model", help="A .onnx (run through the runtime, tiled) or .keras model.")],
+    model: Annotated[Path, Opt("--model", help="A .onnx (run through the runtime, tiled) or .keras model, or a run.")],
     data: Annotated[Path, Opt("--data", help="Dataset folder in the seed layout (or ISBI stacks).")],
     split: Annotated[str, Opt("--split", help="val (slices held out by training), test or train.")] = "val",
     figures: Annotated[Path | None, Opt("--figures", help="Write figures (PNG) into this folder.")] = None,
@@ -30,11 +30,12 @@ def evaluate_command(
     from runtime.atomic import write_json_atomic
     from toolkit.evaluate import SCORE_ROWS, evaluate
 
-    if model.suffix == ".keras":
+    if model.suffix != ".onnx":
         quiet_tensorflow()
     report = evaluate(model, data, split, figures=figures, provider=provider, val=val, seed=seed,
                       threshold=threshold)
-    table = Table(title=f"{model.name} on {split} ({len(report.slice_names)} slices, {report.engine})")
+    table = Table(title=f"{Path(report.model).name} on {split} ({plural(len(report.slice_names), 'slice')}, "
+                        f"{report.engine})")
     table.add_column("score")
     table.add_column("value", justify="right")
     for key, label in SCORE_ROWS:

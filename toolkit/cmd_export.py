@@ -52,7 +52,8 @@ def _lines(report: Any) -> list[str]:
                      f"|Δ membrane F1| {variant.delta_f1:.4f}  {_size(variant.size_bytes)} "
                      f"({variant.size_ratio:.2f}x FP32)  CPU {variant.ms_variant:.1f} ms/img "
                      f"(FP32 {variant.ms_fp32:.1f})  [bold green]PASS[/]{_advice(variant)}")
-    lines.append(f"wrote {report.out} and {report.parity_path.name}")
+    written = [report.out.name, report.parity_path.name] + [v.path.name for v in report.variants]
+    lines.append(f"wrote {', '.join(written)} in {report.out.parent}")
     return lines
 
 

@@ -35,7 +35,9 @@ def train_command(
     resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bar.")] = False,
 ) -> None:
-    """Train a segmentation model and write runs/train/<name>/ (model.keras, config.json, history.csv, loss.png)."""
+    """Train a segmentation model and write runs/train/<name>/: model.keras (best), last.keras + state.json
+    (resume), config.json, history.csv, loss.png, samples.png. --time-budget counts the run's total time,
+    also across --resume."""
     quiet_tensorflow()
     import train
     from train.models import ModelSpec
@@ -44,7 +46,9 @@ def train_command(
         result = train.resume(resume, progress=not quiet, time_budget=time_budget)
     else:
         if data is None:
-            raise typer.BadParameter("give --data DIR (or --resume RUN)", param_hint="--data")
+            from runtime.errors import InputError
+
+            raise InputError("give --data DIR (a dataset folder), or --resume RUN to continue a run")
         spec = ModelSpec(kind=model, width=width or (8 if model == "unet" else 32), depth=depth,
                          batch_norm=batch_norm) if model in ("unet", "cnn") else _bad_model(model)
         config = train.TrainConfig(
@@ -62,7 +66,9 @@ def train_command(
 
 
 def _bad_model(model: str) -> None:
-    raise typer.BadParameter(f"{model!r}; choose unet or cnn", param_hint="--model")
+    from runtime.errors import InputError
+
+    raise InputError(f"--model {model!r}: choose unet or cnn")
 
 
 def _write_figures(run_dir: Path) -> None:

@@ -6,13 +6,14 @@ images, reflect-padded to the size multiple). Both see the same normalised slice
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, SegWarning
 from train import runs
 from train.data import Slice, load_split, split_by_slice
 
@@ -50,15 +51,30 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
     with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder)."""
     from toolkit import metrics
 
-    model = Path(model)
-    if not model.is_file():
-        raise InputError(f"{model}: model not found; give a .onnx or .keras file")
+    model = resolve_model(model)
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
+    if split == "val" and model.suffix == ".onnx":
+        warnings.warn(f"{model}: --split val rebuilds the held-out slices from --val {val:g} --seed {seed}; they "
+                      "match training only if the run used the same values (evaluate its model.keras to be sure)",
+                      SegWarning, stacklevel=2)
     slices = select_split(Path(data), split, *_split_options(model, val, seed))
     probs, engine = predict_slices(model, [s.image for s in slices], provider)
     labels = [s.label for s in slices]
     scores = metrics.score_slices(probs, labels, threshold=threshold)
     written = _figures(figures, model, slices, probs, threshold) if figures else []
     return EvalReport(str(model), engine, str(data), split, [s.name for s in slices], scores, written)
+
+
+def resolve_model(model: Path) -> Path:
+    """A ``.onnx``/``.keras`` file, or a training run (folder or name under runs/train) -> its best model."""
+    model = Path(model)
+    if model.is_file():
+        return model
+    for run in (model, runs.RUNS_ROOT / model):
+        if (run / runs.BEST_MODEL).is_file():
+            return run / runs.BEST_MODEL
+    raise InputError(f"{model}: model not found; give a .onnx or .keras file, or a training run")
 
 
 def _split_options(model: Path, val: float, seed: int) -> tuple[float, int]:
@@ -73,6 +89,9 @@ def select_split(data: Path, split: str, val: float, seed: int) -> list[Slice]:
     """The labelled slices of ``split``; a split without labels is an ``InputError`` that says so."""
     if split not in SPLITS:
         raise InputError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    if data.name in ("image", "label") and not (data / "train").is_dir():
+        raise InputError(f"{data}: an image folder; give the dataset folder holding train/ and test/, "
+                         f"e.g. {data.parent.parent}")
     if split == "test":
         slices = load_split(data, "test", require_labels=False)
         if any(s.label is None for s in slices):

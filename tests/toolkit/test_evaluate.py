@@ -69,3 +69,23 @@ def test_cli_prints_all_scores_and_json(exported_model: Path, isbi_dir: Path, tm
         assert label[:20] in result.output
     scores = json.loads((tmp_path / "s.json").read_text())["scores"]
     assert np.isclose(scores["membrane_f1"], scores["membrane_f1"]) and len(scores["v_rand_curve"]) == 11
+
+
+def test_image_folder_as_data_and_bad_threshold_are_explained(tmp_path: Path) -> None:
+    make_dataset(tmp_path, n=2, size=16)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m.onnx"), "--data",
+                                 str(tmp_path / "train" / "image")])
+    assert result.exit_code == 2
+    assert "an image folder; give the dataset folder holding train/ and test/" in result.output
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path),
+                                 "--threshold", "1.5"])
+    assert result.exit_code == 2 and "--threshold 1.5: outside [0, 1]" in result.output
+
+
+def test_a_run_folder_is_accepted_as_model(tmp_path: Path) -> None:
+    from toolkit.evaluate import resolve_model
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_bytes(b"PK")
+    assert resolve_model(tmp_path / "run") == tmp_path / "run" / "model.keras"
