@@ -196,5 +196,6 @@ def test_infer_killed_twice_with_stacks_probs_and_overlays_then_finishes(tmp_pat
     assert done.returncode == 0, done.stderr
     assert _temporaries(out) == []
     counts = _check_intact(out)
-    assert counts == {".png": 48, ".tif": 27}  # 24 masks + 24 overlays; 25 prob maps, the stack mask + overlay
+    # 24 masks + 24 overlays; 25 prob maps, the stack mask + overlay; the run settings record
+    assert counts == {".png": 48, ".tif": 27, ".json": 1}
     assert len(read_pages(out / "vol.tif")) == len(read_pages(out / "overlay" / "vol.tif")) == 6
