@@ -118,17 +118,19 @@ def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu")
 
 
 def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Whole-image Keras predictions; images are reflect-padded to a multiple of 32 and cropped back."""
+    """Whole-image Keras predictions ``(H, W) float32 in [0, 1]``; images are reflect-padded to the model's
+    size multiple (2^poolings) and cropped back."""
     import keras
 
     try:
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     except Exception as exc:
         raise InputError(f"{model_path}: not a loadable Keras model ({type(exc).__name__}: {exc})") from None
+    multiple = 2 ** sum(type(layer).__name__ == "MaxPooling2D" for layer in model.layers)  # 2^depth
     out = []
     for image in images:
         height, width = image.shape
-        padded = np.pad(image, ((0, -height % 32), (0, -width % 32)), mode="reflect")
+        padded = np.pad(image, ((0, -height % multiple), (0, -width % multiple)), mode="reflect")
         prob = np.asarray(model(padded[None, :, :, None], training=False), np.float32)[0, :height, :width, 0]
         out.append(prob)
     return out

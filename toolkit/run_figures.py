@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from toolkit.evaluate import keras_predict
 from train import runs
 from train.data import Slice, load_split
 
@@ -18,7 +17,7 @@ def write_run_figures(run_dir: Path, n_samples: int = 2) -> list[Path]:
     written = [plots.plot_loss_curve(run_dir / runs.HISTORY, run_dir / "loss.png", title=run_dir.name)]
     samples = _validation_samples(run_dir, n_samples)
     if samples:
-        probs = _predict_keras(run_dir / runs.BEST_MODEL, [s.image for s in samples])
+        probs = keras_predict(run_dir / runs.BEST_MODEL, [s.image for s in samples])
         written.append(plots.plot_predictions([s.image for s in samples], [s.label for s in samples], probs,
                                               run_dir / "samples.png", title=f"{run_dir.name}: validation"))
     return written
@@ -28,11 +27,3 @@ def _validation_samples(run_dir: Path, n_samples: int) -> list[Slice]:
     record = runs.read_json(run_dir / runs.CONFIG)
     wanted = set(record["data"]["val_slices"][:n_samples])
     return [s for s in load_split(record["data"]["dir"], "train") if s.source in wanted]
-
-
-def _predict_keras(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Whole-image Keras predictions ``(H, W) float32 in [0, 1]`` for ``(H, W)`` images."""
-    import keras
-
-    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    return [np.asarray(model(image[None, :, :, None], training=False))[0, :, :, 0] for image in images]
