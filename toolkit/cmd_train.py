@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console, quiet_tensorflow
+from toolkit.console import command, console, plural, quiet_tensorflow
 
 Opt = typer.Option
 
@@ -58,9 +58,11 @@ def train_command(
         )
         result = train.fit(config, progress=not quiet)
     console.print(
-        f"run [bold]{result.run_dir}[/]: {result.epochs} epochs on {result.device} (stopped: {result.stopped}), "
+        f"run [bold]{result.run_dir}[/]: {plural(result.epochs, 'epoch')} on {result.device} "
+        f"(stopped: {result.stopped}), "
         f"{result.crops_per_s:.1f} crops/s; best epoch {result.best_epoch}: "
-        f"val MSE {result.val_mse:.4f}, val membrane F1 {result.val_f1:.4f}"
+        f"val MSE {result.val_mse:.4f}, val membrane F1 {result.val_f1:.4f}",
+        soft_wrap=True,
     )
     _write_figures(result.run_dir)
 
