@@ -42,19 +42,28 @@ def dataset_stage(out: Path, overwrite: bool = False, splits: Sequence[str] = SP
     """
     out = Path(out)
     check_target(out, overwrite)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}", dir=out.parent))
-    except OSError as exc:
-        raise InputError(f"{out.parent}: cannot create a folder there ({exc.strerror}); choose another OUT") from None
-    try:
+    with temporary_folder_beside(out, "", "OUT") as stage:
         for split in splits:
             for kind in ("image", "label"):
                 (stage / split / kind).mkdir(parents=True)
         yield stage
         _commit(stage, out)
+
+
+@contextlib.contextmanager
+def temporary_folder_beside(out: Path, tag: str, option: str) -> Iterator[Path]:
+    """A hidden folder ``.OUT.tmp-<tag>XXXX`` next to ``out`` (same file system, so renames are atomic),
+    removed on exit whatever happens. ``option`` names the CLI option to change when it cannot be made."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}{tag}", dir=out.parent))
+    except OSError as exc:
+        raise InputError(f"{out.parent}: cannot create a folder there ({exc.strerror}); choose another {option}") \
+            from None
+    try:
+        yield folder
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_target(out: Path, overwrite: bool) -> None:

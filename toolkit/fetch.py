@@ -27,8 +27,6 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,10 +36,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from runtime.atomic import TMP_MARK
 from runtime.errors import InputError, SegWarning
 from toolkit.console import err_console
-from toolkit.datasets import check_target, import_isbi_stacks
+from toolkit.datasets import check_target, import_isbi_stacks, temporary_folder_beside
 
 DEFAULT_MIRROR = "https://raw.githubusercontent.com/alexklibisz/isbi-2012/master/data/"
 VOLUME, LABELS = "train-volume.tif", "train-labels.tif"
@@ -228,15 +225,6 @@ def _keep_raw(paths: dict[str, Path], out: Path) -> None:
         os.replace(path, raw / name)
 
 
-@contextlib.contextmanager
-def _download_folder(out: Path) -> Iterator[Path]:
+def _download_folder(out: Path) -> contextlib.AbstractContextManager[Path]:
     """A hidden temporary folder next to ``out`` (``.OUT.tmp-fetch-XXXX``), removed on exit whatever happens."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}fetch-", dir=out.parent))
-    except OSError as exc:
-        raise InputError(f"{out.parent}: cannot create a folder there ({exc.strerror}); choose another --dir") from None
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    return temporary_folder_beside(out, "fetch-", "--dir")
