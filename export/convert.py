@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx
 
-from export import parity, variants
+from export import parity, tidy, variants
 from export.source import Source, load_source, receptive_field
 from runtime.atomic import write_bytes_atomic, write_json_atomic
 from runtime.errors import GateError, InputError
@@ -115,7 +115,8 @@ def _data_dir(data: str | Path | None, source: Source) -> Path:
 
 def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
     """tf2onnx conversion with input ``image`` ``(N, H, W, 1) float32`` and output ``prob`` ``(N, H, W, 1)``,
-    N/H/W dynamic; ``onnx.checker`` (full) and strict shape inference must pass."""
+    N/H/W dynamic, then ``export.tidy``'s exact clean-ups; ``onnx.checker`` (full) and strict shape inference
+    must pass."""
     import tensorflow as tf
     import tf2onnx
 
@@ -130,6 +131,7 @@ def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
     for value in (graph.input[0], graph.output[0]):
         for dim, name in zip(value.type.tensor_type.shape.dim, DYNAMIC_DIMS, strict=False):
             dim.dim_param = name
+    tidy.tidy(proto)
     onnx.checker.check_model(proto, full_check=True)
     onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     return proto

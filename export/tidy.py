@@ -1,0 +1,100 @@
+"""Exact clean-ups of the tf2onnx graph that onnxruntime cannot do itself (its shapes are dynamic).
+
+tf2onnx turns each Keras ``Conv2DTranspose(kernel=s, strides=s, padding="valid")`` into a ``ConvTranspose``
+followed by a ``Slice`` to TensorFlow's output size and a ``Pad`` by what is missing, both computed at run
+time from ``Shape`` ops. For kernel == stride and no padding the ONNX output is already exactly
+``(s*H, s*W)``, so the Slice/Pad pair is the identity, yet it costs two full copies of the up-sampled map,
+keeps ~25 shape nodes alive per layer and breaks onnxruntime's blocked-layout (NCHWc) chain.
+``drop_identity_crops`` bypasses those pairs; ``prune_dead_nodes`` then removes what no output needs.
+Every rewrite is exact; ``seg export``'s parity gate checks the result against Keras anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+
+
+def tidy(proto: onnx.ModelProto) -> dict[str, int]:
+    """Apply every clean-up to ``proto`` in place; returns how many places each one changed."""
+    counts = {"identity_crops": drop_identity_crops(proto.graph)}
+    counts["dead_nodes"] = prune_dead_nodes(proto.graph)
+    return counts
+
+
+def drop_identity_crops(graph: onnx.GraphProto) -> int:
+    """Rewire consumers of ``Pad(Slice(ConvTranspose(x)))`` to the ConvTranspose output where the crop is
+    provably the identity (kernel == stride, no pads, output_padding or output_shape, dilation 1)."""
+    producers = {output: node for node in graph.node for output in node.output}
+    replaced = 0
+    for pad in [node for node in graph.node if node.op_type == "Pad"]:
+        crop = producers.get(pad.input[0])
+        if crop is None or crop.op_type != "Slice" or not _pad_is_zero_constant(pad, graph):
+            continue
+        upconv = producers.get(crop.input[0])
+        if upconv is None or upconv.op_type != "ConvTranspose" or not _fills_its_output(upconv):
+            continue
+        _rename_uses(graph, pad.output[0], upconv.output[0])
+        replaced += 1
+    return replaced
+
+
+def prune_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Remove nodes (and initializers) that no graph output depends on; returns the number of nodes removed."""
+    producers = {output: index for index, node in enumerate(graph.node) for output in node.output}
+    live: set[int] = set()
+    stack = [value.name for value in graph.output]
+    while stack:
+        index = producers.get(stack.pop())
+        if index is None or index in live:
+            continue
+        live.add(index)
+        stack.extend(name for name in graph.node[index].input if name)
+    kept = [node for index, node in enumerate(graph.node) if index in live]
+    removed = len(graph.node) - len(kept)
+    used = {name for node in kept for name in node.input}
+    initializers = [init for init in graph.initializer if init.name in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return removed
+
+
+def _fills_its_output(node: onnx.NodeProto) -> bool:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    kernel, strides = list(attrs.get("kernel_shape", [])), list(attrs.get("strides", []))
+    if not kernel or kernel != strides:
+        return False
+    if any(attrs.get("pads", [])) or any(attrs.get("output_padding", [])) or attrs.get("output_shape"):
+        return False
+    if any(d != 1 for d in attrs.get("dilations", [])):
+        return False
+    return attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+
+
+def _pad_is_zero_constant(pad: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+    """A constant-mode Pad whose fill value (if any) is a zero initializer (pads may be computed)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pad.attribute}
+    if attrs.get("mode", b"constant") != b"constant":
+        return False
+    if len(pad.input) < 3 or not pad.input[2]:
+        return True
+    values = {init.name: init for init in graph.initializer}
+    fill = values.get(pad.input[2])
+    return fill is not None and not onnx.numpy_helper.to_array(fill).any()
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Point every node input (and graph output) named ``old`` at ``new``."""
+    for node in graph.node:
+        node.input[:] = _swap(node.input, old, new)
+    for value in graph.output:
+        if value.name == old:
+            value.name = new
+
+
+def _swap(names: Iterable[str], old: str, new: str) -> list[str]:
+    return [new if name == old else name for name in names]
+

@@ -1,0 +1,95 @@
+"""``export.tidy``: the tf2onnx crop-after-up-convolution pattern is removed exactly, and only where exact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export import tidy
+
+
+def _upconv_graph(kernel: int, stride: int, pad_fill: float = 0.0) -> onnx.ModelProto:
+    """``x (1, 2, H, W)`` -> ConvTranspose(k, s) -> Slice to ``(s*H, s*W)`` -> Pad by what is missing, both from
+    ``Shape`` ops as tf2onnx writes them -> Concat with a nearest up-sampled copy of x -> ``y``."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 3, kernel, kernel)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "hw_axes"),
+             numpy_helper.from_array(np.array([0, 0], np.int64), "zeros"),
+             numpy_helper.from_array(np.array([stride, stride], np.int64), "stride"),
+             numpy_helper.from_array(np.array(pad_fill, np.float32), "fill"),
+             numpy_helper.from_array(np.array([1, 1, stride, stride], np.float32), "scales")]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w", "b"], ["up"], kernel_shape=[kernel, kernel],
+                         strides=[stride, stride]),
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Gather", ["x_shape", "hw_axes"], ["x_hw"]),
+        helper.make_node("Mul", ["x_hw", "stride"], ["want_hw"]),
+        helper.make_node("Slice", ["up", "zeros", "want_hw", "hw_axes"], ["cropped"]),
+        helper.make_node("Shape", ["cropped"], ["got_shape"]),
+        helper.make_node("Gather", ["got_shape", "hw_axes"], ["got_hw"]),
+        helper.make_node("Sub", ["want_hw", "got_hw"], ["missing"]),
+        # pads = (N, C, H, W) begins, then ends: zeros except what is missing at the bottom/right
+        helper.make_node("Concat", ["zeros", "zeros", "zeros", "missing"], ["pads"], axis=0),
+        helper.make_node("Neg", ["missing"], ["unused"]),  # dead: nothing reads it
+        helper.make_node("Pad", ["cropped", "pads", "fill"], ["padded"], mode="constant"),
+        helper.make_node("Resize", ["x", "", "scales"], ["x_up"], mode="nearest"),
+        helper.make_node("Concat", ["padded", "x_up"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "upconv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, None, None])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> Any:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node]
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 5, 7), (1, 2, 16, 16)])
+def test_identity_crop_is_removed_and_output_unchanged(shape: tuple[int, ...]) -> None:
+    model = _upconv_graph(kernel=2, stride=2)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    before = _run(model, x)
+    counts = tidy.tidy(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert counts["identity_crops"] == 1
+    assert "Slice" not in _ops(model) and "Pad" not in _ops(model) and "Shape" not in _ops(model)
+    assert _ops(model).count("ConvTranspose") == 1
+    np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_overlapping_kernel_keeps_its_crop() -> None:
+    """kernel 3, stride 2: ConvTranspose gives 2H+1 rows, so the Slice really crops; nothing may change."""
+    model = _upconv_graph(kernel=3, stride=2)
+    x = np.random.default_rng(2).standard_normal((1, 2, 6, 4)).astype(np.float32)
+    before = _run(model, x)
+    assert tidy.drop_identity_crops(model.graph) == 0
+    assert {"Slice", "Pad"} <= set(_ops(model))
+    np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_nonzero_pad_fill_is_not_an_identity() -> None:
+    model = _upconv_graph(kernel=2, stride=2, pad_fill=1.0)
+    assert tidy.drop_identity_crops(model.graph) == 0
+
+
+def test_prune_removes_dead_nodes_and_their_initializers() -> None:
+    model = _upconv_graph(kernel=2, stride=2)
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "orphan"))
+    model.graph.node.append(helper.make_node("Relu", ["orphan"], ["orphan_relu"]))
+    removed = tidy.prune_dead_nodes(model.graph)
+    assert removed == 2  # the unused Neg and the orphan Relu
+    names = {init.name for init in model.graph.initializer}
+    assert "orphan" not in names and {"w", "b", "scales"} <= names
+    assert "unused" not in {out for node in model.graph.node for out in node.output}
