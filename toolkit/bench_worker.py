@@ -127,10 +127,11 @@ def latency(run: Any, runs: int) -> dict[str, float]:
 
 
 def _linked_inputs(paths: list[str], folder: Path) -> Path:
-    """A folder of symlinks to ``paths`` (so ``segment_paths`` reads exactly these files, nothing copied)."""
+    """A folder of symlinks to ``paths`` (so ``segment_paths`` reads exactly these files, nothing copied); each
+    link is numbered, since ``paths`` repeats files when more images are timed than the data set holds."""
     folder.mkdir(parents=True)
-    for path in paths:
-        (folder / Path(path).name).symlink_to(Path(path).resolve())
+    for index, path in enumerate(paths):
+        (folder / f"{index:04d}-{Path(path).name}").symlink_to(Path(path).resolve())
     return folder
 
 
