@@ -284,3 +284,12 @@ def test_worker_peak_rss_is_its_own_not_the_parents() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 300, out.stdout
     assert ballast.sum() > 0
+
+
+def test_more_timed_images_than_files_still_measures(bench_dir: Path) -> None:
+    """7 timed images from 5 files repeat two of them; the end-to-end pass must read each repeat, not crash."""
+    report = run_benchmark(bench_dir / "model.onnx", data=bench_dir / "data", providers=("cpu",), variants=("fp32",),
+                           batches=(2,), images=7, repeats=1, latency_runs=0, large=0, profile=False)
+    (row,) = report.rows
+    assert row.ok, row.status
+    assert row.e2e_ips and row.e2e_ips > 0
