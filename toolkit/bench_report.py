@@ -92,7 +92,27 @@ class BenchReport:
             lines.append(large_line(self.large))
         if self.int8_verdict:
             lines.append(self.int8_verdict)
+        ceiling = keras_ceiling(self.rows, self.machine.gflops)
+        if ceiling:
+            lines.append(ceiling)
         return lines
+
+
+def keras_ceiling(rows: list[BenchRow], peak_gflops: float) -> str:
+    """One line: how much faster than Keras any FP32 engine could be here (peak / Keras's achieved GFLOP/s),
+    against what onnxruntime reached (best CPU batch of each, compute-only). Empty without Keras CPU rows."""
+    keras = [r for r in rows if r.ok and r.engine == "keras" and r.gflops]
+    onnx = [r for r in rows if r.ok and r.engine == "onnxruntime" and r.provider == "cpu" and r.variant == "fp32"
+            and r.gflops]
+    if not keras or not onnx or peak_gflops <= 0:
+        return ""
+    best_keras = max(keras, key=lambda r: r.gflops or 0.0)
+    best_onnx = max(onnx, key=lambda r: r.gflops or 0.0)
+    keras_gflops, onnx_gflops = best_keras.gflops or 0.0, best_onnx.gflops or 0.0
+    return (f"Keras ceiling: Keras reached {keras_gflops:.0f} GFLOP/s ({keras_gflops / peak_gflops:.0%} of the "
+            f"estimated FP32 peak), so no FP32 engine can run this model more than {peak_gflops / keras_gflops:.1f}x "
+            f"faster than Keras here; onnxruntime FP32 reached {onnx_gflops / keras_gflops:.2f}x "
+            f"({onnx_gflops / peak_gflops:.0%} of peak)")
 
 
 def large_line(large: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from runtime.io import write_image
 from runtime.providers import cuda_problem
 from toolkit.bench_flops import count_flops, cpu_peak
 from toolkit.bench_profile import compare_table, summarize
-from toolkit.bench_report import COLUMNS, BenchRow, add_ratios, int8_verdict
+from toolkit.bench_report import COLUMNS, BenchRow, add_ratios, int8_verdict, keras_ceiling
 from toolkit.benchmark import CPU_FP16, merge_rounds, run_benchmark
 from toolkit.cli import app
 
@@ -228,6 +228,15 @@ def test_ratios_and_int8_verdict() -> None:
     rows[1].compute_ips, rows[1].membrane_f1 = 20.0, 0.7
     add_ratios(rows)
     assert "NOT recommended" in int8_verdict(rows)
+
+
+def test_keras_ceiling_is_peak_over_keras_rate() -> None:
+    rows = [_row("onnxruntime", "fp32", 4, 10.0, 8.0), _row("keras", "fp32", 4, 5.0, 4.0)]
+    rows[0].gflops, rows[1].gflops = 60.0, 30.0
+    line = keras_ceiling(rows, 120.0)
+    assert "Keras reached 30 GFLOP/s (25% of" in line
+    assert "more than 4.0x faster than Keras" in line and "reached 2.00x (50% of peak)" in line
+    assert keras_ceiling(rows[:1], 120.0) == ""  # no Keras row, no line
 
 
 @pytest.mark.slow
