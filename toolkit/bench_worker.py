@@ -8,7 +8,8 @@ run, ``seconds``. Any ``SegError`` becomes ``{"error": "<one line>", "error_kind
 parent prints it in the row).
 
 Engines: ``onnx`` (``runtime.Segmenter`` + ``segment_paths``), ``keras`` (``model.predict``, the baseline a
-user would otherwise run) and ``large`` (one ``size x size`` uint8 image through the tiled ``Segmenter``).
+user would otherwise run), ``large`` (one ``size x size`` uint8 image through the tiled ``Segmenter``) and
+``paired`` (FP32 against a variant, alternating in one process, for a speed-up that load drift cannot bend).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Spec:
     latency_runs: int = 0
     threads: int | None = None
     size: int = 0
+    other: str = ""
 
 
 def peak_rss_mb() -> float:
@@ -65,12 +67,7 @@ def peak_rss_mb() -> float:
 def median_rate(run: Any, images: int, repeats: int) -> float:
     """Images per second of ``run()`` (which processes ``images`` images): median of ``repeats`` after 1 warm-up."""
     run()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return images / float(np.median(times))
+    return images / float(np.median([_seconds(run) for _ in range(max(1, repeats))]))
 
 
 def prepared_batches(images: list[np.ndarray], tile: int, batch: int) -> list[np.ndarray]:
@@ -93,13 +90,7 @@ def measure_onnx(spec: Spec) -> dict[str, Any]:
     seg = Segmenter(spec.model, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
     images = [normalize(read_image(p)) for p in spec.images]
     tile = seg.tile_size or max(images[0].shape)
-    batches = prepared_batches(images, tile, spec.batch)
-    name, output = seg.session.get_inputs()[0].name, seg.session.get_outputs()[0].name
-
-    def compute() -> None:
-        for batch in batches:
-            seg.session.run([output], {name: batch})
-
+    compute = compute_pass(seg, prepared_batches(images, tile, spec.batch))
     result: dict[str, Any] = {"providers": seg.providers, "tile": tile}
     result["compute_ips"] = median_rate(compute, len(images), spec.repeats)
     with tempfile.TemporaryDirectory(prefix="seg-bench-") as folder:
@@ -113,6 +104,42 @@ def measure_onnx(spec: Spec) -> dict[str, Any]:
         probs = seg.predict_batch([read_image(p) for p in spec.labelled])
         np.save(spec.probs_out, np.stack(probs).astype(np.float32))
     return result
+
+
+def compute_pass(seg: Any, batches: list[np.ndarray]) -> Any:
+    """A function that runs ``seg``'s session once over every prepared batch (compute only, no IO)."""
+    name, output = seg.session.get_inputs()[0].name, seg.session.get_outputs()[0].name
+
+    def compute() -> None:
+        for batch in batches:
+            seg.session.run([output], {name: batch})
+
+    return compute
+
+
+def measure_paired(spec: Spec) -> dict[str, Any]:
+    """FP32 (``model``) against a variant (``other``) in one process, compute-only at ``batch``, alternating
+    pass by pass for ``repeats`` pairs: load that drifts during the run hits both alike, which separate
+    processes minutes apart cannot promise. ``ratio`` is the median of the per-pair speed-ups of ``other``."""
+    from runtime import Segmenter, read_image
+    from runtime.preprocess import normalize
+
+    images = [normalize(read_image(p)) for p in spec.images]
+    passes = []
+    for path in (spec.model, spec.other):
+        seg = Segmenter(path, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
+        passes.append(compute_pass(seg, prepared_batches(images, seg.tile_size or max(images[0].shape), spec.batch)))
+        passes[-1]()  # warm-up
+    pairs = [(_seconds(passes[0]), _seconds(passes[1])) for _ in range(max(3, spec.repeats))]
+    base, other = (float(np.median(times)) for times in zip(*pairs, strict=True))
+    return {"providers": seg.providers, "batch": spec.batch, "pairs": len(pairs), "fp32_ips": len(images) / base,
+            "other_ips": len(images) / other, "ratio": float(np.median([b / o for b, o in pairs]))}
+
+
+def _seconds(run: Any) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def latency(run: Any, runs: int) -> dict[str, float]:
@@ -186,7 +213,7 @@ def measure_large(spec: Spec) -> dict[str, Any]:
             "mask_shape": list(mask.shape), "rss_before_mb": before, "tile": seg.tile_size, "halo": seg.halo}
 
 
-ENGINES = {"onnx": measure_onnx, "keras": measure_keras, "large": measure_large}
+ENGINES = {"onnx": measure_onnx, "keras": measure_keras, "large": measure_large, "paired": measure_paired}
 
 
 def main(argv: list[str]) -> int:

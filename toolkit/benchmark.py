@@ -91,7 +91,8 @@ def run_benchmark(
         report.rows = merge_rounds(sweeps)
         _add_compute_rates(report)
         add_ratios(report.rows)
-        report.int8_verdict = int8_verdict(report.rows)
+        report.paired = runner.paired(model, report.rows, max(7, 2 * repeats)) if "int8" in variants else None
+        report.int8_verdict = int8_verdict(report.rows, report.paired)
         if large > 0:
             report.large = runner.large(model, _working_provider(report.rows), large)
         if profile and "int8" in variants and "cpu" in providers:
@@ -208,6 +209,19 @@ class _Runner:
         if first and self.scoring and probs.is_file() and self.bench.labels:
             row.membrane_f1, row.v_rand = score(np.load(probs), self.bench.labels, threshold)
         return row
+
+    def paired(self, model: Path, rows: list[BenchRow], pairs: int) -> dict[str, Any] | None:
+        """FP32 and INT8 alternating in one CPU worker at INT8's fastest batch (``bench_worker.measure_paired``);
+        None unless both measured on the CPU."""
+        cpu = {(r.variant, r.batch): r for r in rows if r.ok and r.provider == "cpu" and r.engine == "onnxruntime"}
+        int8 = [r for (variant, batch), r in cpu.items() if variant == "int8" and ("fp32", batch) in cpu]
+        if not int8:
+            return None
+        batch = max(int8, key=lambda r: r.compute_ips or 0.0).batch or 1
+        spec = Spec("paired", str(model), "cpu", batch, [str(p) for p in self.bench.timing], repeats=pairs,
+                    threads=self.threads, other=str(variant_file(model, "int8")))
+        self.say(f"paired fp32 vs int8 cpu batch {batch}")
+        return self.spawn(spec)
 
     def large(self, model: Path, provider: str | None, size: int) -> dict[str, Any]:
         if provider is None:

@@ -221,7 +221,14 @@ def test_ratios_and_int8_verdict() -> None:
     assert rows[1].vs_fp32_compute == pytest.approx(1.6)
     assert (rows[0].vs_keras_compute, rows[0].vs_keras_e2e) == (pytest.approx(5.0), pytest.approx(8.0))
     assert rows[2].vs_keras_compute is None and rows[3].vs_fp32_compute is None
-    assert int8_verdict(rows).endswith("1.60x, |Δ membrane F1| 0.0050, |Δ V_rand| 0.0000: RECOMMENDED on this CPU")
+    verdict = int8_verdict(rows)
+    assert "1.60x (the table's best INT8 (batch 4) / best FP32 (batch 4))" in verdict
+    assert verdict.endswith("|Δ membrane F1| 0.0050, |Δ V_rand| 0.0000: RECOMMENDED on this CPU")
+    paired = {"ratio": 1.2, "batch": 4, "pairs": 7}  # the paired run outranks the table's ratio
+    assert "1.20x (paired in one process at batch 4, median of 7" in int8_verdict(rows, paired)
+    assert "below the 1.5x target" in int8_verdict(rows, paired)
+    faster_fp32 = _row("onnxruntime", "fp32", 1, 20.0, 9.0)  # best against best, not batch by batch
+    assert "0.80x" in int8_verdict([*rows, faster_fp32])
     rows[1].compute_ips, rows[1].membrane_f1 = 9.0, 0.8
     add_ratios(rows)
     assert "0.90x" in int8_verdict(rows) and "NOT recommended on this CPU" in int8_verdict(rows)
@@ -302,3 +309,20 @@ def test_more_timed_images_than_files_still_measures(bench_dir: Path) -> None:
     (row,) = report.rows
     assert row.ok, row.status
     assert row.e2e_ips and row.e2e_ips > 0
+
+
+def test_int8_speed_up_is_paired_in_one_process(bench_dir: Path, tmp_path: Path) -> None:
+    """With FP32 and INT8 rows on the CPU, one worker alternates both; the verdict quotes that ratio."""
+    import shutil
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(bench_dir / "model.onnx", model)
+    shutil.copy(bench_dir / "model.onnx", tmp_path / "model.int8.onnx")  # a stand-in: the same graph
+    report = run_benchmark(model, data=bench_dir / "data", providers=("cpu",), variants=("fp32", "int8"),
+                           batches=(1, 2), images=2, repeats=1, latency_runs=0, large=0, profile=False)
+    paired = report.paired
+    assert paired is not None and "error" not in paired, paired
+    assert paired["batch"] in (1, 2) and paired["pairs"] == 7
+    assert paired["fp32_ips"] > 0 and paired["other_ips"] > 0 and paired["ratio"] > 0
+    assert f"{paired['ratio']:.2f}x (paired in one process at batch {paired['batch']}" in report.int8_verdict
+    assert report.to_dict()["paired"] == paired
