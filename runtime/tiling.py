@@ -19,7 +19,7 @@ so tiled and whole-image predictions agree; the window only smooths where contex
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -170,14 +170,24 @@ def cut_tiles(image: np.ndarray, corners: Sequence[tuple[int, int]], tile: int) 
     return np.stack([image[y : y + tile, x : x + tile] for y, x in corners])
 
 
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of ``size`` items (the last may be shorter); packs tiles of several images."""
-    if size < 1:
-        raise ValueError(f"batch size must be >= 1, got {size}")
+def batched(items: Iterable[T], size: int | Callable[[T], int], key: Callable[[T], object] | None = None
+            ) -> Iterator[list[T]]:
+    """Consecutive lists of at most ``size`` items (the last may be shorter); packs tiles of several images.
+
+    With ``key``, a list never mixes items of different keys (tiles of different sizes cannot share an
+    onnxruntime batch); ``size`` may then be a function of the list's first item.
+    """
+    limit = size if callable(size) else (lambda _item: size)
     batch: list[T] = []
     for item in items:
+        if batch and key is not None and key(item) != key(batch[0]):
+            yield batch
+            batch = []
         batch.append(item)
-        if len(batch) == size:
+        wanted = limit(batch[0])
+        if wanted < 1:
+            raise ValueError(f"batch size must be >= 1, got {wanted}")
+        if len(batch) >= wanted:
             yield batch
             batch = []
     if batch:

@@ -121,7 +121,8 @@ def large_line(large: dict[str, Any]) -> str:
         return f"large image: not measured ({large['error']})"
     verdict = "within" if large["peak_rss_mb"] <= LARGE_RSS_LIMIT_MB else "OVER"
     return (f"large image: {large['size']}x{large['size']} uint8 tiled ({large['tiles']} tiles of {large['tile']}, "
-            f"halo {large['halo']}) in {large['seconds']:.1f} s on {', '.join(large['providers'])}; peak RSS "
+            f"halo {large['halo']}, {large.get('batch', '?')} per call) in {large['seconds']:.1f} s on "
+            f"{', '.join(large['providers'])}; peak RSS "
             f"{large['peak_rss_mb']:.0f} MB ({verdict} the {LARGE_RSS_LIMIT_MB / 1024:.1f} GB budget; "
             f"{large['rss_before_mb']:.0f} MB before the image)")
 

@@ -210,7 +210,8 @@ def measure_large(spec: Spec) -> dict[str, Any]:
     mask = to_mask(seg.predict(image), seg.info.threshold)
     seconds = time.perf_counter() - start
     return {"providers": seg.providers, "seconds": seconds, "size": spec.size, "tiles": seg.stats.tiles,
-            "mask_shape": list(mask.shape), "rss_before_mb": before, "tile": seg.tile_size, "halo": seg.halo}
+            "mask_shape": list(mask.shape), "rss_before_mb": before, "tile": seg.tile_for(*image.shape),
+            "batch": seg.batch_for(seg.tile_for(*image.shape)), "halo": seg.halo}
 
 
 ENGINES = {"onnx": measure_onnx, "keras": measure_keras, "large": measure_large, "paired": measure_paired}

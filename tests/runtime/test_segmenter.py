@@ -83,6 +83,33 @@ def test_predict_batch_packs_tiles_of_several_images(rng: np.random.Generator) -
     assert seg.stats.compute_s > 0
 
 
+def test_images_larger_than_the_tile_both_ways_use_double_tiles(rng: np.random.Generator) -> None:
+    seg = make(batch_size=4)
+    assert (seg.tile_size, seg.large_tile) == (64, 128)
+    assert [seg.tile_for(*shape) for shape in [(64, 500), (65, 65), (500, 64), (150, 200)]] == [64, 128, 64, 128]
+    assert (seg.batch_for(64), seg.batch_for(128)) == (4, 1)  # the same pixels per call
+    image = rng.random((150, 200), dtype=np.float32)
+    prob = seg.predict(image)
+    assert seg.stats.tiles == 2 * 2  # 128-pixel tiles over (160, 208) padded; 64-pixel tiles would take 24
+    assert np.abs(prob - make(tile_size=0).predict(image)).max() < 1e-3
+    explicit = make(tile_size=64)
+    assert explicit.large_tile == 64 and explicit.tile_for(150, 200) == 64
+
+
+def test_tiles_of_different_sizes_never_share_a_batch(rng: np.random.Generator) -> None:
+    shapes = [(50, 50), (150, 150), (60, 70), (130, 140), (40, 40)]
+    images = [rng.random(shape, dtype=np.float32) for shape in shapes]
+    seg = make(batch_size=8)
+    batch_shapes: list[tuple[int, ...]] = []
+    run = seg._run
+    seg._run = lambda inputs: (batch_shapes.append(inputs.shape), run(inputs))[1]  # type: ignore[method-assign]
+    probs = seg.predict_batch(images)
+    assert {shape[1:3] for shape in batch_shapes} == {(64, 64), (128, 128)}
+    assert all(shape[0] <= (8 if shape[1] == 64 else 2) for shape in batch_shapes)
+    for image, prob in zip(images, probs, strict=True):
+        np.testing.assert_allclose(prob, make().predict(image), atol=1e-6)
+
+
 def test_predict_iter_pulls_images_lazily(rng: np.random.Generator) -> None:
     pulled: list[int] = []
 
@@ -123,7 +150,7 @@ def test_bad_images(rng: np.random.Generator) -> None:
 
 def test_static_shape_model_fixes_tile_and_batch(rng: np.random.Generator) -> None:
     seg = Segmenter(tiny_model("identity", shape=(1, 64, 64, 1), metadata=META), provider="cpu", batch_size=4)
-    assert (seg.tile_size, seg.batch_size) == (64, 1)
+    assert (seg.tile_size, seg.large_tile, seg.batch_size) == (64, 64, 1)
     image = rng.random((100, 70), dtype=np.float32)
     np.testing.assert_allclose(seg.predict(image), image, atol=3e-7)
 
