@@ -40,8 +40,8 @@ from runtime.segmenter import Segmenter
 Progress = Callable[[int, int], None]  # (images done, images to do)
 OnError = Callable[[str], None]  # one line per failed input
 _GLOB_CHARS = "*?["
-_READ_AHEAD = 8  # input files decoded ahead of inference
-_WRITE_BEHIND = 8  # finished files waiting for the writer before inference waits for it
+_READ_AHEAD = 8  # input files decoded ahead of inference (at least twice the readers)
+_WRITE_BEHIND = 8  # finished files waiting for the writers before inference waits for them
 
 
 @dataclass
@@ -324,14 +324,27 @@ class _Open:
     probs: list[np.ndarray] = field(default_factory=list)
 
 
+def io_threads(providers: list[str]) -> tuple[int, int]:
+    """``(readers, writers)`` beside a session on ``providers[0]``: 2 and 1 beside the CPU provider, whose
+    threads need the cores; beside CUDA the cores are free and PNG decoding/encoding is the bottleneck
+    (about 7 ms an image against 1 ms of GPU time on an H100), so half the CPUs each, 2 to 8."""
+    if providers and providers[0] == "cuda":
+        count = max(2, min(8, (os.cpu_count() or 2) // 2))
+        return count, count
+    return 2, 1
+
+
 def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnError,
               progress: Progress | None) -> int:
-    """Read ahead (thread pool) -> ``seg.predict_iter`` -> write behind (one thread). Returns images done."""
+    """Read ahead (thread pool) -> ``seg.predict_iter`` -> write behind (thread pool), files finished in
+    order. Returns images done."""
     opened: deque[_Open] = deque()
     writes: deque[tuple[_Item, Future[None]]] = deque()
     done = images = 0
-    with ThreadPoolExecutor(2, "seg-read") as readers, ThreadPoolExecutor(1, "seg-write") as writer:
-        pages = _pages(todo, readers, seg.info.normalization, opened, report)
+    reading, writing = io_threads(seg.providers)
+    behind = max(_WRITE_BEHIND, 2 * writing)
+    with ThreadPoolExecutor(reading, "seg-read") as readers, ThreadPoolExecutor(writing, "seg-write") as writer:
+        pages = _pages(todo, readers, seg.info.normalization, opened, report, max(_READ_AHEAD, 2 * reading))
         for prob in seg.predict_iter(pages):
             entry = opened[0]
             entry.probs.append(prob)
@@ -340,7 +353,7 @@ def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnErr
                 continue
             opened.popleft()
             writes.append((entry.item, writer.submit(_write, entry, threshold)))
-            while len(writes) > _WRITE_BEHIND or (writes and writes[0][1].done()):
+            while len(writes) > behind or (writes and writes[0][1].done()):
                 done += _settle(*writes.popleft(), report)
                 if progress:
                     progress(done, len(todo))
@@ -352,13 +365,13 @@ def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnErr
 
 
 def _pages(todo: list[_Item], readers: ThreadPoolExecutor, method: str, opened: deque[_Open],
-           report: OnError) -> Iterator[np.ndarray]:
-    """Every page of every readable input, in order, decoded ``_READ_AHEAD`` files ahead."""
+           report: OnError, ahead: int) -> Iterator[np.ndarray]:
+    """Every page of every readable input, in order, decoded ``ahead`` files ahead."""
     queue: deque[tuple[_Item, Future[list[np.ndarray]]]] = deque()
     upcoming = iter(todo)
     for item in upcoming:
         queue.append((item, readers.submit(_read, item.source, method)))
-        if len(queue) >= _READ_AHEAD:
+        if len(queue) >= ahead:
             break
     while queue:
         item, future = queue.popleft()
