@@ -172,6 +172,24 @@ def _int8_note(flags: set[str]) -> str:
     return "no VNNI: int8 GEMM runs as pmaddubsw+pmaddwd (U8S8 can saturate), about 2x FP32 at best"
 
 
+def sgemm_gflops(size: int = 2048, runs: int = 5) -> float:
+    """Best GFLOP/s of a ``size``-cubed float32 matrix product through numpy's BLAS on this machine: the
+    practical FP32 ceiling to read beside the estimated peak (turbo clocks can put it above the estimate)."""
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((size, size), dtype=np.float32) for _ in range(2))
+    a @ b  # warm-up (thread pool, pages)
+    best = float("inf")
+    for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
 def achieved(gflop_per_image: float, images_per_s: float, peak: CpuPeak) -> tuple[float, float]:
     """``(GFLOP/s, fraction of peak)`` for a measured throughput."""
     rate = gflop_per_image * images_per_s

@@ -66,6 +66,7 @@ class BenchReport:
     profile: dict[str, Any] | None = None
     profile_table: list[str] = field(default_factory=list)
     int8_verdict: str = ""
+    sgemm_gflops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,6 +89,9 @@ class BenchReport:
         lines = [f"model: {self.model}; {self.gflop_per_image:.2f} GFLOP per {tile}x{tile} tile "
                  "(Conv/ConvTranspose/MatMul from the ONNX graph, 2 FLOP per multiply-add)",
                  f"machine: {self.machine.model}; FP32 peak {self.machine.how}; {self.machine.int8_note}",
+                 *([f"practical ceiling: numpy's float32 matrix product reached {self.sgemm_gflops:.0f} GFLOP/s "
+                    f"here ({self.sgemm_gflops / self.machine.gflops:.0%} of the estimated peak)"]
+                   if self.sgemm_gflops and self.machine.gflops > 0 else []),
                  f"images: {len(self.images)} for timing; accuracy on {len(self.accuracy_on) or 'no'} labelled slices"]
         if self.large:
             lines.append(large_line(self.large))

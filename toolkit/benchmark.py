@@ -28,7 +28,7 @@ from runtime.errors import InputError
 from runtime.io import read_image
 from runtime.metadata import ModelInfo
 from toolkit.bench_data import BenchImages, bench_images
-from toolkit.bench_flops import achieved, count_flops, cpu_peak
+from toolkit.bench_flops import achieved, count_flops, cpu_peak, sgemm_gflops
 from toolkit.bench_report import BenchReport, BenchRow, add_ratios, int8_verdict
 from toolkit.bench_worker import Spec
 
@@ -90,6 +90,7 @@ def run_benchmark(
             sweeps.append(rows + (runner.keras_rows(keras_path, batches, threshold) if keras_path else []))
         report.rows = merge_rounds(sweeps)
         _add_compute_rates(report)
+        report.sgemm_gflops = sgemm_gflops() if "cpu" in providers else None
         add_ratios(report.rows)
         report.paired = runner.paired(model, report.rows, max(7, 2 * repeats)) if "int8" in variants else None
         report.int8_verdict = int8_verdict(report.rows, report.paired)

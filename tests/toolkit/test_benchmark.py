@@ -107,6 +107,8 @@ def test_table_and_summary(report) -> None:  # noqa: ANN001
     assert f"GFLOP per {TILE}x{TILE} tile" in summary and "FMA units" in summary
     assert "large image: 96x96 uint8 tiled" in summary and "within the 1.5 GB budget" in summary
     assert report.large["peak_rss_mb"] >= report.large["rss_before_mb"] > 0
+    assert report.sgemm_gflops and report.sgemm_gflops > 1  # measured, not assumed
+    assert f"numpy's float32 matrix product reached {report.sgemm_gflops:.0f} GFLOP/s" in summary
 
 
 def test_cli_writes_json_and_prints_the_table(bench_dir: Path, tmp_path: Path) -> None:
@@ -157,6 +159,12 @@ def flop_graph(size: int, group: int) -> bytes:
                                                                              ["N", "H", "W", 1])],
                               [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_sgemm_ceiling_counts_a_real_product() -> None:
+    from toolkit.bench_flops import sgemm_gflops
+
+    assert 0.1 < sgemm_gflops(size=256, runs=2) < 1e5
 
 
 @pytest.mark.parametrize("size", [8, 16])
