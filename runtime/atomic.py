@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,19 @@ def remove_temporaries(folder: str | os.PathLike[str], stems: Iterable[str] | No
     return removed
 
 
+_UMASK_LOCK = threading.Lock()
+_UMASK: list[int] = []
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read once: reading it means setting it, and two writer threads doing that at once
+    could leave the umask at 0 for good (world-writable outputs)."""
+    with _UMASK_LOCK:
+        if not _UMASK:
+            mask = os.umask(0)
+            os.umask(mask)
+            _UMASK.append(mask)
+        return _UMASK[0]
 
 
 def _fsync(path: Path) -> None:

@@ -196,3 +196,27 @@ def test_a_dataset_root_given_as_image_folder_gets_a_hint(tmp_path: Path) -> Non
     (tmp_path / "test" / "image").mkdir(parents=True)
     with pytest.raises(InputError, match="this is a dataset folder: give its test/image or train/image"):
         list_images(tmp_path)
+
+
+def test_concurrent_atomic_writes_keep_the_umask_and_usual_permissions(tmp_path: Path) -> None:
+    """Eight writer threads (as beside CUDA) write 400 files; none may leave the process umask at 0."""
+    import os
+    import stat
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime.atomic import write_bytes_atomic
+
+    mask = os.umask(0)
+    os.umask(mask)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to provoke the race
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: write_bytes_atomic(tmp_path / f"f{i}.bin", b"x"), range(400)))
+    finally:
+        sys.setswitchinterval(interval)
+    now = os.umask(mask)
+    assert now == mask
+    modes = {stat.S_IMODE((tmp_path / f"f{i}.bin").stat().st_mode) for i in range(400)}
+    assert modes == {0o666 & ~mask}
