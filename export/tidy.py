@@ -6,7 +6,9 @@ time from ``Shape`` ops. For kernel == stride and no padding the ONNX output is 
 ``(s*H, s*W)``, so the Slice/Pad pair is the identity, yet it costs two full copies of the up-sampled map,
 keeps ~25 shape nodes alive per layer and breaks onnxruntime's blocked-layout (NCHWc) chain.
 ``drop_identity_crops`` bypasses those pairs; ``prune_dead_nodes`` then removes what no output needs.
-Every rewrite is exact; ``seg export``'s parity gate checks the result against Keras anyway.
+The crop amounts are computed at run time, so the pattern match alone cannot prove them zero: ``tidy``
+also runs the graph before and after on two random inputs of other sizes and keeps the rewrite only if the
+outputs are identical (and ``seg export``'s parity gate checks the result against Keras anyway).
 """
 
 from __future__ import annotations
@@ -15,22 +17,56 @@ from collections.abc import Iterable
 
 import onnx
 
+TRIAL_SHAPES = ((1, 64, 128), (2, 192, 64))  # (batch, then sizes for the other dynamic dims), multiples of 64
+
 
 def tidy(proto: onnx.ModelProto) -> dict[str, int]:
-    """Apply every clean-up to ``proto`` in place; returns how many places each one changed."""
-    counts = {"identity_crops": drop_identity_crops(proto.graph)}
+    """Apply every clean-up to ``proto`` in place; returns how many places each one changed. A rewrite
+    that changes any output on the trial inputs (or cannot be run to check) is undone (``reverted`` = 1)."""
+    before = proto.SerializeToString()
+    counts = {"identity_crops": drop_identity_crops(proto.graph), "reverted": 0}
     counts["dead_nodes"] = prune_dead_nodes(proto.graph)
+    if counts["identity_crops"] and not same_outputs(before, proto.SerializeToString()):
+        proto.ParseFromString(before)
+        counts = {"identity_crops": 0, "reverted": 1, "dead_nodes": 0}
     return counts
+
+
+def same_outputs(reference: bytes, candidate: bytes) -> bool:
+    """True when both models give bit-identical outputs on random float inputs of ``TRIAL_SHAPES``."""
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        sessions = [ort.InferenceSession(model, providers=["CPUExecutionProvider"]) for model in (reference,
+                                                                                                  candidate)]
+        rng = np.random.default_rng(0)
+        for trial in TRIAL_SHAPES:
+            feeds = {value.name: rng.random(_trial_shape(value.shape, trial), dtype=np.float32)
+                     for value in sessions[0].get_inputs()}
+            outputs = [session.run(None, feeds) for session in sessions]
+            if any(not np.array_equal(a, b) for a, b in zip(*outputs, strict=True)):
+                return False
+    except Exception:  # cannot run at the trial sizes: cannot check, so do not rewrite
+        return False
+    return True
+
+
+def _trial_shape(shape: list[object], trial: tuple[int, ...]) -> tuple[int, ...]:
+    sizes = iter(trial[1:] * len(shape))
+    return tuple(dim if isinstance(dim, int) else (trial[0] if index == 0 else next(sizes))
+                 for index, dim in enumerate(shape))
 
 
 def drop_identity_crops(graph: onnx.GraphProto) -> int:
     """Rewire consumers of ``Pad(Slice(ConvTranspose(x)))`` to the ConvTranspose output where the crop is
     provably the identity (kernel == stride, no pads, output_padding or output_shape, dilation 1)."""
     producers = {output: node for node in graph.node for output in node.output}
+    outputs = {value.name for value in graph.output}
     replaced = 0
-    for pad in [node for node in graph.node if node.op_type == "Pad"]:
+    for pad in [node for node in graph.node if node.op_type == "Pad" and node.output[0] not in outputs]:
         crop = producers.get(pad.input[0])
-        if crop is None or crop.op_type != "Slice" or not _pad_is_zero_constant(pad, graph):
+        if crop is None or crop.op_type != "Slice" or not _pad_is_zero_constant(pad, graph) or _has_steps(crop, graph):
             continue
         upconv = producers.get(crop.input[0])
         if upconv is None or upconv.op_type != "ConvTranspose" or not _fills_its_output(upconv):
@@ -41,7 +77,11 @@ def drop_identity_crops(graph: onnx.GraphProto) -> int:
 
 
 def prune_dead_nodes(graph: onnx.GraphProto) -> int:
-    """Remove nodes (and initializers) that no graph output depends on; returns the number of nodes removed."""
+    """Remove nodes (and initializers) that no graph output depends on; returns the number of nodes removed.
+    Graphs with subgraphs (If/Loop/Scan bodies may read outer names) are left alone."""
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in graph.node for attr in node.attribute):
+        return 0
     producers = {output: index for index, node in enumerate(graph.node) for output in node.output}
     live: set[int] = set()
     stack = [value.name for value in graph.output]
@@ -53,7 +93,7 @@ def prune_dead_nodes(graph: onnx.GraphProto) -> int:
         stack.extend(name for name in graph.node[index].input if name)
     kept = [node for index, node in enumerate(graph.node) if index in live]
     removed = len(graph.node) - len(kept)
-    used = {name for node in kept for name in node.input}
+    used = {name for node in kept for name in node.input} | {value.name for value in graph.input}
     initializers = [init for init in graph.initializer if init.name in used]
     del graph.node[:]
     graph.node.extend(kept)
@@ -77,13 +117,21 @@ def _fills_its_output(node: onnx.NodeProto) -> bool:
 def _pad_is_zero_constant(pad: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
     """A constant-mode Pad whose fill value (if any) is a zero initializer (pads may be computed)."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pad.attribute}
-    if attrs.get("mode", b"constant") != b"constant":
+    if attrs.get("mode", b"constant") != b"constant" or attrs.get("value", 0.0) != 0.0:  # opset < 11: value attr
         return False
     if len(pad.input) < 3 or not pad.input[2]:
         return True
     values = {init.name: init for init in graph.initializer}
     fill = values.get(pad.input[2])
     return fill is not None and not onnx.numpy_helper.to_array(fill).any()
+
+
+def _has_steps(crop: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+    """A Slice with steps other than a constant all-ones tensor (a strided crop is never the identity)."""
+    if len(crop.input) < 5 or not crop.input[4]:
+        return False
+    steps = next((init for init in graph.initializer if init.name == crop.input[4]), None)
+    return steps is None or bool((onnx.numpy_helper.to_array(steps) != 1).any())
 
 
 def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:

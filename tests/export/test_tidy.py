@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export import tidy
 
 
-def _upconv_graph(kernel: int, stride: int, pad_fill: float = 0.0) -> onnx.ModelProto:
+def _upconv_graph(kernel: int, stride: int, pad_fill: float = 0.0, crop: int = 0) -> onnx.ModelProto:
     """``x (1, 2, H, W)`` -> ConvTranspose(k, s) -> Slice to ``(s*H, s*W)`` -> Pad by what is missing, both from
     ``Shape`` ops as tf2onnx writes them -> Concat with a nearest up-sampled copy of x -> ``y``."""
     rng = np.random.default_rng(0)
@@ -23,14 +23,16 @@ def _upconv_graph(kernel: int, stride: int, pad_fill: float = 0.0) -> onnx.Model
              numpy_helper.from_array(np.array([0, 0], np.int64), "zeros"),
              numpy_helper.from_array(np.array([stride, stride], np.int64), "stride"),
              numpy_helper.from_array(np.array(pad_fill, np.float32), "fill"),
-             numpy_helper.from_array(np.array([1, 1, stride, stride], np.float32), "scales")]
+             numpy_helper.from_array(np.array([1, 1, stride, stride], np.float32), "scales"),
+             numpy_helper.from_array(np.array([crop, crop], np.int64), "crop")]
     nodes = [
         helper.make_node("ConvTranspose", ["x", "w", "b"], ["up"], kernel_shape=[kernel, kernel],
                          strides=[stride, stride]),
         helper.make_node("Shape", ["x"], ["x_shape"]),
         helper.make_node("Gather", ["x_shape", "hw_axes"], ["x_hw"]),
         helper.make_node("Mul", ["x_hw", "stride"], ["want_hw"]),
-        helper.make_node("Slice", ["up", "zeros", "want_hw", "hw_axes"], ["cropped"]),
+        helper.make_node("Sub", ["want_hw", "crop"], ["end_hw"]),  # crop > 0: a real crop, padded back
+        helper.make_node("Slice", ["up", "zeros", "end_hw", "hw_axes"], ["cropped"]),
         helper.make_node("Shape", ["cropped"], ["got_shape"]),
         helper.make_node("Gather", ["got_shape", "hw_axes"], ["got_hw"]),
         helper.make_node("Sub", ["want_hw", "got_hw"], ["missing"]),
@@ -63,7 +65,7 @@ def test_identity_crop_is_removed_and_output_unchanged(shape: tuple[int, ...]) -
     before = _run(model, x)
     counts = tidy.tidy(model)
     onnx.checker.check_model(model, full_check=True)
-    assert counts["identity_crops"] == 1
+    assert counts["identity_crops"] == 1 and counts["reverted"] == 0
     assert "Slice" not in _ops(model) and "Pad" not in _ops(model) and "Shape" not in _ops(model)
     assert _ops(model).count("ConvTranspose") == 1
     np.testing.assert_array_equal(_run(model, x), before)
@@ -77,6 +79,24 @@ def test_overlapping_kernel_keeps_its_crop() -> None:
     assert tidy.drop_identity_crops(model.graph) == 0
     assert {"Slice", "Pad"} <= set(_ops(model))
     np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_a_crop_that_is_not_the_identity_is_undone() -> None:
+    """Slice drops the last row/column and Pad puts zeros back: same shape, same pattern, other values.
+    The pattern match cannot see the computed amounts; tidy's trial run does, and reverts."""
+    model = _upconv_graph(kernel=2, stride=2, crop=1)
+    x = np.random.default_rng(3).standard_normal((1, 2, 6, 5)).astype(np.float32)
+    before = _run(model, x)
+    counts = tidy.tidy(model)
+    assert counts["reverted"] == 1 and counts["identity_crops"] == 0
+    assert {"Slice", "Pad"} <= set(_ops(model))
+    np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_a_pad_that_is_a_graph_output_is_kept() -> None:
+    model = _upconv_graph(kernel=2, stride=2)
+    model.graph.output.append(helper.make_tensor_value_info("padded", TensorProto.FLOAT, [1, 3, None, None]))
+    assert tidy.drop_identity_crops(model.graph) == 0
 
 
 def test_nonzero_pad_fill_is_not_an_identity() -> None:
@@ -93,3 +113,14 @@ def test_prune_removes_dead_nodes_and_their_initializers() -> None:
     names = {init.name for init in model.graph.initializer}
     assert "orphan" not in names and {"w", "b", "scales"} <= names
     assert "unused" not in {out for node in model.graph.node for out in node.output}
+
+
+def test_prune_leaves_graphs_with_subgraphs_alone() -> None:
+    """An If body may read outer names that no top-level node input shows; pruning must not guess."""
+    model = _upconv_graph(kernel=2, stride=2)
+    branch = helper.make_graph([helper.make_node("Identity", ["b"], ["branch_out"])], "branch", [],
+                               [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [3])])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["if_out"], then_branch=branch, else_branch=branch))
+    nodes = len(model.graph.node)
+    assert tidy.prune_dead_nodes(model.graph) == 0 and len(model.graph.node) == nodes
