@@ -145,8 +145,18 @@ class Segmenter:
                         yield job, row, col, k
 
     def tile_for(self, height: int, width: int) -> int:
-        """The tile side used for an ``(height, width)`` image (0 = whole image)."""
-        return self.large_tile if min(height, width) > self.tile_size > 0 else self.tile_size
+        """The tile side used for an ``(height, width)`` image (0 = whole image): ``large_tile`` when the
+        image is larger than ``tile_size`` both ways and its grid of large tiles computes fewer pixels."""
+        if self.large_tile == self.tile_size or min(height, width) <= self.tile_size:
+            return self.tile_size
+        small, large = (self._grid_pixels(height, width, tile) for tile in (self.tile_size, self.large_tile))
+        return self.large_tile if large < small else self.tile_size
+
+    def _grid_pixels(self, height: int, width: int, tile: int) -> int:
+        """Pixels computed to cover ``(height, width)`` with ``tile``-pixel tiles overlapping by the halo."""
+        counts = [len(tiling.axis_windows(tiling.padded_length(length, tile, self.multiple), tile, self.halo,
+                                          self.blend, self.multiple)) for length in (height, width)]
+        return counts[0] * counts[1] * tile * tile
 
     def batch_for(self, tile: int) -> int:
         """Tiles per onnxruntime call for ``tile``-pixel tiles: ``batch_size`` tiles' worth of pixels."""
@@ -268,9 +278,12 @@ class Segmenter:
         return int(halo)
 
     def _resolve_large_tile(self, tile_size: int | None) -> int:
+        """``2 * tile_size`` for the metadata's tile, except where it would cost memory or padding: an explicit
+        tile, a fixed input shape or batch, or ``batch_size`` < 4 (a large tile alone would then hold more
+        pixels than a batch of small ones)."""
         shape = self.session.get_inputs()[0].shape
-        fixed_shape = isinstance(shape[1], int) or isinstance(shape[2], int)
-        if tile_size is not None or fixed_shape or not self.tile_size:
+        fixed = isinstance(shape[1], int) or isinstance(shape[2], int) or self._static_batch() is not None
+        if tile_size is not None or fixed or not self.tile_size or self.batch_size < 4:
             return self.tile_size
         return 2 * self.tile_size
 
