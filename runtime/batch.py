@@ -40,8 +40,8 @@ from runtime.segmenter import Segmenter
 Progress = Callable[[int, int], None]  # (images done, images to do)
 OnError = Callable[[str], None]  # one line per failed input
 _GLOB_CHARS = "*?["
-_READ_AHEAD = 8  # input files decoded ahead of inference (at least twice the readers)
-_WRITE_BEHIND = 8  # finished files waiting for the writers before inference waits for them
+_READ_AHEAD = 8  # input files decoded ahead of inference (at least the readers, at most 8)
+_WRITE_BEHIND = 8  # finished files waiting for the writers (a finished 8192x8192 image holds 256 MB)
 
 
 @dataclass
@@ -329,9 +329,17 @@ def io_threads(providers: list[str]) -> tuple[int, int]:
     threads need the cores; beside CUDA the cores are free and PNG decoding/encoding is the bottleneck
     (about 7 ms an image against 1 ms of GPU time on an H100), so half the CPUs each, 2 to 8."""
     if providers and providers[0] == "cuda":
-        count = max(2, min(8, (os.cpu_count() or 2) // 2))
+        count = max(2, min(8, _usable_cpus() // 2))
         return count, count
     return 2, 1
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, which containers narrow), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 2
 
 
 def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnError,
@@ -342,9 +350,8 @@ def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnErr
     writes: deque[tuple[_Item, Future[None]]] = deque()
     done = images = 0
     reading, writing = io_threads(seg.providers)
-    behind = max(_WRITE_BEHIND, 2 * writing)
     with ThreadPoolExecutor(reading, "seg-read") as readers, ThreadPoolExecutor(writing, "seg-write") as writer:
-        pages = _pages(todo, readers, seg.info.normalization, opened, report, max(_READ_AHEAD, 2 * reading))
+        pages = _pages(todo, readers, seg.info.normalization, opened, report)
         for prob in seg.predict_iter(pages):
             entry = opened[0]
             entry.probs.append(prob)
@@ -353,7 +360,7 @@ def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnErr
                 continue
             opened.popleft()
             writes.append((entry.item, writer.submit(_write, entry, threshold)))
-            while len(writes) > behind or (writes and writes[0][1].done()):
+            while len(writes) > _WRITE_BEHIND or (writes and writes[0][1].done()):
                 done += _settle(*writes.popleft(), report)
                 if progress:
                     progress(done, len(todo))
@@ -365,13 +372,13 @@ def _pipeline(seg: Segmenter, todo: list[_Item], threshold: float, report: OnErr
 
 
 def _pages(todo: list[_Item], readers: ThreadPoolExecutor, method: str, opened: deque[_Open],
-           report: OnError, ahead: int) -> Iterator[np.ndarray]:
-    """Every page of every readable input, in order, decoded ``ahead`` files ahead."""
+           report: OnError) -> Iterator[np.ndarray]:
+    """Every page of every readable input, in order, decoded ``_READ_AHEAD`` files ahead."""
     queue: deque[tuple[_Item, Future[list[np.ndarray]]]] = deque()
     upcoming = iter(todo)
     for item in upcoming:
         queue.append((item, readers.submit(_read, item.source, method)))
-        if len(queue) >= ahead:
+        if len(queue) >= _READ_AHEAD:
             break
     while queue:
         item, future = queue.popleft()

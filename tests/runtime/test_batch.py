@@ -165,7 +165,7 @@ def test_io_threads_widen_beside_cuda_only(monkeypatch: pytest.MonkeyPatch, cpus
                                            cuda_threads: int) -> None:
     from runtime import batch
 
-    monkeypatch.setattr(batch.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(batch, "_usable_cpus", lambda: cpus or 2)
     assert batch.io_threads(["cpu"]) == (2, 1)  # the CPU provider's threads need the cores
     assert batch.io_threads(["cuda", "cpu"]) == (cuda_threads, cuda_threads)
 
