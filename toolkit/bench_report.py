@@ -90,22 +90,23 @@ class BenchReport:
                  "(Conv/ConvTranspose/MatMul from the ONNX graph, 2 FLOP per multiply-add)",
                  f"machine: {self.machine.model}; FP32 peak {self.machine.how}; {self.machine.int8_note}",
                  *([f"practical ceiling: numpy's float32 matrix product reached {self.sgemm_gflops:.0f} GFLOP/s "
-                    f"here ({self.sgemm_gflops / self.machine.gflops:.0%} of the estimated peak)"]
+                    f"here on all cores ({self.sgemm_gflops / self.machine.gflops:.0%} of the estimated peak)"]
                    if self.sgemm_gflops and self.machine.gflops > 0 else []),
                  f"images: {len(self.images)} for timing; accuracy on {len(self.accuracy_on) or 'no'} labelled slices"]
         if self.large:
             lines.append(large_line(self.large))
         if self.int8_verdict:
             lines.append(self.int8_verdict)
-        ceiling = keras_ceiling(self.rows, self.machine.gflops)
+        ceiling = keras_ceiling(self.rows, max(self.machine.gflops, self.sgemm_gflops or 0.0))
         if ceiling:
             lines.append(ceiling)
         return lines
 
 
 def keras_ceiling(rows: list[BenchRow], peak_gflops: float) -> str:
-    """One line: how much faster than Keras any FP32 engine could be here (peak / Keras's achieved GFLOP/s),
-    against what onnxruntime reached (best CPU batch of each, compute-only). Empty without Keras CPU rows."""
+    """One line: how much faster than Keras any FP32 engine could be here (``peak_gflops``, the larger of the
+    estimated peak and the measured matrix product, over Keras's achieved GFLOP/s), against what onnxruntime
+    reached (best CPU batch of each, compute-only). Empty without Keras CPU rows."""
     keras = [r for r in rows if r.ok and r.engine == "keras" and r.gflops]
     onnx = [r for r in rows if r.ok and r.engine == "onnxruntime" and r.provider == "cpu" and r.variant == "fp32"
             and r.gflops]
@@ -114,10 +115,10 @@ def keras_ceiling(rows: list[BenchRow], peak_gflops: float) -> str:
     best_keras = max(keras, key=lambda r: r.gflops or 0.0)
     best_onnx = max(onnx, key=lambda r: r.gflops or 0.0)
     keras_gflops, onnx_gflops = best_keras.gflops or 0.0, best_onnx.gflops or 0.0
-    return (f"Keras ceiling: Keras reached {keras_gflops:.0f} GFLOP/s ({keras_gflops / peak_gflops:.0%} of the "
-            f"estimated FP32 peak), so no FP32 engine can run this model more than {peak_gflops / keras_gflops:.1f}x "
-            f"faster than Keras here; onnxruntime FP32 reached {onnx_gflops / keras_gflops:.2f}x "
-            f"({onnx_gflops / peak_gflops:.0%} of peak)")
+    return (f"Keras ceiling: Keras reached {keras_gflops:.0f} GFLOP/s ({keras_gflops / peak_gflops:.0%} of "
+            f"{peak_gflops:.0f} GFLOP/s, the higher of the estimated peak and the measured matrix product), so no "
+            f"FP32 engine can run this model much more than {peak_gflops / keras_gflops:.1f}x faster than Keras here; "
+            f"onnxruntime FP32 reached {onnx_gflops / keras_gflops:.2f}x")
 
 
 def large_line(large: dict[str, Any]) -> str:
@@ -175,13 +176,17 @@ def int8_verdict(rows: list[BenchRow], paired: dict[str, Any] | None = None, max
         return ""
     best = max(int8, key=lambda r: r.compute_ips or 0.0)
     base = max(fp32, key=lambda r: r.compute_ips or 0.0)
-    table_speed = (best.compute_ips or 0.0) / (base.compute_ips or 1.0)
+    if not best.compute_ips or not base.compute_ips:
+        return ""
+    table_speed = best.compute_ips / base.compute_ips
     if paired and "ratio" in paired:
         speed = float(paired["ratio"])
         how = (f"paired in one process at batch {paired['batch']}, median of {paired['pairs']} alternating passes; "
                f"the table's best INT8 / best FP32: {table_speed:.2f}x")
     else:
         speed, how = table_speed, f"the table's best INT8 (batch {best.batch}) / best FP32 (batch {base.batch})"
+        if paired and "error" in paired:
+            how += f"; the paired run failed: {paired['error']}"
     deltas = [abs(a - b) for a, b in ((best.membrane_f1, base.membrane_f1), (best.v_rand, base.v_rand))
               if a is not None and b is not None]
     accuracy = (f"|Δ membrane F1| {deltas[0]:.4f}, |Δ V_rand| {deltas[1]:.4f}" if len(deltas) == 2
