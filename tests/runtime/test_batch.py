@@ -163,24 +163,24 @@ def test_threshold_outside_unit_interval_is_refused(folder: Path, model: Path, t
 @pytest.mark.parametrize(("cpus", "cuda_threads"), [(None, 2), (1, 2), (16, 8), (64, 8), (6, 3)])
 def test_io_threads_widen_beside_cuda_only(monkeypatch: pytest.MonkeyPatch, cpus: int | None,
                                            cuda_threads: int) -> None:
-    from runtime import batch
+    from runtime import pipeline
 
-    monkeypatch.setattr(batch, "_usable_cpus", lambda: cpus or 2)
-    assert batch.io_threads(["cpu"]) == (2, 1)  # the CPU provider's threads need the cores
-    assert batch.io_threads(["cuda", "cpu"]) == (cuda_threads, cuda_threads)
+    monkeypatch.setattr(pipeline, "_usable_cpus", lambda: cpus or 2)
+    assert pipeline.io_threads(["cpu"]) == (2, 1)  # the CPU provider's threads need the cores
+    assert pipeline.io_threads(["cuda", "cpu"]) == (cuda_threads, cuda_threads)
 
 
 def test_many_writers_finish_every_file_in_order(model: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """With 4 readers and 4 writers (as beside CUDA) 24 files all get the mask of their own image."""
-    from runtime import batch
+    from runtime import pipeline
 
     rng = np.random.default_rng(3)
     images = tmp_path / "many"
     images.mkdir()
     for i in range(24):
         Image.fromarray(rng.integers(0, 255, (48 + i, 64)).astype(np.uint8)).save(images / f"m{i:02d}.png")
-    monkeypatch.setattr(batch, "io_threads", lambda providers: (4, 4))
+    monkeypatch.setattr(pipeline, "io_threads", lambda providers: (4, 4))
     done: list[int] = []
     summary = segment_paths(images, model, tmp_path / "out", provider="cpu", progress=lambda n, _total: done.append(n))
     assert (summary.images, summary.failures) == (24, [])
