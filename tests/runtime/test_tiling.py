@@ -127,6 +127,13 @@ def test_batched_packs_across_sources() -> None:
         list(tiling.batched(range(3), 0))
 
 
+def test_batched_by_key_never_mixes_keys_and_sizes_per_key() -> None:
+    """Items are (size, id); size-2 items come 4 per list, size-4 items 1 per list, in their order."""
+    items = [(2, 0), (2, 1), (4, 2), (4, 3), (2, 4), (2, 5), (2, 6), (2, 7), (2, 8)]
+    lists = list(tiling.batched(items, lambda item: 4 if item[0] == 2 else 1, key=lambda item: item[0]))
+    assert [[i for _, i in batch] for batch in lists] == [[0, 1], [2], [3], [4, 5, 6, 7], [8]]
+
+
 @pytest.mark.parametrize("axes", [(-2, -1), (1, 2)])
 def test_dihedral_group_has_8_distinct_elements_with_inverses(axes: tuple[int, int], rng: np.random.Generator) -> None:
     array = rng.random((2, 5, 5, 1)) if axes == (1, 2) else rng.random((5, 5))
