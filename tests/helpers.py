@@ -25,3 +25,17 @@ def make_dataset(root: Path, n: int = 3, size: int = 64, seed: int = 0, split: s
         write_png(root / split / "image" / f"{i:02d}.png", np.clip(image, 0, 255).astype(np.uint8))
         write_png(root / split / "label" / f"{i:02d}.png", label)
     return root
+
+
+def assert_seed_layout(out: Path, volume: np.ndarray, labels: np.ndarray, dtype: type = np.uint8) -> None:
+    """``out/train/{image,label}/NN.png`` hold exactly the pages of ``volume`` and ``labels`` ((N, H, W)),
+    images in ``dtype``, pixel for pixel."""
+    from runtime.io import read_image
+
+    names = [f"{i:02d}.png" for i in range(len(volume))]
+    assert sorted(p.name for p in (out / "train/image").iterdir()) == names
+    assert sorted(p.name for p in (out / "train/label").iterdir()) == names
+    for i, name in enumerate(names):
+        image = read_image(out / "train/image" / name)
+        assert image.dtype == dtype and np.array_equal(image, volume[i])
+        assert np.array_equal(read_image(out / "train/label" / name), labels[i])

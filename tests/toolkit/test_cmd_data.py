@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from runtime.errors import InputError
 from runtime.io import read_image
+from tests.helpers import assert_seed_layout
 from toolkit.cli import app
 from toolkit.datasets import import_isbi_stacks
 
@@ -50,13 +51,7 @@ def test_import_writes_every_page_as_a_pair(tmp_path: Path, n: int, dtype: type)
     volume_tif, labels_tif, volume, labels = _stacks(tmp_path / "in", n=n, dtype=dtype)
     out = import_isbi_stacks(volume_tif, labels_tif, tmp_path / "isbi")
     assert out == tmp_path / "isbi"
-    names = [f"{i:02d}.png" for i in range(n)]
-    assert sorted(p.name for p in (out / "train/image").iterdir()) == names
-    assert sorted(p.name for p in (out / "train/label").iterdir()) == names
-    for i, name in enumerate(names):
-        image = read_image(out / "train/image" / name)
-        assert image.dtype == dtype and np.array_equal(image, volume[i])
-        assert np.array_equal(read_image(out / "train/label" / name), labels[i])
+    assert_seed_layout(out, volume, labels, dtype)
     assert not (out / "test").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "isbi"]  # no staging folder left
 

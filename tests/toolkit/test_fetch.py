@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import toolkit.fetch as fetch_module
 from runtime.errors import InputError, SegWarning
 from runtime.io import read_image
+from tests.helpers import assert_seed_layout
 from toolkit.cli import app
 from toolkit.fetch import DEFAULT_MIRROR, LABELS, SHA256, VOLUME, expected_digests, fetch_isbi2012
 
@@ -137,13 +138,7 @@ def test_fetch_writes_the_seed_layout_pixel_for_pixel(mirror: Mirror, work: Path
     volume, labels = _write_stacks(mirror.folder, n=n, size=size, seed=n)
     out = _fetch(mirror, work / "isbi")
     assert out == work / "isbi"
-    names = [f"{i:02d}.png" for i in range(n)]
-    assert sorted(p.name for p in (out / "train/image").iterdir()) == names
-    assert sorted(p.name for p in (out / "train/label").iterdir()) == names
-    for i, name in enumerate(names):
-        image = read_image(out / "train/image" / name)
-        assert image.dtype == np.uint8 and np.array_equal(image, volume[i])
-        assert np.array_equal(read_image(out / "train/label" / name), labels[i])
+    assert_seed_layout(out, volume, labels)
     assert sorted(p.name for p in out.iterdir()) == ["train"]  # no raw/ unless asked
     assert [p.name for p in work.iterdir()] == ["isbi"]  # no temporaries left
     assert mirror.requests == [f"/{VOLUME}", f"/{LABELS}"]
