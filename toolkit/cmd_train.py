@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from toolkit.console import command, console, plural, quiet_tensorflow
+
+if TYPE_CHECKING:
+    from train.models import ModelSpec
 
 Opt = typer.Option
 
@@ -16,14 +19,16 @@ Opt = typer.Option
 def train_command(
     data: Annotated[Path | None, Opt("--data", help="Dataset: DIR/train/{image,label} or ISBI stacks.")] = None,
     model: Annotated[str, Opt("--model", help="Architecture: unet (default) or cnn (the seed's plain CNN).")] = "unet",
-    width: Annotated[int | None, Opt("--width", help="Base filters (default: 8 for unet, 32 for cnn).")] = None,
-    depth: Annotated[int, Opt("--depth", help="U-Net poolings (sizes: multiples of 2^depth).")] = 4,
+    width: Annotated[int | None, Opt("--width", help="Base filters (default: 16 for unet, 32 for cnn).")] = None,
+    depth: Annotated[int | None, Opt("--depth", help="U-Net poolings (default 3) or CNN hidden layers (4).")] = None,
+    stem: Annotated[int | None, Opt("--stem", help="U-Net stem stride: 2 (default; levels at half resolution) "
+                                              "or 1 (classic full-resolution first level).")] = None,
     batch_norm: Annotated[bool, Opt("--batch-norm/--no-batch-norm", help="Batch normalisation in the U-Net.")] = True,
     loss: Annotated[str, Opt("--loss", help="mse (default, the seed's), bce, dice or bce-dice.")] = "mse",
     epochs: Annotated[int, Opt("--epochs", help="Maximum epochs (an epoch = --steps-per-epoch batches).")] = 1000,
     steps_per_epoch: Annotated[int, Opt("--steps-per-epoch", help="Batches between validations/checkpoints.")] = 40,
     batch: Annotated[int, Opt("--batch", help="Crops per batch.")] = 8,
-    crop: Annotated[int, Opt("--crop", help="Random crop size (a multiple of 2^depth).")] = 256,
+    crop: Annotated[int, Opt("--crop", help="Random crop size (a multiple of stem x 2^depth).")] = 256,
     lr: Annotated[float, Opt("--lr", help="Peak Adam learning rate (warm-up, then cosine decay).")] = 3e-3,
     val: Annotated[float, Opt("--val", help="Fraction of slices held out for validation.")] = 0.2,
     seed: Annotated[int, Opt("--seed", help="Seed for the split, the crops and the weights.")] = 0,
@@ -40,7 +45,6 @@ def train_command(
     also across --resume."""
     quiet_tensorflow()
     import train
-    from train.models import ModelSpec
 
     if resume:
         result = train.resume(resume, progress=not quiet, time_budget=time_budget)
@@ -49,8 +53,7 @@ def train_command(
             from runtime.errors import InputError
 
             raise InputError("give --data DIR (a dataset folder), or --resume RUN to continue a run")
-        spec = ModelSpec(kind=model, width=width or (8 if model == "unet" else 32), depth=depth,
-                         batch_norm=batch_norm) if model in ("unet", "cnn") else _bad_model(model)
+        spec = _model_spec(model, width, depth, stem, batch_norm)
         config = train.TrainConfig(
             data=str(data), model=spec, loss=loss, epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch,
             crop=crop, lr=lr, val=val, seed=seed, time_budget=time_budget, patience=patience, elastic=elastic,
@@ -67,10 +70,19 @@ def train_command(
     _write_figures(result.run_dir)
 
 
-def _bad_model(model: str) -> None:
+def _model_spec(model: str, width: int | None, depth: int | None, stem: int | None, batch_norm: bool) -> ModelSpec:
+    """The options as a ``ModelSpec``; unset ones take the kind's defaults."""
     from runtime.errors import InputError
+    from train.models import ModelSpec
 
-    raise InputError(f"--model {model!r}: choose unet or cnn")
+    if model not in ("unet", "cnn"):
+        raise InputError(f"--model {model!r}: choose unet or cnn")
+    default = ModelSpec() if model == "unet" else ModelSpec(kind="cnn", width=32, depth=4)
+    try:
+        return ModelSpec(kind=model, width=width or default.width, depth=depth or default.depth,
+                         batch_norm=batch_norm, stem=stem or 0)
+    except ValueError as exc:
+        raise InputError(f"seg train: {exc}") from None
 
 
 def _write_figures(run_dir: Path) -> None:

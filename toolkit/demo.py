@@ -31,7 +31,7 @@ class DemoReport:
 
 
 def run_demo(out: Path = Path("runs/demo"), data: Path | None = None, budget_s: float = 240.0, seed: int = 0,
-             width: int = 8, say: Say = print, progress: bool = True, synth: tuple[int, int] = (30, 512),
+             width: int = 16, say: Say = print, progress: bool = True, synth: tuple[int, int] = (30, 512),
              ) -> DemoReport:
     """Run every stage into ``out`` and return the report; ``budget_s`` bounds the training time.
     ``synth`` = (number of slices, size) of the synthetic data made when ``data`` is None."""
@@ -70,7 +70,7 @@ def _train_stage(report: DemoReport, budget_s: float, seed: int, width: int, say
     if (run_dir / runs.LAST_MODEL).is_file():
         result = train.resume(run_dir, progress=progress)
     else:
-        config = train.TrainConfig(data=str(report.data), model=ModelSpec("unet", width, 4), time_budget=budget_s,
+        config = train.TrainConfig(data=str(report.data), model=ModelSpec(width=width), time_budget=budget_s,
                                    seed=seed, runs_root=str(run_dir.parent), name=run_dir.name)
         result = train.fit(config, progress=progress)
     from toolkit.run_figures import write_run_figures

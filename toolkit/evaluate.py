@@ -119,14 +119,16 @@ def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu")
 
 def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     """Whole-image Keras predictions ``(H, W) float32 in [0, 1]``; images are reflect-padded to the model's
-    size multiple (2^poolings) and cropped back."""
+    size multiple (the product of its downsampling strides) and cropped back."""
     import keras
+
+    from export.source import receptive_field
 
     try:
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     except Exception as exc:
         raise InputError(f"{model_path}: not a loadable Keras model ({type(exc).__name__}: {exc})") from None
-    multiple = 2 ** sum(type(layer).__name__ == "MaxPooling2D" for layer in model.layers)  # 2^depth
+    multiple = receptive_field(model)[1]
     out = []
     for image in images:
         height, width = image.shape

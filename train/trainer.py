@@ -55,7 +55,7 @@ class TrainConfig:
                 raise InputError(f"{option} {value}: must be at least 1")
         if self.crop % self.model.size_multiple or self.crop < self.model.size_multiple:
             raise InputError(f"--crop {self.crop}: must be a positive multiple of {self.model.size_multiple} "
-                             f"(2^depth for a depth-{self.model.depth} U-Net)")
+                             f"(the model's size multiple)")
         if not self.lr > 0:
             raise InputError(f"--lr {self.lr}: must be positive, e.g. 3e-3")
 
@@ -66,7 +66,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
-        kwargs["model"] = ModelSpec(**values["model"])
+        kwargs["model"] = ModelSpec.from_dict(values["model"])
         return cls(**kwargs)
 
 

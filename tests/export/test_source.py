@@ -15,11 +15,11 @@ from runtime.errors import InputError
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
-@pytest.mark.parametrize("batch_norm", [True, False])
-def test_unet_receptive_field_matches_model_spec(depth: int, batch_norm: bool) -> None:
+@pytest.mark.parametrize(("batch_norm", "stem"), [(True, 2), (False, 2), (True, 1), (False, 1)])
+def test_unet_receptive_field_matches_model_spec(depth: int, batch_norm: bool, stem: int) -> None:
     from train.models import ModelSpec, build_model
 
-    spec = ModelSpec(width=2, depth=depth, batch_norm=batch_norm)
+    spec = ModelSpec(width=2, depth=depth, batch_norm=batch_norm, stem=stem)
     assert receptive_field(build_model(spec)) == (spec.receptive_field, spec.size_multiple)
 
 

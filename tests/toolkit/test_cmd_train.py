@@ -48,7 +48,25 @@ def test_bad_options_exit_2(tmp_path: Path, monkeypatch) -> None:
     assert result.exit_code == 2 and "--crop 20: must be a positive multiple of 16" in result.output
     result = runner.invoke(app, ["train", "--data", str(data), "--loss", "l1"])
     assert result.exit_code == 2 and "--loss 'l1': choose one of mse, bce, dice, bce-dice" in result.output
+    result = runner.invoke(app, ["train", "--data", str(data), "--stem", "4"])
+    assert result.exit_code == 2 and "stem 4 not possible for a unet; choose 1 or 2" in result.output
+    result = runner.invoke(app, ["train", "--data", str(data), "--model", "cnn", "--stem", "2"])
+    assert result.exit_code == 2 and "stem 2 not possible for a cnn" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "want"),
+    [((), ("unet", 16, 3, 2)), (("--stem", "1", "--width", "8", "--depth", "4"), ("unet", 8, 4, 1)),
+     (("--model", "cnn"), ("cnn", 32, 4, 1))],
+)
+def test_model_options_and_their_defaults(args: tuple[str, ...], want: tuple) -> None:
+    from toolkit.cmd_train import _model_spec
+
+    values = dict(zip(args[::2], args[1::2], strict=True))
+    spec = _model_spec(values.get("--model", "unet"), int(values.get("--width", 0)) or None,
+                       int(values.get("--depth", 0)) or None, int(values.get("--stem", 0)) or None, True)
+    assert (spec.kind, spec.width, spec.depth, spec.stem) == want
 
 
 def _modules_after(code: str) -> set[str]:

@@ -9,7 +9,7 @@ from train.models import ModelSpec, build_model, check_input_size
 @pytest.mark.parametrize(
     ("spec", "shape"),
     [(ModelSpec("unet", 4, 2), (2, 32, 48)), (ModelSpec("unet", 2, 3, batch_norm=False), (1, 64, 16)),
-     (ModelSpec("cnn", 4, 2), (3, 17, 23))],
+     (ModelSpec("unet", 4, 2, stem=1), (2, 12, 20)), (ModelSpec("cnn", 4, 2), (3, 17, 23))],
 )
 def test_output_shape_and_range(spec: ModelSpec, shape: tuple[int, int, int]) -> None:
     model = build_model(spec)
@@ -20,12 +20,13 @@ def test_output_shape_and_range(spec: ModelSpec, shape: tuple[int, int, int]) ->
     assert model.input_shape == (None, None, None, 1)
 
 
-@pytest.mark.parametrize("spec", [ModelSpec("unet", 2, 2, batch_norm=False), ModelSpec("cnn", 2, 2)])
+@pytest.mark.parametrize("spec", [ModelSpec("unet", 2, 2, batch_norm=False),
+                                  ModelSpec("unet", 2, 2, batch_norm=False, stem=1), ModelSpec("cnn", 2, 2)])
 def test_receptive_field_bounds_the_influence_of_one_pixel(spec: ModelSpec) -> None:
     """Changing one input pixel changes outputs only within the claimed receptive field, and reaches
     close to its edge (so the number is neither too small nor wildly too large)."""
     model = build_model(spec)
-    size, centre = 64, 32
+    size, centre = 128, 64
     x = np.random.default_rng(1).random((1, size, size, 1), dtype=np.float32)
     x2 = x.copy()
     x2[0, centre, centre, 0] += 1.0
@@ -38,14 +39,35 @@ def test_receptive_field_bounds_the_influence_of_one_pixel(spec: ModelSpec) -> N
 
 def test_input_size_must_be_a_multiple() -> None:
     with pytest.raises(ValueError, match="size 100x96 is not a multiple of 16"):
-        check_input_size(ModelSpec("unet", 4, 4), 96, 100)
+        check_input_size(ModelSpec("unet", 4, 4, stem=1), 96, 100)
+    with pytest.raises(ValueError, match="size 48x96 is not a multiple of 32 .*stem 2, depth 4"):
+        check_input_size(ModelSpec("unet", 4, 4), 96, 48)
+    check_input_size(ModelSpec("unet", 4, 4), 96, 64)
     check_input_size(ModelSpec("cnn", 4, 4), 97, 101)
+
+
+def test_default_unet_has_a_stride_2_stem_and_a_full_resolution_output() -> None:
+    spec = ModelSpec()
+    model = build_model(spec)
+    assert (spec.stem, spec.size_multiple) == (2, 16)
+    stem, head = model.get_layer("stem_conv"), model.get_layer("prob")
+    assert stem.strides == (2, 2) and type(head).__name__ == "Conv2DTranspose" and head.strides == (2, 2)
+    assert model.get_layer("down0_conv1").output.shape[-1] == spec.width
+    assert np.asarray(model(np.zeros((1, 48, 32, 1), np.float32))).shape == (1, 48, 32, 1)
+
+
+def test_spec_from_an_older_run_record_is_a_classic_unet() -> None:
+    old = {"kind": "unet", "width": 8, "depth": 4, "batch_norm": True, "receptive_field": 215, "size_multiple": 16}
+    spec = ModelSpec.from_dict(old)
+    assert (spec.stem, spec.receptive_field, spec.size_multiple) == (1, 215, 16)
+    assert ModelSpec.from_dict(ModelSpec().to_dict()) == ModelSpec()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"kind": "vgg"}, "unknown model kind 'vgg'"), ({"width": 0}, "width 0 out of range"),
-     ({"depth": 9}, "depth 9 out of range")],
+     ({"depth": 9}, "depth 9 out of range"), ({"stem": 3}, "stem 3 not possible for a unet"),
+     ({"kind": "cnn", "stem": 2}, "stem 2 not possible for a cnn")],
 )
 def test_bad_spec(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
