@@ -35,7 +35,7 @@ def test_up_convolutions_lose_their_identity_crops(exported: Any) -> None:
     """tf2onnx's Slice/Pad after each ConvTranspose (and its Shape arithmetic) is gone; the parity tests below
     prove the tidied graph still matches Keras on odd sizes and batches."""
     ops = [node.op_type for node in onnx.load(exported.out).graph.node]
-    assert ops.count("ConvTranspose") == 2  # depth 2
+    assert ops.count("ConvTranspose") == 3  # depth 2: two up-convolutions, and the stem model's output
     assert not {"Slice", "Pad", "Shape"} & set(ops)
 
 
