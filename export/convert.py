@@ -158,10 +158,11 @@ def model_info(source: Source, proto: onnx.ModelProto) -> ModelInfo:
         model_kind=str(spec.get("kind", source.model.name)),
         width=int(spec.get("width", 0)),
         depth=int(spec.get("depth", 0)),
+        stem=int(spec.get("stem", 1 if spec else 0)),  # runs recorded before stems existed: classic U-Net
         input_layout="NHWC",
         normalization=str(source.config.get("normalization", "dtype-range")),
         tile_size=tile,
-        halo=recommended_halo(field_px, tile),
+        halo=recommended_halo(field_px, tile, multiple),
         size_multiple=multiple,
         threshold=source.threshold,
         receptive_field=field_px,

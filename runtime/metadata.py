@@ -29,6 +29,7 @@ class ModelInfo:
     model_kind: str = "unknown"
     width: int = 0
     depth: int = 0
+    stem: int = 0
     input_layout: str = "NHWC"
     normalization: str = DTYPE_RANGE
     tile_size: int = DEFAULT_TILE
@@ -71,7 +72,7 @@ class ModelInfo:
 
 
 def _parse(item: dataclasses.Field, text: str, source: str) -> object:
-    kind = {"format_version": int, "width": int, "depth": int, "tile_size": int, "halo": int,
+    kind = {"format_version": int, "width": int, "depth": int, "stem": int, "tile_size": int, "halo": int,
             "size_multiple": int, "receptive_field": int, "threshold": float}.get(item.name)
     try:
         if item.name == "versions":

@@ -18,7 +18,7 @@ def demo_command(
     out: Annotated[Path, Opt("--out", help="Where everything goes.")] = Path("runs/demo"),
     budget: Annotated[float, Opt("--budget", help="Training time budget in seconds.")] = 240.0,
     seed: Annotated[int, Opt("--seed", help="Seed for the data, the split and the weights.")] = 0,
-    width: Annotated[int, Opt("--width", help="U-Net base filters.")] = 16,
+    width: Annotated[int, Opt("--width", min=1, max=256, help="U-Net base filters.")] = 16,
 ) -> None:
     """Train, export with parity, infer tiled on a large mosaic, evaluate, and write report.md — on synthetic
     data when no --data is given. Rerunning continues from what is already complete."""

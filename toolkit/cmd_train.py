@@ -19,10 +19,12 @@ Opt = typer.Option
 def train_command(
     data: Annotated[Path | None, Opt("--data", help="Dataset: DIR/train/{image,label} or ISBI stacks.")] = None,
     model: Annotated[str, Opt("--model", help="Architecture: unet (default) or cnn (the seed's plain CNN).")] = "unet",
-    width: Annotated[int | None, Opt("--width", help="Base filters (default: 16 for unet, 32 for cnn).")] = None,
-    depth: Annotated[int | None, Opt("--depth", help="U-Net poolings (default 3) or CNN hidden layers (4).")] = None,
-    stem: Annotated[int | None, Opt("--stem", help="U-Net stem stride: 2 (default; levels at half resolution) "
-                                              "or 1 (classic full-resolution first level).")] = None,
+    width: Annotated[int | None, Opt("--width", min=1, max=256,
+                                     help="Base filters (default: 16 for unet, 32 for cnn).")] = None,
+    depth: Annotated[int | None, Opt("--depth", min=1, max=8, help="U-Net poolings (default 3); for the cnn, "
+                                     "hidden conv layers minus one (default 4).")] = None,
+    stem: Annotated[int | None, Opt("--stem", min=1, max=2, help="U-Net stem stride: 2 (default; levels at half "
+                                    "resolution) or 1 (classic full-resolution first level).")] = None,
     batch_norm: Annotated[bool, Opt("--batch-norm/--no-batch-norm", help="Batch normalisation in the U-Net.")] = True,
     loss: Annotated[str, Opt("--loss", help="mse (default, the seed's), bce, dice or bce-dice.")] = "mse",
     epochs: Annotated[int, Opt("--epochs", help="Maximum epochs (an epoch = --steps-per-epoch batches).")] = 1000,
@@ -77,12 +79,15 @@ def _model_spec(model: str, width: int | None, depth: int | None, stem: int | No
 
     if model not in ("unet", "cnn"):
         raise InputError(f"--model {model!r}: choose unet or cnn")
+    if model == "cnn" and stem not in (None, 1):
+        raise InputError(f"--stem {stem}: the cnn has no stem; leave --stem out (it applies to --model unet)")
     default = ModelSpec() if model == "unet" else ModelSpec(kind="cnn", width=32, depth=4)
     try:
-        return ModelSpec(kind=model, width=width or default.width, depth=depth or default.depth,
-                         batch_norm=batch_norm, stem=stem or 0)
+        return ModelSpec(kind=model, width=default.width if width is None else width,
+                         depth=default.depth if depth is None else depth, batch_norm=batch_norm,
+                         stem=0 if stem is None else stem)
     except ValueError as exc:
-        raise InputError(f"seg train: {exc}") from None
+        raise InputError(f"--depth/--stem: {exc}") from None
 
 
 def _write_figures(run_dir: Path) -> None:

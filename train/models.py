@@ -18,6 +18,8 @@ from typing import Any
 
 MODEL_KINDS = ("unet", "cnn")
 STEMS = (1, 2)
+MAX_SIZE_MULTIPLE = 128
+"""A quarter of the 512-pixel tile: tiles must overlap by a halo that is a multiple of this."""
 BN_MOMENTUM = 0.9
 """Batch-norm moving statistics follow the last ~10 batches. Keras' 0.99 lags by ~100 batches, which left
 validation (inference-mode) predictions near-constant for the first minutes of a short CPU run."""
@@ -25,10 +27,10 @@ validation (inference-mode) predictions near-constant for the first minutes of a
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model. ``width`` = base filters, ``depth`` = poolings (U-Net) or
-    hidden conv layers (CNN), ``stem`` = stride of the U-Net's first convolution (1: classic, full-resolution
+    """Everything needed to rebuild a model. ``width`` = base filters, ``depth`` = poolings (U-Net), or the
+    CNN's hidden conv layers minus one, ``stem`` = stride of the U-Net's first convolution (1: classic, full-resolution
     first level; 2: the levels run at half resolution; 0: the kind's default, 2 for the U-Net). The CNN has
-    no stem (always 1)."""
+    no stem (always 1). The width and depth defaults are the U-Net's (the CLI gives the CNN 32 and 4)."""
 
     kind: str = "unet"
     width: int = 16
@@ -45,8 +47,15 @@ class ModelSpec:
             raise ValueError(f"width {self.width} out of range; choose 1..256 base filters")
         if not 1 <= self.depth <= 8:
             raise ValueError(f"depth {self.depth} out of range; choose 1..8")
-        if self.stem not in STEMS or (self.kind == "cnn" and self.stem != 1):
-            raise ValueError(f"stem {self.stem} not possible for a {self.kind}; choose 1 or 2 (U-Net), 1 (CNN)")
+        if isinstance(self.stem, bool) or self.stem not in STEMS:
+            raise ValueError(f"stem {self.stem!r} out of range; choose 1 or 2")
+        if self.kind == "cnn" and self.stem != 1:
+            raise ValueError(f"stem {self.stem}: the CNN has no stem; use stem 1 or the U-Net")
+        if self.size_multiple > MAX_SIZE_MULTIPLE:
+            deepest = (MAX_SIZE_MULTIPLE // self.stem).bit_length() - 1
+            raise ValueError(f"depth {self.depth} with stem {self.stem} makes inputs multiples of "
+                             f"{self.size_multiple}, more than {MAX_SIZE_MULTIPLE} (a quarter of a 512-pixel "
+                             f"tile); choose depth <= {deepest}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSpec:

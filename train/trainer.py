@@ -55,7 +55,7 @@ class TrainConfig:
                 raise InputError(f"{option} {value}: must be at least 1")
         if self.crop % self.model.size_multiple or self.crop < self.model.size_multiple:
             raise InputError(f"--crop {self.crop}: must be a positive multiple of {self.model.size_multiple} "
-                             f"(the model's size multiple)")
+                             f"({_multiple_reason(self.model)})")
         if not self.lr > 0:
             raise InputError(f"--lr {self.lr}: must be positive, e.g. 3e-3")
 
@@ -68,6 +68,12 @@ class TrainConfig:
         kwargs = {k: v for k, v in values.items() if k in known}
         kwargs["model"] = ModelSpec.from_dict(values["model"])
         return cls(**kwargs)
+
+
+def _multiple_reason(spec: ModelSpec) -> str:
+    if spec.kind != "unet":
+        return "any positive size"
+    return f"stem {spec.stem} x 2^{spec.depth} for this U-Net; a lower --depth or --stem allows smaller crops"
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def test_metadata_round_trips(exported: Any, isbi_dir: Path) -> None:
     spec = ModelSpec(width=4, depth=2)
     assert info == exported.info == from_ort
     assert not info.from_defaults
-    assert (info.model_kind, info.width, info.depth, info.input_layout) == ("unet", 4, 2, "NHWC")
+    assert (info.model_kind, info.width, info.depth, info.stem, info.input_layout) == ("unet", 4, 2, 2, "NHWC")
     assert (info.receptive_field, info.size_multiple) == (spec.receptive_field, spec.size_multiple)
     assert (info.normalization, info.threshold, info.tile_size) == ("dtype-range", 0.5, 512)
     assert 0 < info.halo <= info.tile_size // 4

@@ -48,10 +48,16 @@ def test_bad_options_exit_2(tmp_path: Path, monkeypatch) -> None:
     assert result.exit_code == 2 and "--crop 20: must be a positive multiple of 16" in result.output
     result = runner.invoke(app, ["train", "--data", str(data), "--loss", "l1"])
     assert result.exit_code == 2 and "--loss 'l1': choose one of mse, bce, dice, bce-dice" in result.output
-    result = runner.invoke(app, ["train", "--data", str(data), "--stem", "4"])
-    assert result.exit_code == 2 and "stem 4 not possible for a unet; choose 1 or 2" in result.output
+    for option, value in (("--stem", "3"), ("--width", "0"), ("--depth", "0")):
+        result = runner.invoke(app, ["train", "--data", str(data), option, value])
+        assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output
     result = runner.invoke(app, ["train", "--data", str(data), "--model", "cnn", "--stem", "2"])
-    assert result.exit_code == 2 and "stem 2 not possible for a cnn" in result.output
+    assert result.exit_code == 2 and "--stem 2: the cnn has no stem; leave --stem out" in result.output
+    result = runner.invoke(app, ["train", "--data", str(data), "--depth", "7"])
+    assert result.exit_code == 2
+    assert "--depth/--stem: depth 7 with stem 2 makes inputs multiples of 256" in result.output
+    result = runner.invoke(app, ["train", "--data", str(data), "--depth", "4", "--crop", "48"])
+    assert result.exit_code == 2 and "--crop 48: must be a positive multiple of 32 (stem 2 x 2^4" in result.output
     assert not (tmp_path / "runs").exists()
 
 
@@ -64,8 +70,8 @@ def test_model_options_and_their_defaults(args: tuple[str, ...], want: tuple) ->
     from toolkit.cmd_train import _model_spec
 
     values = dict(zip(args[::2], args[1::2], strict=True))
-    spec = _model_spec(values.get("--model", "unet"), int(values.get("--width", 0)) or None,
-                       int(values.get("--depth", 0)) or None, int(values.get("--stem", 0)) or None, True)
+    number = {key: int(values[key]) if key in values else None for key in ("--width", "--depth", "--stem")}
+    spec = _model_spec(values.get("--model", "unet"), number["--width"], number["--depth"], number["--stem"], True)
     assert (spec.kind, spec.width, spec.depth, spec.stem) == want
 
 

@@ -66,8 +66,10 @@ def test_spec_from_an_older_run_record_is_a_classic_unet() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"kind": "vgg"}, "unknown model kind 'vgg'"), ({"width": 0}, "width 0 out of range"),
-     ({"depth": 9}, "depth 9 out of range"), ({"stem": 3}, "stem 3 not possible for a unet"),
-     ({"kind": "cnn", "stem": 2}, "stem 2 not possible for a cnn")],
+     ({"depth": 9}, "depth 9 out of range"), ({"stem": 3}, "stem 3 out of range"),
+     ({"stem": True}, "stem True out of range"), ({"kind": "cnn", "stem": 2}, "stem 2: the CNN has no stem"),
+     ({"depth": 7}, "depth 7 with stem 2 makes inputs multiples of 256, .*choose depth <= 6"),
+     ({"depth": 8, "stem": 1}, "choose depth <= 7")],
 )
 def test_bad_spec(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
