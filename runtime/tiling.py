@@ -3,7 +3,7 @@
 Geometry (one axis; the grid is the product of the row and column axes):
 
 - The image is reflect-padded at the bottom/right to at least one tile and to a multiple of the
-  network's size multiple (2^depth), so that every tile starts on the pooling grid of the whole image.
+  network's size multiple (stem x 2^depth), so that every tile starts on the pooling grid of the whole image.
 - Tiles of ``tile`` pixels step by ``tile - 2*halo`` (rounded down to the size multiple); the last tile
   is shifted inward to end at the image edge, so every tile has the same shape (one static input shape).
 - Every pixel lies at least ``halo`` pixels inside some tile (or on the image border itself). A tile's
@@ -70,6 +70,8 @@ def tile_starts(length: int, tile: int, halo: int, multiple: int = 1) -> list[in
     """
     if length < tile:
         raise ValueError(f"length {length} is shorter than one tile ({tile}); pad first")
+    if length == tile:
+        return [0]  # one tile: its window is open at both ends, so no halo is needed
     step = (tile - 2 * halo) // multiple * multiple
     if step <= 0:
         raise ValueError(f"halo {halo} leaves no core in a {tile}-pixel tile; use halo < {tile // 2}")

@@ -100,6 +100,25 @@ def test_images_larger_than_the_tile_both_ways_use_double_tiles(rng: np.random.G
     assert fixed_batch.large_tile == 64  # one large tile would be padded to a batch of 4
 
 
+def test_images_smaller_than_the_tile_run_as_one_smaller_tile(rng: np.random.Generator) -> None:
+    seg = make()
+    assert seg.small_step == 16  # a quarter of the 64 tile
+    assert [seg.tile_for(*shape) for shape in [(40, 40), (40, 63), (5, 200), (64, 64), (1, 1)]] == [48, 64, 64, 64, 16]
+    shapes: list[tuple[int, ...]] = []
+    run = seg._run
+    seg._run = lambda inputs: (shapes.append(inputs.shape), run(inputs))[1]  # type: ignore[method-assign]
+    image = rng.random((40, 33), dtype=np.float32)
+    prob = seg.predict(image)
+    assert shapes == [(1, 48, 48, 1)]  # not (1, 64, 64, 1): no compute spent on padding to the full tile
+    np.testing.assert_allclose(prob, make(tile_size=0).predict(image), atol=1e-6)  # what whole-image mode gives
+    assert make(tile_size=64).small_step == 0 and make(tile_size=64).tile_for(40, 40) == 64  # explicit tile
+    fixed = Segmenter(tiny_model("identity", shape=(None, 64, 64, 1), metadata=META), provider="cpu")
+    assert fixed.small_step == 0 and fixed.tile_for(40, 40) == 64
+    with pytest.warns(SegWarning):
+        bare = Segmenter(tiny_model(), provider="cpu")  # tile 512, multiple 16: steps of 128
+    assert [bare.tile_for(*shape) for shape in [(100, 100), (300, 200), (500, 500)]] == [128, 384, 512]
+
+
 def test_tiles_of_different_sizes_never_share_a_batch(rng: np.random.Generator) -> None:
     shapes = [(50, 50), (250, 250), (60, 70), (240, 260), (40, 40)]
     images = [rng.random(shape, dtype=np.float32) for shape in shapes]
@@ -108,8 +127,8 @@ def test_tiles_of_different_sizes_never_share_a_batch(rng: np.random.Generator) 
     run = seg._run
     seg._run = lambda inputs: (batch_shapes.append(inputs.shape), run(inputs))[1]  # type: ignore[method-assign]
     probs = seg.predict_batch(images)
-    assert {shape[1:3] for shape in batch_shapes} == {(64, 64), (128, 128)}
-    assert all(shape[0] <= (8 if shape[1] == 64 else 2) for shape in batch_shapes)
+    assert {shape[1:3] for shape in batch_shapes} == {(48, 48), (64, 64), (128, 128)}  # 40x40: a small tile
+    assert all(shape[0] <= (2 if shape[1] == 128 else 8) for shape in batch_shapes)
     for image, prob in zip(images, probs, strict=True):
         np.testing.assert_allclose(prob, make().predict(image), atol=1e-6)
 

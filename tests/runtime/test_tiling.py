@@ -74,6 +74,8 @@ def test_tile_starts_rejects_bad_geometry() -> None:
         tiling.tile_starts(100, 128, 16)
     with pytest.raises(ValueError, match="leaves no core"):
         tiling.tile_starts(512, 128, 64)
+    assert tiling.tile_starts(48, 48, 112, 16) == [0]  # one tile covering the axis needs no halo
+    assert (tiling.window_1d(48, 112, open_start=True, open_end=True) == 1).all()
 
 
 @pytest.mark.parametrize("blend", tiling.BLENDS)
