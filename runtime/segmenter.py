@@ -51,12 +51,15 @@ class _Job:
     tile: int  # this image's tile side: tile_size, or large_tile for an image larger than it both ways
     rows: list[tuple[int, np.ndarray]]  # (start, (T,) window) per tile row, from tiling.axis_windows
     cols: list[tuple[int, np.ndarray]]
+    transforms: int = 1  # dihedral transforms per tile (8 with TTA)
     out: np.ndarray = field(init=False)
     pending: int = field(init=False)
+    single: bool = field(init=False)  # one prediction covers the image: it is the output, nothing to blend
 
     def __post_init__(self) -> None:
-        self.out = np.zeros(self.pixels.shape, np.float32)
-        self.pending = len(self.rows) * len(self.cols)
+        self.pending = len(self.rows) * len(self.cols) * self.transforms
+        self.single = self.pending == 1
+        self.out = np.empty((0, 0), np.float32) if self.single else np.zeros(self.pixels.shape, np.float32)
 
 
 _Tile = tuple[_Job, _Window, _Window, int]  # job, row window, column window, dihedral transform
@@ -180,9 +183,7 @@ class Segmenter:
         pixels = tiling.reflect_pad(pixels, padded_h, padded_w)
         rows = tiling.axis_windows(padded_h, tile, self.halo, self.blend, self.multiple)
         cols = tiling.axis_windows(padded_w, tile, self.halo, self.blend, self.multiple)
-        job = _Job(height, width, pixels, lazy, tile, rows, cols)
-        job.pending *= len(self.transforms)
-        return job
+        return _Job(height, width, pixels, lazy, tile, rows, cols, len(self.transforms))
 
     def _run_tiles(self, batch: list[_Tile]) -> None:
         tile = batch[0][0].tile
@@ -194,16 +195,19 @@ class Segmenter:
         preds = self._run(inputs)  # (B, T, T) float32 in [0, 1]
         scale = np.float32(1.0 / len(self.transforms))
         for (job, (y, wy), (x, wx), k), pred in zip(batch, preds, strict=True):
-            window = np.outer(wy * scale, wx)
-            tiling.accumulate(job.out, tiling.dihedral_inverse(pred, k), y, x, window)
+            if job.single:  # its one window is all ones (open at every edge): no blending
+                job.out = tiling.dihedral_inverse(pred, k).copy()
+            else:
+                tiling.accumulate(job.out, tiling.dihedral_inverse(pred, k), y, x, np.outer(wy * scale, wx))
             job.pending -= 1
         self.stats.tiles += len(batch)
 
     def _finish(self, job: _Job) -> np.ndarray:
         out = job.out
-        row_weight = tiling.weight_sum_1d(out.shape[0], job.rows)
-        col_weight = tiling.weight_sum_1d(out.shape[1], job.cols)
-        tiling.normalize_weights(out, row_weight, col_weight)
+        if len(job.rows) * len(job.cols) > 1:
+            row_weight = tiling.weight_sum_1d(out.shape[0], job.rows)
+            col_weight = tiling.weight_sum_1d(out.shape[1], job.cols)
+            tiling.normalize_weights(out, row_weight, col_weight)
         job.pixels = job.out = np.empty((0, 0), np.float32)  # drop references early
         self.stats.images += 1
         return _crop_clip(out, job.height, job.width)

@@ -100,6 +100,17 @@ def test_images_larger_than_the_tile_both_ways_use_double_tiles(rng: np.random.G
     assert fixed_batch.large_tile == 64  # one large tile would be padded to a batch of 4
 
 
+def test_single_tile_images_skip_blending_and_own_their_output(rng: np.random.Generator) -> None:
+    images = [rng.random((64, 64), dtype=np.float32) for _ in range(3)]
+    seg = make(batch_size=4)
+    probs = seg.predict_batch(images)
+    assert seg.stats.batches == 1 and seg.stats.tiles == 3
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(probs) for b in probs[i + 1 :])
+    for image, prob in zip(images, probs, strict=True):
+        np.testing.assert_array_equal(prob, make(tile_size=0).predict(image))  # bit-identical, nothing blended
+        assert prob.flags.owndata  # not a view that keeps the whole batch output alive
+
+
 def test_images_smaller_than_the_tile_run_as_one_smaller_tile(rng: np.random.Generator) -> None:
     seg = make()
     assert seg.small_step == 16  # a quarter of the 64 tile
