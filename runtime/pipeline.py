@@ -20,8 +20,16 @@ from runtime.segmenter import Segmenter
 
 Progress = Callable[[int, int], None]  # (images done, images to do)
 OnError = Callable[[str], None]  # one line per failed input
-_READ_AHEAD = 8  # input files decoded ahead of inference (at least the readers, at most 8)
-_WRITE_BEHIND = 8  # finished files waiting for the writers (a finished 8192x8192 image holds 256 MB)
+_QUEUE_FILES = (8, 64)  # files decoded ahead / finished files waiting for the writers: at least 8, at most 64,
+_READ_AHEAD_BYTES = 64 << 20  # and beyond 8 only while they hold about this many bytes of pixels
+_WRITE_BEHIND_BYTES = 128 << 20  # (a finished 8192x8192 image holds 256 MB: 8; a 512x512 slice 1 MB: 64)
+
+
+def queue_limit(item_bytes: int, budget: int) -> int:
+    """How many files a queue may hold when each holds ``item_bytes``: ``budget / item_bytes`` within
+    ``_QUEUE_FILES``. Small slices queue deep enough to keep large batches (e.g. 32 on CUDA) fed."""
+    low, high = _QUEUE_FILES
+    return max(low, min(high, budget // max(1, item_bytes)))
 
 
 @dataclass
@@ -89,7 +97,8 @@ def run_pipeline(seg: Segmenter, todo: list[Item], threshold: float, report: OnE
                 continue
             opened.popleft()
             writes.append((entry.item, writer.submit(_write, entry, threshold)))
-            while len(writes) > _WRITE_BEHIND or (writes and writes[0][1].done()):
+            behind = queue_limit(sum(p.nbytes for p in entry.probs), _WRITE_BEHIND_BYTES)
+            while len(writes) > behind or (writes and writes[0][1].done()):
                 done += _settle(*writes.popleft(), report)
                 if progress:
                     progress(done, len(todo))
@@ -102,23 +111,23 @@ def run_pipeline(seg: Segmenter, todo: list[Item], threshold: float, report: OnE
 
 def _pages(todo: list[Item], readers: ThreadPoolExecutor, method: str, opened: deque[_Open],
            report: OnError) -> Iterator[np.ndarray]:
-    """Every page of every readable input, in order, decoded ``_READ_AHEAD`` files ahead."""
+    """Every page of every readable input, in order, decoded ahead: ``queue_limit`` files, sized by the
+    last file read."""
     queue: deque[tuple[Item, Future[list[np.ndarray]]]] = deque()
     upcoming = iter(todo)
-    for item in upcoming:
-        queue.append((item, readers.submit(_read, item.source, method)))
-        if len(queue) >= _READ_AHEAD:
-            break
-    while queue:
+    ahead = _QUEUE_FILES[0]
+    while True:
+        while len(queue) < ahead and (item := next(upcoming, None)) is not None:
+            queue.append((item, readers.submit(_read, item.source, method)))
+        if not queue:
+            return
         item, future = queue.popleft()
-        nxt = next(upcoming, None)
-        if nxt is not None:
-            queue.append((nxt, readers.submit(_read, nxt.source, method)))
         try:
             pages = future.result()
         except SegError as exc:
             report(str(exc))
             continue
+        ahead = queue_limit(sum(p.nbytes for p in pages), _READ_AHEAD_BYTES)
         opened.append(_Open(item, pages))
         yield from pages
 

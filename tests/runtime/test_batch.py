@@ -189,3 +189,38 @@ def test_many_writers_finish_every_file_in_order(model: Path, tmp_path: Path,
     for path in sorted(images.iterdir()):
         expected = to_mask(seg.predict(read_image(path)), 0.5)
         np.testing.assert_array_equal(read_image(tmp_path / "out" / path.name), expected)
+
+
+@pytest.mark.parametrize(("item_bytes", "budget", "files"),
+                         [(1 << 20, 128 << 20, 64), (256 << 20, 128 << 20, 8), (2 << 20, 64 << 20, 32),
+                          (16 << 20, 64 << 20, 8), (0, 64 << 20, 64)])
+def test_queue_limit_holds_8_to_64_files_by_bytes(item_bytes: int, budget: int, files: int) -> None:
+    from runtime.pipeline import queue_limit
+
+    assert queue_limit(item_bytes, budget) == files
+
+
+@pytest.mark.parametrize(("side", "most_submitted"), [(64, 66), (4096, 10)])
+def test_read_ahead_deepens_for_small_files_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, side: int,
+                                                 most_submitted: int) -> None:
+    """After the first file, 64x64 slices are read up to 64 ahead (enough for batches of 32); 4096x4096
+    images (16 MB each) stay at 8."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime import pipeline
+
+    class CountingPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            self.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_read", lambda path, method: [np.zeros((side, side), np.uint8)])
+    items = [pipeline.Item(tmp_path / f"{i}.png", tmp_path / f"{i}.mask.png", None, None) for i in range(100)]
+    with CountingPool(2) as readers:
+        pages = pipeline._pages(items, readers, "dtype-range", deque(), lambda line: None)
+        assert next(pages).shape == (side, side) and next(pages).shape == (side, side)
+        assert most_submitted - 2 <= readers.submitted <= most_submitted
+        assert sum(1 for _ in pages) == 98  # and every file still comes through
