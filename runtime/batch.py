@@ -136,7 +136,8 @@ def _settings(inputs: str | os.PathLike[str], model: object, seg: Segmenter, thr
     digest = _model_digest(model if isinstance(model, bytes) else Path(seg.name))
     return {"inputs": str(Path(str(inputs)).resolve()) if not any(c in str(inputs) for c in _GLOB_CHARS)
             else str(inputs), "model_sha256": digest, "threshold": threshold, "tile": seg.tile_size,
-            "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend}
+            "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend, "large_tile": seg.large_tile,
+            "small_step": seg.small_step}
 
 
 def _model_digest(model: bytes | Path) -> str:

@@ -49,9 +49,10 @@ class Item:
 
 
 def _read(path: Path, method: str) -> list[np.ndarray]:
-    """Pages of ``path`` as ``(H, W)`` raw integers or float32 in [0, 1] (floats checked here, per file)."""
+    """Pages of ``path`` as ``(H, W)`` raw 8/16-bit integers or float32 in [0, 1]; floats and wider integers
+    are normalised (and checked) here, so a bad page fails its own file, named, not the whole run."""
     pages = read_pages(path)
-    return [normalize(p, method, str(path)) if p.dtype.kind == "f" else p for p in pages]
+    return [p if p.dtype.kind in "ui" and p.dtype.itemsize <= 2 else normalize(p, method, str(path)) for p in pages]
 
 
 @dataclass
@@ -111,8 +112,9 @@ def run_pipeline(seg: Segmenter, todo: list[Item], threshold: float, report: OnE
 
 def _pages(todo: list[Item], readers: ThreadPoolExecutor, method: str, opened: deque[_Open],
            report: OnError) -> Iterator[np.ndarray]:
-    """Every page of every readable input, in order, decoded ahead: ``queue_limit`` files, sized by the
-    last file read."""
+    """Every page of every readable input, in order, decoded ahead: ``queue_limit`` files for the size of
+    the last file read, growing by at most 2 files per file (so one tiny file before large ones cannot send
+    64 large reads ahead) and shrinking at once."""
     queue: deque[tuple[Item, Future[list[np.ndarray]]]] = deque()
     upcoming = iter(todo)
     ahead = _QUEUE_FILES[0]
@@ -127,7 +129,7 @@ def _pages(todo: list[Item], readers: ThreadPoolExecutor, method: str, opened: d
         except SegError as exc:
             report(str(exc))
             continue
-        ahead = queue_limit(sum(p.nbytes for p in pages), _READ_AHEAD_BYTES)
+        ahead = min(ahead + 2, queue_limit(sum(p.nbytes for p in pages), _READ_AHEAD_BYTES))
         opened.append(_Open(item, pages))
         yield from pages
 

@@ -300,9 +300,11 @@ class Segmenter:
 
     def _resolve_small_step(self, tile_size: int | None) -> int:
         """Side step of the small tiles (a quarter of the tile, on the size multiple); 0 = none, for an
-        explicit tile or a fixed input shape."""
+        explicit tile or a fixed input shape or batch (padding small tiles to a fixed batch costs more than
+        the full tile saves when sizes alternate)."""
         shape = self.session.get_inputs()[0].shape
-        if tile_size is not None or not self.tile_size or isinstance(shape[1], int) or isinstance(shape[2], int):
+        fixed = isinstance(shape[1], int) or isinstance(shape[2], int) or self._static_batch() is not None
+        if tile_size is not None or not self.tile_size or fixed:
             return 0
         return max(self.multiple, self.tile_size // 4 // self.multiple * self.multiple)
 

@@ -143,6 +143,17 @@ def test_rerun_with_another_threshold_or_input_redoes_outputs(folder: Path, mode
     with pytest.warns(SegWarning, match="earlier outputs were made with other threshold; redoing them all"):
         again = segment_paths(folder, model, out, provider="cpu", threshold=0.9)
     assert again.skipped == 0 and again.images == first.images
+    with pytest.warns(SegWarning, match="other large_tile, small_step; redoing"):  # tiling changes outputs too
+        tiled = segment_paths(folder, model, out, provider="cpu", threshold=0.9, tile_size=64)
+    assert tiled.skipped == 0
+
+
+def test_a_bad_wide_integer_page_fails_its_own_file_only(folder: Path, model: Path, tmp_path: Path) -> None:
+    tifffile.imwrite(folder / "negative.tif", np.full((8, 8), -3, np.int32))
+    failures: list[str] = []
+    summary = segment_paths(folder, model, tmp_path / "out", provider="cpu", on_error=failures.append)
+    assert len(failures) == 1 and "negative.tif" in failures[0] and "-3..-3" in failures[0]
+    assert summary.images == len(list(folder.glob("*.png")))
 
 
 @pytest.mark.parametrize("bad", [("", "out"), ("in", "")])
@@ -200,11 +211,11 @@ def test_queue_limit_holds_8_to_64_files_by_bytes(item_bytes: int, budget: int, 
     assert queue_limit(item_bytes, budget) == files
 
 
-@pytest.mark.parametrize(("side", "most_submitted"), [(64, 66), (4096, 10)])
-def test_read_ahead_deepens_for_small_files_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, side: int,
-                                                 most_submitted: int) -> None:
-    """After the first file, 64x64 slices are read up to 64 ahead (enough for batches of 32); 4096x4096
-    images (16 MB each) stay at 8."""
+@pytest.mark.parametrize(("first_side", "side", "most_ahead"), [(64, 64, 64), (4096, 4096, 8), (32, 4096, 10)])
+def test_read_ahead_deepens_for_small_files_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, first_side: int,
+                                                 side: int, most_ahead: int) -> None:
+    """64x64 slices come to be read 64 ahead (enough for batches of 32); 4096x4096 images (16 MB each) stay
+    at 8, also after a tiny first file (the depth grows by 2 files per file read, and shrinks at once)."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -217,10 +228,13 @@ def test_read_ahead_deepens_for_small_files_only(monkeypatch: pytest.MonkeyPatch
             self.submitted += 1
             return super().submit(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_read", lambda path, method: [np.zeros((side, side), np.uint8)])
-    items = [pipeline.Item(tmp_path / f"{i}.png", tmp_path / f"{i}.mask.png", None, None) for i in range(100)]
+    sizes = {tmp_path / f"{i}.png": first_side if i == 0 else side for i in range(100)}
+    monkeypatch.setattr(pipeline, "_read", lambda path, method: [np.zeros((sizes[path],) * 2, np.uint8)])
+    items = [pipeline.Item(path, path.with_suffix(".mask.png"), None, None) for path in sizes]
+    ahead = []
     with CountingPool(2) as readers:
         pages = pipeline._pages(items, readers, "dtype-range", deque(), lambda line: None)
-        assert next(pages).shape == (side, side) and next(pages).shape == (side, side)
-        assert most_submitted - 2 <= readers.submitted <= most_submitted
-        assert sum(1 for _ in pages) == 98  # and every file still comes through
+        for consumed, page in enumerate(pages, start=1):
+            assert page.shape == (sizes[items[consumed - 1].source],) * 2
+            ahead.append(readers.submitted - consumed)
+    assert len(ahead) == 100 and max(ahead) == most_ahead - 1  # in flight beside the file being consumed

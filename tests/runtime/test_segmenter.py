@@ -125,6 +125,8 @@ def test_images_smaller_than_the_tile_run_as_one_smaller_tile(rng: np.random.Gen
     assert make(tile_size=64).small_step == 0 and make(tile_size=64).tile_for(40, 40) == 64  # explicit tile
     fixed = Segmenter(tiny_model("identity", shape=(None, 64, 64, 1), metadata=META), provider="cpu")
     assert fixed.small_step == 0 and fixed.tile_for(40, 40) == 64
+    fixed_batch = Segmenter(tiny_model("identity", shape=(4, None, None, 1), metadata=META), provider="cpu")
+    assert fixed_batch.small_step == 0  # alternating small sizes would each be padded to a batch of 4
     with pytest.warns(SegWarning):
         bare = Segmenter(tiny_model(), provider="cpu")  # tile 512, multiple 16: steps of 128
     assert [bare.tile_for(*shape) for shape in [(100, 100), (300, 200), (500, 500)]] == [128, 384, 512]
