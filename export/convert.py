@@ -126,15 +126,23 @@ def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
     except Exception as exc:  # tf2onnx raises many types for unsupported ops/opsets
         raise InputError(f"tf2onnx could not convert the model at opset {opset}: {exc}") from None
     graph = proto.graph
+    tidy.squeeze_leading_unit_output(proto)
     _rename(graph, graph.input[0].name, INPUT_NAME)
     _rename(graph, graph.output[0].name, OUTPUT_NAME)
     for value in (graph.input[0], graph.output[0]):
         for dim, name in zip(value.type.tensor_type.shape.dim, DYNAMIC_DIMS, strict=False):
             dim.dim_param = name
     tidy.tidy(proto)
+    if len(graph.output[0].type.tensor_type.shape.dim) != 4:
+        raise InputError(f"tf2onnx gave an output of shape {_dims(graph.output[0])}, not (N, H, W, 1): "
+                         "the model must map (N, H, W, 1) images to (N, H, W, 1) probabilities")
     onnx.checker.check_model(proto, full_check=True)
     onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     return proto
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[object]:
+    return [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -146,3 +146,30 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
 def _swap(names: Iterable[str], old: str, new: str) -> list[str]:
     return [new if name == old else name for name in names]
 
+
+
+def squeeze_leading_unit_output(proto: onnx.ModelProto) -> bool:
+    """Make a ``(1, N, H, W, C)`` graph output ``(N, H, W, C)`` again; True when it did.
+
+    Keras 3 runs convolutions through a 5-D reshape, and tf2onnx 1.17 sometimes drops the final Squeeze
+    that undoes it: which optimiser pass wins depends on Python's string-hash order, so the same model
+    converts either way from one process to the next (seen on 1 conversion in about 10). The values are
+    right, only the leading unit axis is extra; the parity gate still compares the result with Keras."""
+    graph = proto.graph
+    dims = graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != 5 or dims[0].dim_value != 1:
+        return False
+    name = graph.output[0].name
+    inner = f"{name}__with_unit_axis"
+    for node in graph.node:
+        node.output[:] = [inner if out == name else out for out in node.output]
+        node.input[:] = [inner if value == name else value for value in node.input]
+    opset = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 17)
+    if opset >= 13:
+        axes = f"{name}__unit_axis"
+        graph.initializer.append(onnx.helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [0]))
+        graph.node.append(onnx.helper.make_node("Squeeze", [inner, axes], [name], name=f"{name}__squeeze"))
+    else:
+        graph.node.append(onnx.helper.make_node("Squeeze", [inner], [name], name=f"{name}__squeeze", axes=[0]))
+    del dims[0]
+    return True

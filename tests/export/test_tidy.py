@@ -124,3 +124,30 @@ def test_prune_leaves_graphs_with_subgraphs_alone() -> None:
     model.graph.node.append(helper.make_node("If", ["cond"], ["if_out"], then_branch=branch, else_branch=branch))
     nodes = len(model.graph.node)
     assert tidy.prune_dead_nodes(model.graph) == 0 and len(model.graph.node) == nodes
+
+
+def _unit_axis_graph(opset: int, leading: int = 1) -> onnx.ModelProto:
+    """image (N, H, W, 1) -> 2 * image with a leading unit axis: (1, N, H, W, 1), as tf2onnx sometimes leaves it."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    unsqueeze = (helper.make_node("Unsqueeze", ["doubled", "axes"], ["prob"]) if opset >= 13
+                 else helper.make_node("Unsqueeze", ["doubled"], ["prob"], axes=[0]))
+    nodes = [helper.make_node("Add", ["image", "image"], ["doubled"]), unsqueeze]
+    graph = helper.make_graph(
+        nodes, "unit", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", "H", "W", 1])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [leading, "N", "H", "W", 1])],
+        [axes] if opset >= 13 else [])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_a_leading_unit_axis_on_the_output_is_squeezed_away(opset: int) -> None:
+    proto = _unit_axis_graph(opset)
+    assert tidy.squeeze_leading_unit_output(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["N", "H", "W", 1]
+    image = np.random.default_rng(0).random((2, 8, 6, 1), dtype=np.float32)
+    (prob,) = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image})
+    np.testing.assert_array_equal(prob, 2 * image)
+    assert not tidy.squeeze_leading_unit_output(proto)  # already 4-D: nothing to do
+    assert not tidy.squeeze_leading_unit_output(_unit_axis_graph(17, leading=3))  # not a unit axis: left alone
