@@ -147,7 +147,6 @@ def _swap(names: Iterable[str], old: str, new: str) -> list[str]:
     return [new if name == old else name for name in names]
 
 
-
 def squeeze_leading_unit_output(proto: onnx.ModelProto) -> bool:
     """Make a ``(1, N, H, W, C)`` graph output ``(N, H, W, C)`` again; True when it did.
 
@@ -162,8 +161,8 @@ def squeeze_leading_unit_output(proto: onnx.ModelProto) -> bool:
     name = graph.output[0].name
     inner = f"{name}__with_unit_axis"
     for node in graph.node:
-        node.output[:] = [inner if out == name else out for out in node.output]
-        node.input[:] = [inner if value == name else value for value in node.input]
+        node.output[:] = _swap(node.output, name, inner)
+        node.input[:] = _swap(node.input, name, inner)
     opset = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 17)
     if opset >= 13:
         axes = f"{name}__unit_axis"

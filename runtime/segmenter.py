@@ -258,6 +258,11 @@ class Segmenter:
                 return None
         return self._binding.run(inputs)
 
+    def _fixed_shape(self) -> bool:
+        """True when the model's input has a static height, width or batch dimension."""
+        shape = self.session.get_inputs()[0].shape
+        return isinstance(shape[1], int) or isinstance(shape[2], int) or self._static_batch() is not None
+
     def _static_batch(self) -> int | None:
         dim = self.session.get_inputs()[0].shape[0]
         return dim if isinstance(dim, int) and dim > 0 else None
@@ -292,9 +297,7 @@ class Segmenter:
         """``2 * tile_size`` for the metadata's tile, except where it would cost memory or padding: an explicit
         tile, a fixed input shape or batch, or ``batch_size`` < 4 (a large tile alone would then hold more
         pixels than a batch of small ones)."""
-        shape = self.session.get_inputs()[0].shape
-        fixed = isinstance(shape[1], int) or isinstance(shape[2], int) or self._static_batch() is not None
-        if tile_size is not None or fixed or not self.tile_size or self.batch_size < 4:
+        if tile_size is not None or self._fixed_shape() or not self.tile_size or self.batch_size < 4:
             return self.tile_size
         return 2 * self.tile_size
 
@@ -302,9 +305,7 @@ class Segmenter:
         """Side step of the small tiles (a quarter of the tile, on the size multiple); 0 = none, for an
         explicit tile or a fixed input shape or batch (padding small tiles to a fixed batch costs more than
         the full tile saves when sizes alternate)."""
-        shape = self.session.get_inputs()[0].shape
-        fixed = isinstance(shape[1], int) or isinstance(shape[2], int) or self._static_batch() is not None
-        if tile_size is not None or not self.tile_size or fixed:
+        if tile_size is not None or not self.tile_size or self._fixed_shape():
             return 0
         return max(self.multiple, self.tile_size // 4 // self.multiple * self.multiple)
 
