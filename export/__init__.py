@@ -1,6 +1,6 @@
 """seg export: Keras -> ONNX with tf2onnx, ``seg.`` metadata inside the model, and a parity gate.
 
-``to_onnx`` and the report types load lazily, so ``import export`` stays cheap (no onnx, no TensorFlow).
+``to_onnx`` and the report types load lazily, so ``import seg.export`` stays cheap (no onnx, no TensorFlow).
 """
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from export.convert import ExportReport, to_onnx
-    from export.parity import ParityReport
-    from export.variants import VariantReport
+    from seg.export.convert import ExportReport, to_onnx
+    from seg.export.parity import ParityReport
+    from seg.export.variants import VariantReport
 
 __all__ = ["ExportReport", "ParityReport", "VariantReport", "to_onnx"]
 
-_HOMES = {"to_onnx": "export.convert", "ExportReport": "export.convert", "ParityReport": "export.parity",
-          "VariantReport": "export.variants"}
+_HOMES = {"to_onnx": "seg.export.convert", "ExportReport": "seg.export.convert", "ParityReport": "seg.export.parity",
+          "VariantReport": "seg.export.variants"}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,12 +17,12 @@ from typing import Any
 
 import onnx
 
-from export import parity, tidy, variants
-from export.source import Source, load_source, receptive_field
-from runtime.atomic import write_bytes_atomic, write_json_atomic
-from runtime.errors import GateError, InputError
-from runtime.metadata import DEFAULT_TILE, ModelInfo
-from runtime.tiling import recommended_halo
+from seg.export import parity, tidy, variants
+from seg.export.source import Source, load_source, receptive_field
+from seg.runtime.atomic import write_bytes_atomic, write_json_atomic
+from seg.runtime.errors import GateError, InputError
+from seg.runtime.metadata import DEFAULT_TILE, ModelInfo
+from seg.runtime.tiling import recommended_halo
 
 INPUT_NAME, OUTPUT_NAME = "image", "prob"
 DYNAMIC_DIMS = ("N", "H", "W")
@@ -115,7 +115,7 @@ def _data_dir(data: str | Path | None, source: Source) -> Path:
 
 def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
     """tf2onnx conversion with input ``image`` ``(N, H, W, 1) float32`` and output ``prob`` ``(N, H, W, 1)``,
-    N/H/W dynamic, then ``export.tidy``'s exact clean-ups; ``onnx.checker`` (full) and strict shape inference
+    N/H/W dynamic, then ``seg.export.tidy``'s exact clean-ups; ``onnx.checker`` (full) and strict shape inference
     must pass."""
     import tensorflow as tf
     import tf2onnx

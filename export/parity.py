@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import InputError
-from runtime.io import list_images, read_image
-from runtime.preprocess import binarize_label, normalize
-from runtime.providers import make_session
-from runtime.scores import mask_agreement
+from seg.runtime.errors import InputError
+from seg.runtime.io import list_images, read_image
+from seg.runtime.preprocess import binarize_label, normalize
+from seg.runtime.providers import make_session
+from seg.runtime.scores import mask_agreement
 
 ODD_SIZE = (768, 1024)
 BATCH = 4

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import InputError
+from seg.runtime.errors import InputError
 
 BEST_MODEL = "model.keras"
 CONFIG = "config.json"

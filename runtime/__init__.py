@@ -2,7 +2,7 @@
 
 numpy + onnxruntime + pillow + tifffile only; never imports TensorFlow. Embedding it::
 
-    from runtime import Segmenter, read_image, to_mask
+    from seg.runtime import Segmenter, read_image, to_mask
 
     seg = Segmenter("model.onnx", provider="auto")  # "cuda" is strict: raises ProviderError if CUDA can't load
     print(seg.providers)                            # what onnxruntime really uses, e.g. ["cpu"]
@@ -11,17 +11,17 @@ numpy + onnxruntime + pillow + tifffile only; never imports TensorFlow. Embeddin
     mask = to_mask(prob, seg.info.threshold)        # (H, W) uint8, 255 = interior, 0 = membrane
     probs = seg.predict_batch([image, image.T])     # tiles of several images share onnxruntime batches
 
-Folders, globs and TIFF stacks: ``runtime.segment_paths(input, "model.onnx", "out/")`` (what ``seg infer`` runs).
+Folders, globs and TIFF stacks: ``seg.runtime.segment_paths(input, "model.onnx", "out/")`` (what ``seg infer`` runs).
 """
 
-from runtime.batch import InferSummary, segment_paths
-from runtime.errors import GateError, InputError, ProviderError, SegError, SegWarning
-from runtime.io import list_images, read_image, read_pages, write_image, write_pages
-from runtime.metadata import ModelInfo
-from runtime.preprocess import binarize_label, normalize, to_mask
-from runtime.providers import make_session, session_providers
-from runtime.segmenter import Segmenter
-from runtime.tiling import recommended_halo
+from seg.runtime.errors import GateError, InputError, ProviderError, SegError, SegWarning
+from seg.runtime.folders import InferSummary, segment_paths
+from seg.runtime.io import list_images, read_image, read_pages, write_image, write_pages
+from seg.runtime.metadata import ModelInfo
+from seg.runtime.preprocess import binarize_label, normalize, to_mask
+from seg.runtime.providers import make_session, session_providers
+from seg.runtime.segmenter import Segmenter
+from seg.runtime.tiling import recommended_halo
 
 __all__ = [
     "GateError",

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import InputError
+from seg.runtime.errors import InputError
 
 TMP_MARK = ".tmp-"
 

@@ -1,7 +1,7 @@
 """Reading and writing images: PNG, JPEG, TIFF (single page and multi-page stacks).
 
 Readers return raw pixel arrays — ``(H, W)`` uint8, uint16 or float32 — converted to gray (with a
-warning) when the file is RGB(A). Normalisation to [0, 1] is ``runtime.preprocess``'s job. Every
+warning) when the file is RGB(A). Normalisation to [0, 1] is ``seg.runtime.preprocess``'s job. Every
 failure raises ``InputError`` with one line naming the file and the problem. Writers are atomic.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from runtime.atomic import atomic_path, is_temporary
-from runtime.errors import InputError, SegWarning
+from seg.runtime.atomic import atomic_path, is_temporary
+from seg.runtime.errors import InputError, SegWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")

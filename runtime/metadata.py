@@ -10,8 +10,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from runtime.errors import InputError
-from runtime.preprocess import DTYPE_RANGE
+from seg.runtime.errors import InputError
+from seg.runtime.preprocess import DTYPE_RANGE
 
 PREFIX = "seg."
 FORMAT_VERSION = 1

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import SegError
-from runtime.io import read_pages, write_pages
-from runtime.preprocess import normalize, overlay_rgb, to_mask
-from runtime.segmenter import Segmenter
+from seg.runtime.errors import SegError
+from seg.runtime.io import read_pages, write_pages
+from seg.runtime.preprocess import normalize, overlay_rgb, to_mask
+from seg.runtime.segmenter import Segmenter
 
 Progress = Callable[[int, int], None]  # (images done, images to do)
 OnError = Callable[[str], None]  # one line per failed input

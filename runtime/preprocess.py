@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from runtime.errors import InputError, SegWarning
+from seg.runtime.errors import InputError, SegWarning
 
 DTYPE_RANGE = "dtype-range"
 """Integers divide by their dtype's maximum (uint8 /255, uint16 /65535); floats in [0, 1] are kept,

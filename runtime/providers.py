@@ -26,7 +26,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from runtime.errors import InputError, ProviderError
+from seg.runtime.errors import InputError, ProviderError
 
 log = logging.getLogger(__name__)
 

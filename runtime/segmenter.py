@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import tiling
-from runtime.errors import InputError, SegWarning
-from runtime.io import rgb_to_gray
-from runtime.metadata import ModelInfo
-from runtime.preprocess import DTYPE_RANGE, normalize, scale_small_integers, warn_if_8_bit_in_16_bit
-from runtime.providers import make_session, session_providers
+from seg.runtime import tiling
+from seg.runtime.errors import InputError, SegWarning
+from seg.runtime.io import rgb_to_gray
+from seg.runtime.metadata import ModelInfo
+from seg.runtime.preprocess import DTYPE_RANGE, normalize, scale_small_integers, warn_if_8_bit_in_16_bit
+from seg.runtime.providers import make_session, session_providers
 
 log = logging.getLogger(__name__)
 _Window = tuple[int, np.ndarray]  # (start, (T,) float32 window) along one axis

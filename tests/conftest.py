@@ -27,12 +27,12 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
-    """A real ``train.fit`` run on the ISBI slices: 8-wide depth-4 U-Net, ~30 steps (tens of seconds).
+    """A real ``seg.train.fit`` run on the ISBI slices: 8-wide depth-4 U-Net, ~30 steps (tens of seconds).
 
     Shared by the end-to-end tests (export parity, evaluate, infer, seams); use only from slow tests.
     """
-    import train
-    from train.models import ModelSpec
+    from seg import train
+    from seg.train.models import ModelSpec
 
     config = train.TrainConfig(data=str(isbi_dir), model=ModelSpec("unet", 8, 4), epochs=3, steps_per_epoch=10,
                                batch=4, crop=128, lr=3e-3, runs_root=str(tmp_path_factory.mktemp("runs")),
@@ -43,7 +43,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Pat
 @pytest.fixture(scope="session")
 def exported_model(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``trained_run`` exported through the parity gate to ``model.onnx``."""
-    from export import to_onnx
+    from seg.export import to_onnx
 
     out = tmp_path_factory.mktemp("export") / "model.onnx"
     to_onnx(trained_run, out, max_images=3, timing_runs=1)

@@ -30,7 +30,7 @@ def make_dataset(root: Path, n: int = 3, size: int = 64, seed: int = 0, split: s
 def assert_seed_layout(out: Path, volume: np.ndarray, labels: np.ndarray, dtype: type = np.uint8) -> None:
     """``out/train/{image,label}/NN.png`` hold exactly the pages of ``volume`` and ``labels`` ((N, H, W)),
     images in ``dtype``, pixel for pixel."""
-    from runtime.io import read_image
+    from seg.runtime.io import read_image
 
     names = [f"{i:02d}.png" for i in range(len(volume))]
     assert sorted(p.name for p in (out / "train/image").iterdir()) == names

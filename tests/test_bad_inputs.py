@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from runtime.batch import plan_outputs, segment_paths
-from runtime.errors import InputError
-from runtime.io import read_image
+from seg.runtime.errors import InputError
+from seg.runtime.folders import plan_outputs, segment_paths
+from seg.runtime.io import read_image
+from seg.toolkit.cli import app
 from tests.reliability import files as f
 from tests.reliability.corpus import CASES, Case, run
-from toolkit.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,9 +118,10 @@ def test_every_keras_load_uses_safe_mode() -> None:
 
 
 def test_pillow_decompression_bomb_guard_stays_on() -> None:
-    code = ("import runtime, train, export, toolkit.cli, toolkit.evaluate, export.convert, train.trainer\n"
+    code = ("import seg.runtime, seg.train.trainer, seg.export.convert, seg.toolkit.cli.app\n"
+            "import seg.toolkit.evaluation.evaluate\n"
             "from PIL import Image; print(Image.MAX_IMAGE_PIXELS)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO.parent, check=True)
     assert int(out.stdout.split()[-1]) >= 89_478_485  # Pillow's default (0.25 GB of 32-bit pixels)
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.atomic import is_temporary
-from runtime.errors import SegWarning
-from runtime.io import read_pages
+from seg.runtime.atomic import is_temporary
+from seg.runtime.errors import SegWarning
+from seg.runtime.io import read_pages
 from tests.helpers import make_dataset
 from tests.reliability import files as f
 
@@ -148,9 +148,9 @@ def test_train_resume_removes_stray_temporaries_and_survives_a_torn_one(tmp_path
 
 
 def test_a_run_killed_before_its_first_epoch_can_be_resumed_or_restarted(tmp_path: Path) -> None:
-    import train
-    from train.models import ModelSpec
-    from train.runs import new_run_dir
+    from seg import train
+    from seg.train.models import ModelSpec
+    from seg.train.runs import new_run_dir
 
     data = make_dataset(tmp_path / "data", n=4, size=64)
     root = tmp_path / "runs"
@@ -159,8 +159,8 @@ def test_a_run_killed_before_its_first_epoch_can_be_resumed_or_restarted(tmp_pat
     config = train.TrainConfig(data=str(data), model=ModelSpec("unet", 4, 2), epochs=1, steps_per_epoch=2,
                                batch=2, crop=64, runs_root=str(root), name="early")
     run = new_run_dir(root, "early")
-    from runtime.atomic import write_json_atomic
-    from train.trainer import _config_record, _load_data
+    from seg.runtime.atomic import write_json_atomic
+    from seg.train.trainer import _config_record, _load_data
 
     write_json_atomic(run / "config.json", _config_record(config, *_load_data(config)))  # killed right after
     result = train.resume(run, progress=False)

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime import tiling
-from runtime.errors import InputError
-from runtime.io import read_pages, write_pages
+from seg.runtime import tiling
+from seg.runtime.errors import InputError
+from seg.runtime.io import read_pages, write_pages
 from tests.reliability import files as f
 
 EXAMPLES = int(os.environ.get("SEG_FUZZ_EXAMPLES", "120"))  # raise it for a longer hunt
@@ -135,7 +135,7 @@ def test_tile_then_stitch_is_the_identity_and_covers_every_pixel(
 def test_segmenter_with_an_identity_model_returns_the_normalised_image(
     identity_model: bytes, height: int, width: int, dtype: type, halo: int, seed: int
 ) -> None:
-    from runtime import Segmenter, normalize
+    from seg.runtime import Segmenter, normalize
 
     image = f.gray((height, width), dtype, seed)
     seg = Segmenter(identity_model, provider="cpu", halo=halo, batch_size=3)

@@ -1,5 +1,5 @@
-"""``python -m toolkit`` = the ``seg`` command."""
+"""``python -m seg.toolkit`` = the ``seg`` command."""
 
-from toolkit.cli import main
+from seg.toolkit.cli import main
 
 main()

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import write_text_atomic
-from runtime.io import list_images, read_image, write_image
-from train import runs
+from seg.runtime.atomic import write_text_atomic
+from seg.runtime.io import list_images, read_image, write_image
+from seg.train import runs
 
 Say = Callable[[str], None]
 
@@ -54,7 +54,7 @@ def _data_stage(out: Path, data: Path | None, seed: int, say: Say, synth: tuple[
     if (target / "train" / "image").is_dir():
         say(f"data: reusing synthetic slices in {target}")
         return target
-    from toolkit.synth import synthesize
+    from seg.toolkit.data.synth import synthesize
 
     summary = synthesize(target, n=synth[0], size=synth[1], seed=seed)
     say(f"data: {summary.n_train} train + {summary.n_test} test synthetic slices in {target} "
@@ -63,8 +63,8 @@ def _data_stage(out: Path, data: Path | None, seed: int, say: Say, synth: tuple[
 
 
 def _train_stage(report: DemoReport, budget_s: float, seed: int, width: int, say: Say, progress: bool) -> Path:
-    import train
-    from train.models import ModelSpec
+    from seg import train
+    from seg.train.models import ModelSpec
 
     run_dir = report.out / "runs" / "demo"
     if (run_dir / runs.LAST_MODEL).is_file():
@@ -73,7 +73,7 @@ def _train_stage(report: DemoReport, budget_s: float, seed: int, width: int, say
         config = train.TrainConfig(data=str(report.data), model=ModelSpec(width=width), time_budget=budget_s,
                                    seed=seed, runs_root=str(run_dir.parent), name=run_dir.name)
         result = train.fit(config, progress=progress)
-    from toolkit.run_figures import write_run_figures
+    from seg.toolkit.evaluation.figures import write_run_figures
 
     report.figures += write_run_figures(result.run_dir)
     report.numbers["train"] = {"epochs": result.epochs, "best_epoch": result.best_epoch, "device": result.device,
@@ -84,7 +84,7 @@ def _train_stage(report: DemoReport, budget_s: float, seed: int, width: int, say
 
 
 def _export_stage(report: DemoReport, run_dir: Path, say: Say) -> Path:
-    from export import to_onnx
+    from seg.export import to_onnx
 
     model = report.out / "model.onnx"
     result = to_onnx(run_dir, model)
@@ -105,7 +105,7 @@ def make_mosaic(images: list[Path], grid: int = 3) -> np.ndarray:
 
 
 def _infer_stage(report: DemoReport, model: Path, say: Say) -> None:
-    from runtime.batch import segment_paths
+    from seg.runtime.folders import segment_paths
 
     folder = report.data / "test" / "image"
     sources = list_images(folder if folder.is_dir() else report.data / "train" / "image")
@@ -123,7 +123,7 @@ def _infer_stage(report: DemoReport, model: Path, say: Say) -> None:
 
 
 def _evaluate_stage(report: DemoReport, model: Path, say: Say) -> None:
-    from toolkit.evaluate import evaluate
+    from seg.toolkit.evaluation.evaluate import evaluate
 
     has_test_labels = (report.data / "test" / "label").is_dir()
     split = "test" if has_test_labels else "val"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import InputError
-from train import runs
+from seg.runtime.errors import InputError
+from seg.train import runs
 
 RUNS_ROOT = runs.RUNS_ROOT
 

@@ -1,6 +1,6 @@
 """seg training: datasets, augmentation, Keras models and the fit loop.
 
-``import train`` is cheap: TensorFlow loads only when a model is built or trained.
+``import seg.train`` is cheap: TensorFlow loads only when a model is built or trained.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["TrainConfig", "TrainResult", "fit", "resume"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from train import trainer
+        from seg.train import trainer
 
         return getattr(trainer, name)
     raise AttributeError(f"module 'train' has no attribute {name!r}")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtime.tiling import dihedral  # the same 8 transforms serve test-time augmentation
-from train.data import Slice
+from seg.runtime.tiling import dihedral  # the same 8 transforms serve test-time augmentation
+from seg.train.data import Slice
 
 N_DIHEDRAL = 8
 __all__ = ["N_DIHEDRAL", "augmented_pair", "dihedral", "elastic", "jitter_intensity", "random_crop",

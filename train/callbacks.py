@@ -13,9 +13,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
-from runtime.scores import membrane_f1, mse
-from train.data import Slice
+from seg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
+from seg.runtime.scores import membrane_f1, mse
+from seg.train.data import Slice
 
 
 class ValidationScores(keras.callbacks.Callback):

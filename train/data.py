@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError
-from runtime.io import list_images, read_image, read_pages
-from runtime.preprocess import binarize_label, normalize
+from seg.runtime.errors import InputError
+from seg.runtime.io import list_images, read_image, read_pages
+from seg.runtime.preprocess import binarize_label, normalize
 
 SPLITS = ("train", "test")
 STACK_IMAGES, STACK_LABELS = "train-volume.tif", "train-labels.tif"

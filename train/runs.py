@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic import is_temporary
-from runtime.errors import InputError
+from seg.runtime.atomic import is_temporary
+from seg.runtime.errors import InputError
 
 RUNS_ROOT = Path("runs/train")
 BEST_MODEL, LAST_MODEL = "model.keras", "last.keras"

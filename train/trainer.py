@@ -1,4 +1,4 @@
-"""The fit loop: ``train.fit(TrainConfig(...))`` trains a model and writes ``runs/train/<name>/``.
+"""The fit loop: ``seg.train.fit(TrainConfig(...))`` trains a model and writes ``runs/train/<name>/``.
 
 Data are loaded and validated before anything is written, so bad data leaves ``runs/`` untouched.
 """
@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import remove_temporaries, write_json_atomic
-from runtime.errors import InputError
-from runtime.preprocess import DTYPE_RANGE
-from train import runs
-from train.augment import sample_batch
-from train.data import Slice, dataset_summary, load_split, split_by_slice
-from train.losses import LOSSES
-from train.models import ModelSpec
+from seg.runtime.atomic import remove_temporaries, write_json_atomic
+from seg.runtime.errors import InputError
+from seg.runtime.preprocess import DTYPE_RANGE
+from seg.train import runs
+from seg.train.augment import sample_batch
+from seg.train.data import Slice, dataset_summary, load_split, split_by_slice
+from seg.train.losses import LOSSES
+from seg.train.models import ModelSpec
 
 
 @dataclass
@@ -192,7 +192,7 @@ def _setup_device(config: TrainConfig) -> str:
     import keras
     import tensorflow as tf
 
-    from runtime.errors import SegWarning
+    from seg.runtime.errors import SegWarning
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -212,8 +212,8 @@ def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any], on_gpu
     """
     import keras
 
-    from train.losses import get_loss
-    from train.models import build_model
+    from seg.train.losses import get_loss
+    from seg.train.models import build_model
 
     if state["epoch"] > 0:
         model = keras.models.load_model(run_dir / runs.LAST_MODEL, safe_mode=True)
@@ -228,8 +228,8 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
          state: dict[str, Any], history: list[dict[str, float]], progress: bool) -> TrainResult:
     import keras
 
-    from train.callbacks import Checkpoints, RichProgress, ScheduleAndBudget, ValidationScores
-    from train.losses import get_loss
+    from seg.train.callbacks import Checkpoints, RichProgress, ScheduleAndBudget, ValidationScores
+    from seg.train.losses import get_loss
 
     device = _setup_device(config)
     keras.utils.set_random_seed(config.seed + int(state["epoch"]))

@@ -31,7 +31,7 @@ def unet_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
     """An untrained, seeded U-Net (width 4, depth 2, batch norm) as a run folder."""
     import keras
 
-    from train.models import ModelSpec, build_model
+    from seg.train.models import ModelSpec, build_model
 
     keras.utils.set_random_seed(0)
     spec = ModelSpec(width=4, depth=2)
@@ -41,7 +41,7 @@ def unet_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def exported(unet_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``to_onnx`` of ``unet_run`` (one conversion shared by the conversion/metadata/parity tests)."""
-    from export import to_onnx
+    from seg.export import to_onnx
 
     return to_onnx(unet_run, tmp_path_factory.mktemp("onnx") / "model.onnx", max_images=3, timing_runs=1)
 
@@ -68,7 +68,7 @@ def membrane_detector() -> Any:
 @pytest.fixture(scope="session")
 def edge_export(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Any:
     """``to_onnx`` of the membrane detector with both edge variants."""
-    from export import to_onnx
+    from seg.export import to_onnx
 
     run = save_run(tmp_path_factory.mktemp("runs") / "edge", membrane_detector(), isbi_dir,
                    {"kind": "cnn", "width": 2, "depth": 0, "batch_norm": False})

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-from runtime.errors import GateError, InputError
-from runtime.io import read_image
-from runtime.metadata import ModelInfo
-from runtime.preprocess import normalize
-from runtime.providers import make_session
+from seg.runtime.errors import GateError, InputError
+from seg.runtime.io import read_image
+from seg.runtime.metadata import ModelInfo
+from seg.runtime.preprocess import normalize
+from seg.runtime.providers import make_session
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_up_convolutions_lose_their_identity_crops(exported: Any) -> None:
 
 
 def test_metadata_round_trips(exported: Any, isbi_dir: Path) -> None:
-    from train.models import ModelSpec
+    from seg.train.models import ModelSpec
 
     model = onnx.load(exported.out)
     info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, source=str(exported.out))
@@ -101,7 +101,7 @@ def _bump_one_weight(model: onnx.ModelProto) -> None:
 
 
 def test_gate_really_gates(unet_run: Path, tmp_path: Path) -> None:
-    from export import to_onnx
+    from seg.export import to_onnx
 
     out = tmp_path / "model.onnx"
     with pytest.raises(GateError, match=r"model.onnx: parity gate FAILED \(max \|Δ\| .* > atol 0.0001 on "):
@@ -112,7 +112,7 @@ def test_gate_really_gates(unet_run: Path, tmp_path: Path) -> None:
 
 
 def test_missing_data_dir_is_an_input_error(unet_run: Path, tmp_path: Path) -> None:
-    from export import to_onnx
+    from seg.export import to_onnx
 
     with pytest.raises(InputError, match="no such folder; give --data"):
         to_onnx(unet_run, tmp_path / "m.onnx", data=tmp_path / "nowhere")

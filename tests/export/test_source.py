@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.parity import _validation_first, pad_to_multiple
-from export.source import load_source, model_path, read_config, receptive_field
-from runtime.errors import InputError
+from seg.export.parity import _validation_first, pad_to_multiple
+from seg.export.source import load_source, model_path, read_config, receptive_field
+from seg.runtime.errors import InputError
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 @pytest.mark.parametrize(("batch_norm", "stem"), [(True, 2), (False, 2), (True, 1), (False, 1)])
 def test_unet_receptive_field_matches_model_spec(depth: int, batch_norm: bool, stem: int) -> None:
-    from train.models import ModelSpec, build_model
+    from seg.train.models import ModelSpec, build_model
 
     spec = ModelSpec(width=2, depth=depth, batch_norm=batch_norm, stem=stem)
     assert receptive_field(build_model(spec)) == (spec.receptive_field, spec.size_multiple)
@@ -25,7 +25,7 @@ def test_unet_receptive_field_matches_model_spec(depth: int, batch_norm: bool, s
 
 @pytest.mark.parametrize("depth", [1, 3])
 def test_cnn_receptive_field_counts_every_3x3_conv(depth: int) -> None:
-    from train.models import ModelSpec, build_model
+    from seg.train.models import ModelSpec, build_model
 
     # depth + 1 hidden 3x3 convs and a 3x3 output conv, each adding 2 pixels
     assert receptive_field(build_model(ModelSpec(kind="cnn", width=2, depth=depth))) == (1 + 2 * (depth + 2), 1)

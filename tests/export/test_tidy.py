@@ -1,4 +1,4 @@
-"""``export.tidy``: the tf2onnx crop-after-up-convolution pattern is removed exactly, and only where exact."""
+"""``seg.export.tidy``: the tf2onnx crop-after-up-convolution pattern is removed exactly, and only where exact."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export import tidy
+from seg.export import tidy
 
 
 def _upconv_graph(kernel: int, stride: int, pad_fill: float = 0.0, crop: int = 0) -> onnx.ModelProto:

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from runtime.errors import GateError
-from runtime.metadata import ModelInfo
-from runtime.providers import make_session
+from seg.runtime.errors import GateError
+from seg.runtime.metadata import ModelInfo
+from seg.runtime.providers import make_session
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_variant_keeps_float_io_and_metadata(edge_export: Any, kind: str, marker
 
 
 def test_variant_gate_failure_writes_nothing(edge_export: Any, tmp_path: Path) -> None:
-    from export import parity, variants
+    from seg.export import parity, variants
 
     image_set = parity.load_images(Path(edge_export.parity.source), {}, max_images=1)
     strict = variants.VariantOptions(min_agreement=0.99, max_delta_f1=-1.0, timing_runs=1)
@@ -59,9 +59,9 @@ def test_int8_is_at_most_a_third_of_fp32_for_the_default_unet(tmp_path: Path, is
     """Width 16, depth 4 (the `seg train` default): the INT8 file is <= 1/3 of FP32."""
     import keras
 
-    from export import parity, variants
-    from export.convert import convert_keras
-    from train.models import ModelSpec, build_model
+    from seg.export import parity, variants
+    from seg.export.convert import convert_keras
+    from seg.train.models import ModelSpec, build_model
 
     keras.utils.set_random_seed(0)
     proto = convert_keras(build_model(ModelSpec()))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import SegError
+from seg.runtime.errors import SegError
 from tests.reliability import files as f
 
 Target = list[str] | Callable[[], object]
@@ -313,7 +313,7 @@ EXPORT = [
 
 def _api(image: object, **options: object) -> Callable[[Path], Target]:
     def build(d: Path) -> Target:
-        from runtime import Segmenter
+        from seg.runtime import Segmenter
 
         model = f.onnx_file(d / "model.onnx")
         return lambda: Segmenter(model, provider="cpu", **options).predict(image).shape  # type: ignore[arg-type]
@@ -321,7 +321,7 @@ def _api(image: object, **options: object) -> Callable[[Path], Target]:
 
 
 def _api_model(model: bytes, provider: str = "cpu") -> Callable[[Path], Target]:
-    from runtime import Segmenter
+    from seg.runtime import Segmenter
 
     return lambda d: lambda: Segmenter(model, provider=provider)
 
@@ -355,7 +355,7 @@ def run(case: Case, d: Path) -> Outcome:
     """Build ``case`` in the empty folder ``d`` and run it there (cwd = ``d``)."""
     from typer.testing import CliRunner
 
-    from toolkit.cli import app
+    from seg.toolkit.cli import app
 
     d.mkdir(parents=True, exist_ok=True)
     previous = Path.cwd()

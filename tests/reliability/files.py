@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from runtime.metadata import ModelInfo
+from seg.runtime.metadata import ModelInfo
 from tests.helpers import make_dataset
 from tests.runtime.test_providers import tiny_model
 
@@ -132,7 +132,7 @@ def keras_bytes(kind: str = "unet") -> bytes:
     if kind == "lambda":
         model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Lambda(lambda x: x * 0.5)])
     else:
-        from train.models import ModelSpec, build_model
+        from seg.train.models import ModelSpec, build_model
 
         model = build_model(ModelSpec(width=4, depth=2))
     with tempfile.TemporaryDirectory() as folder:

@@ -8,10 +8,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from runtime.atomic import atomic_path, is_temporary
-from runtime.errors import InputError, SegWarning
-from runtime.io import list_images, read_image, read_pages, write_image, write_pages
-from runtime.preprocess import binarize_label, normalize, to_mask, to_prob_image
+from seg.runtime.atomic import atomic_path, is_temporary
+from seg.runtime.errors import InputError, SegWarning
+from seg.runtime.io import list_images, read_image, read_pages, write_image, write_pages
+from seg.runtime.preprocess import binarize_label, normalize, to_mask, to_prob_image
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,7 @@ def test_concurrent_atomic_writes_keep_the_umask_and_usual_permissions(tmp_path:
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    from runtime.atomic import write_bytes_atomic
+    from seg.runtime.atomic import write_bytes_atomic
 
     mask = os.umask(0)
     os.umask(mask)

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from runtime import providers
-from runtime.errors import InputError, ProviderError
-from runtime.providers import check_provider, make_session, physical_cores, session_providers
+from seg.runtime import providers
+from seg.runtime.errors import InputError, ProviderError
+from seg.runtime.providers import check_provider, make_session, physical_cores, session_providers
 
 CUDA_LOADS = providers.cuda_problem() is None
 
@@ -102,7 +102,7 @@ def test_cuda_detects_onnxruntime_silent_fallback(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.skipif(CUDA_LOADS, reason="CUDA loads here")
 def test_auto_falls_back_to_cpu_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="runtime.providers"):
+    with caplog.at_level(logging.INFO, logger="seg.runtime.providers"):
         session = make_session(tiny_model(), "auto")
     assert session_providers(session) == ["cpu"]
     assert "CUDA unavailable" in caplog.text
@@ -165,7 +165,7 @@ def test_missing_model_file_says_how_to_get_one(tmp_path: Path) -> None:
 def test_a_keras_file_given_as_model_says_to_export_it(tmp_path: Path) -> None:
     import zipfile
 
-    from runtime.providers import make_session
+    from seg.runtime.providers import make_session
 
     path = tmp_path / "model.keras"
     with zipfile.ZipFile(path, "w") as archive:

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import ModelInfo, SegWarning
-from runtime.errors import InputError
-from runtime.io import read_image
-from runtime.scores import mask_agreement
-from runtime.segmenter import Segmenter
-from runtime.tiling import recommended_halo
+from seg.runtime import ModelInfo, SegWarning
+from seg.runtime.errors import InputError
+from seg.runtime.io import read_image
+from seg.runtime.scores import mask_agreement
+from seg.runtime.segmenter import Segmenter
+from seg.runtime.tiling import recommended_halo
 from tests.runtime.test_providers import tiny_model
 
 META = ModelInfo(tile_size=64, halo=16, size_multiple=16, threshold=0.4).to_props()
@@ -230,7 +230,7 @@ def test_import_runtime_loads_no_tensorflow_and_nothing_above_it() -> None:
     import sys
 
     code = (
-        "import sys, runtime, runtime.batch, runtime.segmenter; "
+        "import sys, runtime, seg.runtime.folders, runtime.segmenter; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'onnx', 'train', "
         "'export', 'toolkit')]; print(bad); sys.exit(1 if bad else 0)"
     )

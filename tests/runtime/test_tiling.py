@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import tiling
+from seg.runtime import tiling
 
 
 @pytest.mark.parametrize(

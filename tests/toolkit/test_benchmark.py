@@ -10,14 +10,14 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from runtime.errors import InputError
-from runtime.io import write_image
-from runtime.providers import cuda_problem
-from toolkit.bench_flops import count_flops, cpu_peak
-from toolkit.bench_profile import compare_table, summarize
-from toolkit.bench_report import COLUMNS, BenchRow, add_ratios, int8_verdict, keras_ceiling
-from toolkit.benchmark import CPU_FP16, merge_rounds, run_benchmark
-from toolkit.cli import app
+from seg.runtime.errors import InputError
+from seg.runtime.io import write_image
+from seg.runtime.providers import cuda_problem
+from seg.toolkit.bench.benchmark import CPU_FP16, merge_rounds, run_benchmark
+from seg.toolkit.bench.flops import count_flops, cpu_peak
+from seg.toolkit.bench.profile import compare_table, summarize
+from seg.toolkit.bench.report import COLUMNS, BenchRow, add_ratios, int8_verdict, keras_ceiling
+from seg.toolkit.cli import app
 
 TILE = 32
 
@@ -162,7 +162,7 @@ def flop_graph(size: int, group: int) -> bytes:
 
 
 def test_sgemm_ceiling_counts_a_real_product() -> None:
-    from toolkit.bench_flops import sgemm_gflops
+    from seg.toolkit.bench.flops import sgemm_gflops
 
     assert 0.1 < sgemm_gflops(size=256, runs=2) < 1e5
 
@@ -285,7 +285,7 @@ def test_merge_rounds_takes_medians_and_keeps_failures() -> None:
 
 
 def test_bench_images_from_each_kind_of_data(bench_dir: Path, tmp_path: Path) -> None:
-    from toolkit.bench_data import bench_images
+    from seg.toolkit.bench.data import bench_images
 
     dataset = bench_images(bench_dir / "data", 7, tmp_path)
     assert len(dataset.timing) == 7 and dataset.timing[5] == dataset.timing[0]  # 5 slices, cycled
@@ -305,7 +305,7 @@ def test_worker_peak_rss_is_its_own_not_the_parents() -> None:
 
     ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in this process
     ballast[::512] = 2.0
-    code = "from toolkit.bench_worker import peak_rss_mb; print(peak_rss_mb())"
+    code = "from seg.toolkit.bench.worker import peak_rss_mb; print(peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 300, out.stdout
     assert ballast.sum() > 0

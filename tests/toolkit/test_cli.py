@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from toolkit.cli import app
+from seg.toolkit.cli import app
 
 runner = CliRunner()
 

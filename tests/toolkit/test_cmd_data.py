@@ -10,11 +10,11 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from runtime.errors import InputError
-from runtime.io import read_image
+from seg.runtime.errors import InputError
+from seg.runtime.io import read_image
+from seg.toolkit.cli import app
+from seg.toolkit.data.datasets import import_isbi_stacks
 from tests.helpers import assert_seed_layout
-from toolkit.cli import app
-from toolkit.datasets import import_isbi_stacks
 
 runner = CliRunner()
 

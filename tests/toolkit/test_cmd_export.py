@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from runtime.errors import InputError
-from toolkit.cli import app
-from toolkit.runs import newest_run, resolve_weights
+from seg.runtime.errors import InputError
+from seg.toolkit.cli import app
+from seg.toolkit.runs import newest_run, resolve_weights
 
 runner = CliRunner()
 
@@ -20,8 +20,8 @@ runner = CliRunner()
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
     import keras
 
+    from seg.train.models import ModelSpec, build_model
     from tests.export.conftest import save_run
-    from train.models import ModelSpec, build_model
 
     keras.utils.set_random_seed(1)
     spec = ModelSpec(width=2, depth=1, batch_norm=False)
@@ -47,7 +47,7 @@ def test_export_defaults_to_the_newest_run(tiny_run: Path, tmp_path: Path, monke
 @pytest.mark.slow
 def test_failed_gate_exits_1_and_writes_no_model(tiny_run: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from export import convert
+    from seg.export import convert
 
     real_convert = convert.convert_keras
 

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from runtime import providers
-from runtime.io import read_image
-from runtime.metadata import ModelInfo
+from seg.runtime import providers
+from seg.runtime.io import read_image
+from seg.runtime.metadata import ModelInfo
+from seg.toolkit.cli import app
 from tests.runtime.test_providers import tiny_model
-from toolkit.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 META = ModelInfo(tile_size=64, halo=16, size_multiple=16).to_props()

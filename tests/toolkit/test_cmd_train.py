@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from seg.toolkit.cli import app
 from tests.helpers import make_dataset, write_png
-from toolkit.cli import app
 
 runner = CliRunner()
 
@@ -67,7 +67,7 @@ def test_bad_options_exit_2(tmp_path: Path, monkeypatch) -> None:
      (("--model", "cnn"), ("cnn", 32, 4, 1))],
 )
 def test_model_options_and_their_defaults(args: tuple[str, ...], want: tuple) -> None:
-    from toolkit.cmd_train import _model_spec
+    from seg.toolkit.cli.train import _model_spec
 
     values = dict(zip(args[::2], args[1::2], strict=True))
     number = {key: int(values[key]) if key in values else None for key in ("--width", "--depth", "--stem")}
@@ -76,23 +76,36 @@ def test_model_options_and_their_defaults(args: tuple[str, ...], want: tuple) ->
 
 
 def _modules_after(code: str) -> set[str]:
+    """Modules loaded by ``code`` in a fresh interpreter started outside the repository (so only the installed
+    ``seg`` package can be imported, never the source folders by accident)."""
     out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).parents[3]).stdout
     return set(out.split())
+
+
+HEAVY = {"tensorflow", "keras", "tf2onnx", "matplotlib", "dask", "zarr", "torch", "jax"}
 
 
 @pytest.mark.parametrize(
     "code",
-    ["import runtime", "import train, train.data, train.models, train.augment",
-     "from typer.testing import CliRunner; from toolkit.cli import app; CliRunner().invoke(app, ['--help']); "
+    ["import seg.runtime", "from seg.runtime import Segmenter, read_image, segment_paths",
+     "import seg.train, seg.train.data, seg.train.models, seg.train.augment",
+     "import seg.export",
+     "from typer.testing import CliRunner; from seg.toolkit.cli import app; CliRunner().invoke(app, ['--help']); "
      "CliRunner().invoke(app, ['train', '--help'])"],
-    ids=["runtime", "train-data", "seg-help"],
+    ids=["runtime", "runtime-api", "train-data", "export", "seg-help"],
 )
-def test_no_tensorflow_import(code: str) -> None:
-    loaded = _modules_after(code)
-    assert not {"tensorflow", "keras", "tf2onnx"} & loaded
+def test_light_imports_load_no_heavy_framework(code: str) -> None:
+    assert not HEAVY & _modules_after(code)
 
 
 def test_runtime_imports_nothing_above_it() -> None:
-    loaded = _modules_after("import runtime")
-    assert not {"train", "export", "toolkit", "onnx"} & loaded
+    loaded = _modules_after("import seg.runtime")
+    assert not {"seg.train", "seg.export", "seg.toolkit", "onnx"} & loaded
+
+
+@pytest.mark.parametrize("name", ["runtime", "train", "export", "toolkit"])
+def test_no_generic_top_level_package_is_installed(name: str) -> None:
+    result = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[3])
+    assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr

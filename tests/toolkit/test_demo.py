@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from toolkit.demo import make_mosaic, run_demo
+from seg.toolkit.demo import make_mosaic, run_demo
 
 
 def test_mosaic_repeats_images_to_fill_the_grid(tmp_path: Path) -> None:
     import numpy as np
 
-    from runtime.io import write_image
+    from seg.runtime.io import write_image
 
     paths = []
     for i in range(2):

@@ -8,15 +8,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from seg.toolkit.cli import app
+from seg.toolkit.evaluation.evaluate import SCORE_ROWS, evaluate, select_split
 from tests.helpers import make_dataset
-from toolkit.cli import app
-from toolkit.evaluate import SCORE_ROWS, evaluate, select_split
 
 runner = CliRunner()
 
 
 def test_select_split_val_matches_training_split(tmp_path: Path) -> None:
-    from train.data import load_split, split_by_slice
+    from seg.train.data import load_split, split_by_slice
 
     make_dataset(tmp_path, n=10, size=16)
     expected = split_by_slice(load_split(tmp_path), 0.2, 0)[1]
@@ -84,7 +84,7 @@ def test_image_folder_as_data_and_bad_threshold_are_explained(tmp_path: Path) ->
 
 
 def test_a_run_folder_is_accepted_as_model(tmp_path: Path) -> None:
-    from toolkit.evaluate import resolve_model
+    from seg.toolkit.evaluation.evaluate import resolve_model
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.keras").write_bytes(b"PK")

@@ -17,12 +17,12 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-import toolkit.fetch as fetch_module
-from runtime.errors import InputError, SegWarning
-from runtime.io import read_image
+import seg.toolkit.data.fetch as fetch_module
+from seg.runtime.errors import InputError, SegWarning
+from seg.runtime.io import read_image
+from seg.toolkit.cli import app
+from seg.toolkit.data.fetch import DEFAULT_MIRROR, LABELS, SHA256, VOLUME, expected_digests, fetch_isbi2012
 from tests.helpers import assert_seed_layout
-from toolkit.cli import app
-from toolkit.fetch import DEFAULT_MIRROR, LABELS, SHA256, VOLUME, expected_digests, fetch_isbi2012
 
 runner = CliRunner()
 

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from runtime import scores
-from runtime.errors import InputError
-from toolkit import metrics
+from seg.runtime import scores
+from seg.runtime.errors import InputError
+from seg.toolkit.evaluation import metrics
 
 
 def row(values: str) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import InputError
-from toolkit import plots
+from seg.runtime.errors import InputError
+from seg.toolkit.evaluation import plots
 
 
 def synthetic(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

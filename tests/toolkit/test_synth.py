@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from runtime.errors import InputError
-from runtime.io import read_image
-from toolkit import synth
-from toolkit.synth import synth_slice, synthesize
+from seg.runtime.errors import InputError
+from seg.runtime.io import read_image
+from seg.toolkit.data import synth
+from seg.toolkit.data.synth import synth_slice, synthesize
 
 
 def _files(root: Path) -> dict[str, str]:

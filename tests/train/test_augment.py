@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.augment import N_DIHEDRAL, augmented_pair, dihedral, elastic, random_crop, sample_batch
-from train.data import Slice
+from seg.train.augment import N_DIHEDRAL, augmented_pair, dihedral, elastic, random_crop, sample_batch
+from seg.train.data import Slice
 
 
 def _coded_slice(size: int = 64) -> Slice:

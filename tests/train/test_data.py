@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from runtime.errors import InputError
+from seg.runtime.errors import InputError
+from seg.train.data import load_split, split_by_slice
 from tests.helpers import make_dataset, write_png
-from train.data import load_split, split_by_slice
 
 
 def test_pairs_by_stem_and_normalises(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.models import ModelSpec, build_model, check_input_size
+from seg.train.models import ModelSpec, build_model, check_input_size
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import train
-from train.models import ModelSpec
+from seg import train
+from seg.train.models import ModelSpec
 
 pytestmark = pytest.mark.slow
 

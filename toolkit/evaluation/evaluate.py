@@ -1,6 +1,6 @@
 """``evaluate``: score a Keras or ONNX model on a labelled split with the seed's MSE and the ISBI 2012 scores.
 
-ONNX models run through ``runtime.Segmenter`` (tiled, as deployed); Keras models through Keras (whole
+ONNX models run through ``seg.runtime.Segmenter`` (tiled, as deployed); Keras models through Keras (whole
 images, reflect-padded to the size multiple). Both see the same normalised slices.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import InputError, SegWarning
-from train import runs
-from train.data import Slice, load_split, split_by_slice
+from seg.runtime.errors import InputError, SegWarning
+from seg.train import runs
+from seg.train.data import Slice, load_split, split_by_slice
 
 SPLITS = ("val", "test", "train")
 SCORE_ROWS = (
@@ -31,7 +31,7 @@ SCORE_ROWS = (
 
 @dataclass(frozen=True)
 class EvalReport:
-    """Scores (``toolkit.metrics.score_slices``) of ``model`` on ``split`` of ``data``."""
+    """Scores (``seg.toolkit.evaluation.metrics.score_slices``) of ``model`` on ``split`` of ``data``."""
 
     model: str
     engine: str
@@ -49,7 +49,7 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
              val: float = 0.2, seed: int = 0, threshold: float = 0.5) -> EvalReport:
     """Score ``model`` (``.onnx`` or ``.keras``) on ``split``: ``val`` is the slices held out by training
     with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder)."""
-    from toolkit import metrics
+    from seg.toolkit.evaluation import metrics
 
     model = resolve_model(model)
     if not 0.0 <= threshold <= 1.0:
@@ -108,7 +108,7 @@ def select_split(data: Path, split: str, val: float, seed: int) -> list[Slice]:
 def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu") -> tuple[list[np.ndarray], str]:
     """Probabilities ``(H, W) float32 in [0, 1]`` for each image, and a label for the engine used."""
     if model.suffix == ".onnx":
-        from runtime import Segmenter
+        from seg.runtime import Segmenter
 
         segmenter = Segmenter(model, provider=provider)
         return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)})"
@@ -122,7 +122,7 @@ def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray
     size multiple (the product of its downsampling strides) and cropped back."""
     import keras
 
-    from export.source import receptive_field
+    from seg.export.source import receptive_field
 
     try:
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
@@ -139,7 +139,7 @@ def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray
 
 
 def _figures(folder: Path, model: Path, slices: list[Slice], probs: list[np.ndarray], threshold: float) -> list[str]:
-    from toolkit import plots
+    from seg.toolkit.evaluation import plots
 
     folder.mkdir(parents=True, exist_ok=True)
     first, prob = slices[0], probs[0]

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from toolkit.bench_flops import CpuPeak
+from seg.toolkit.bench.flops import CpuPeak
 
 LARGE_RSS_LIMIT_MB = 1536.0  # the acceptance's 1.5 GB for an 8192 x 8192 image
 COLUMNS = (

@@ -2,7 +2,7 @@
 
 ``data`` is a dataset (``DIR/train/image`` + ``DIR/train/label``: the first ``count`` slices are timed, the
 validation slices of ``seg train``'s default split (20 %, seed 0) are scored), an image folder (timed, not
-scored) or None (synthetic slices from ``toolkit.synth``, timed and scored against their own labels).
+scored) or None (synthetic slices from ``seg.toolkit.data.synth``, timed and scored against their own labels).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError
-from runtime.io import list_images
+from seg.runtime.errors import InputError
+from seg.runtime.io import list_images
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def bench_images(data: str | Path | None, count: int, work: Path) -> BenchImages
 
 
 def _dataset(root: Path, count: int) -> BenchImages:
-    from train.data import load_split, split_by_slice
+    from seg.train.data import load_split, split_by_slice
 
     timing = _cycle(list_images(root / "train" / "image"), count)
     if not (root / "train" / "label").is_dir():
@@ -53,9 +53,9 @@ def _dataset(root: Path, count: int) -> BenchImages:
 
 
 def _synthetic(count: int, folder: Path) -> BenchImages:
-    from runtime.io import write_image
-    from runtime.preprocess import binarize_label
-    from toolkit.synth import synth_slice
+    from seg.runtime.io import write_image
+    from seg.runtime.preprocess import binarize_label
+    from seg.toolkit.data.synth import synth_slice
 
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -66,7 +66,7 @@ def _synthetic(count: int, folder: Path) -> BenchImages:
         files.append(folder / f"{index:02d}.png")
         labels.append(binarize_label(label))
     scored = min(count, 4)
-    return BenchImages(files, files[:scored], labels[:scored], "synthetic (toolkit.synth, seed 0)")
+    return BenchImages(files, files[:scored], labels[:scored], "synthetic (seg.toolkit.data.synth, seed 0)")
 
 
 def _cycle(files: list[Path], count: int) -> list[Path]:

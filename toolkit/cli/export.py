@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolkit.console import command, console, quiet_tensorflow
+from seg.toolkit.cli.console import command, console, quiet_tensorflow
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +30,8 @@ def export(
         "--calib", help="Calibration images for --int8 (default: dataset images the gate does not use).")] = None,
 ) -> None:
     """Export a trained Keras model to ONNX; fails (exit 1, nothing written) unless ONNX matches Keras."""
-    from export import to_onnx
-    from toolkit.runs import resolve_weights
+    from seg.export import to_onnx
+    from seg.toolkit.runs import resolve_weights
 
     quiet_tensorflow()
 

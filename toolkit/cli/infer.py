@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from toolkit.console import command, console, err_console, plural
+from seg.toolkit.cli.console import command, console, err_console, plural
 
 HELP = (
     "Segment images with an exported ONNX model (tiled, batched; CUDA or CPU).\n\n"
@@ -45,7 +45,7 @@ def infer(
     batch: Annotated[int, Opt("--batch", help="Tiles per onnxruntime call.")] = 4,
     tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
 ) -> None:
-    from runtime.batch import segment_paths
+    from seg.runtime.folders import segment_paths
 
     bar = Progress(
         TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -1,11 +1,11 @@
-"""The ``seg`` command line. Each command lives in its own ``toolkit/cmd_*.py`` module and calls one
+"""The ``seg`` command line. Each command lives in its own module beside this one and calls one
 public function; nothing here imports TensorFlow (``seg --help`` stays fast)."""
 
 from __future__ import annotations
 
 import typer
 
-from toolkit.console import set_debug
+from seg.toolkit.cli.console import set_debug
 
 app = typer.Typer(
     name="seg",
@@ -39,7 +39,13 @@ def _main(
 
 def _register() -> None:
     """Attach every command module's commands to ``app``."""
-    from toolkit import cmd_benchmark, cmd_data, cmd_demo, cmd_evaluate, cmd_export, cmd_infer, cmd_train
+    from seg.toolkit.cli import benchmark as cmd_benchmark
+    from seg.toolkit.cli import data as cmd_data
+    from seg.toolkit.cli import demo as cmd_demo
+    from seg.toolkit.cli import evaluate as cmd_evaluate
+    from seg.toolkit.cli import export as cmd_export
+    from seg.toolkit.cli import infer as cmd_infer
+    from seg.toolkit.cli import train as cmd_train
 
     for module in (cmd_train, cmd_export, cmd_infer, cmd_evaluate, cmd_data, cmd_demo, cmd_benchmark):
         module.register(app)

@@ -1,14 +1,14 @@
 """``run_benchmark``: every provider x variant x batch (and Keras) on the same images, in one run.
 
-Each configuration runs in a fresh ``python -m toolkit.bench_worker`` process (``toolkit.bench_worker``), so
+Each configuration runs in a fresh ``python -m seg.toolkit.bench.worker`` process (``seg.toolkit.bench.worker``), so
 its peak RSS is its own and one configuration cannot warm caches or leak memory into the next; the parent
-only plans, scores accuracy (``toolkit.metrics.score_slices`` on the probabilities the workers save) and
-profiles FP32 against INT8 (``toolkit.bench_profile``). Work per image is counted from the ONNX graph and
-set against the CPU's estimated FP32 peak (``toolkit.bench_flops``).
+only plans, scores accuracy (``seg.toolkit.evaluation.metrics.score_slices`` on the probabilities the workers save) and
+profiles FP32 against INT8 (``seg.toolkit.bench.profile``). Work per image is counted from the ONNX graph and
+set against the CPU's estimated FP32 peak (``seg.toolkit.bench.flops``).
 
 Images: ``data`` is a dataset (``DIR/train/image`` + ``DIR/train/label``: the first ``images`` slices are
 timed, the validation slices of ``seg train``'s default split (20 %, seed 0) are scored), an image folder
-(timed, not scored) or None (synthetic slices from ``toolkit.synth``, timed and scored against their labels).
+(timed, not scored) or None (synthetic slices from ``seg.toolkit.data.synth``, timed and scored against their labels).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import InputError
-from runtime.io import read_image
-from runtime.metadata import ModelInfo
-from toolkit.bench_data import BenchImages, bench_images
-from toolkit.bench_flops import achieved, count_flops, cpu_peak, sgemm_gflops
-from toolkit.bench_report import BenchReport, BenchRow, add_ratios, int8_verdict
-from toolkit.bench_worker import Spec
+from seg.runtime.errors import InputError
+from seg.runtime.io import read_image
+from seg.runtime.metadata import ModelInfo
+from seg.toolkit.bench.data import BenchImages, bench_images
+from seg.toolkit.bench.flops import achieved, count_flops, cpu_peak, sgemm_gflops
+from seg.toolkit.bench.report import BenchReport, BenchRow, add_ratios, int8_verdict
+from seg.toolkit.bench.worker import Spec
 
 VARIANTS = ("fp32", "fp16", "int8")
 PROVIDERS = ("cpu", "cuda")
@@ -232,11 +232,11 @@ class _Runner:
         return self.spawn(spec)
 
     def spawn(self, spec: Spec) -> dict[str, Any]:
-        """Run ``toolkit.bench_worker`` on ``spec`` in a fresh interpreter; its JSON result (or an error)."""
+        """Run ``seg.toolkit.bench.worker`` on ``spec`` in a fresh interpreter; its JSON result (or an error)."""
         self._count += 1
         spec_path, out_path = self.work / f"spec-{self._count}.json", self.work / f"result-{self._count}.json"
         spec_path.write_text(json.dumps(asdict(spec)), encoding="utf-8")
-        command = [sys.executable, "-m", "toolkit.bench_worker", str(spec_path), str(out_path)]
+        command = [sys.executable, "-m", "seg.toolkit.bench.worker", str(spec_path), str(out_path)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s,
                                   cwd=Path(__file__).resolve().parents[1], check=False)
@@ -272,7 +272,7 @@ def _key(row: BenchRow) -> tuple[str, str, str, int | None]:
 
 def score(probs: np.ndarray, labels: list[np.ndarray], threshold: float) -> tuple[float, float]:
     """``(membrane F1, V_rand)`` of ``(N, H, W) float32`` probabilities against ``labels``."""
-    from toolkit.metrics import score_slices
+    from seg.toolkit.evaluation.metrics import score_slices
 
     scores = score_slices(list(probs), labels, threshold=threshold)
     return float(scores["membrane_f1"]), float(scores["v_rand"])  # type: ignore[arg-type]
@@ -294,9 +294,9 @@ def _working_provider(rows: list[BenchRow]) -> str | None:
 
 def _profile(report: BenchReport, model: Path, bench: BenchImages, say: Progress) -> None:
     """Per-operator profile of FP32 and INT8 on the CPU at batch 4 (or fewer images), into ``report``."""
-    from runtime.preprocess import normalize
-    from toolkit.bench_profile import compare_table, profile_ops
-    from toolkit.bench_worker import prepared_batches
+    from seg.runtime.preprocess import normalize
+    from seg.toolkit.bench.profile import compare_table, profile_ops
+    from seg.toolkit.bench.worker import prepared_batches
 
     int8 = variant_file(model, "int8")
     if not int8.is_file():

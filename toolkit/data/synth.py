@@ -32,8 +32,8 @@ from scipy import ndimage as ndi
 from scipy.spatial import Delaunay
 from skimage.draw import disk, ellipse
 
-from runtime.io import write_image
-from toolkit.datasets import dataset_stage, slice_name
+from seg.runtime.io import write_image
+from seg.toolkit.data.datasets import dataset_stage, slice_name
 
 PAD = 48
 """Seeds are scattered this far (px) past the image edge so that border cells are cut, not squeezed."""

@@ -1,4 +1,4 @@
-"""``seg demo``: a thin layer over ``toolkit.demo.run_demo``."""
+"""``seg demo``: a thin layer over ``seg.toolkit.demo.run_demo``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console, quiet_tensorflow
+from seg.toolkit.cli.console import command, console, quiet_tensorflow
 
 Opt = typer.Option
 
@@ -23,7 +23,7 @@ def demo_command(
     """Train, export with parity, infer tiled on a large mosaic, evaluate, and write report.md — on synthetic
     data when no --data is given. Rerunning continues from what is already complete."""
     quiet_tensorflow()
-    from toolkit.demo import run_demo
+    from seg.toolkit.demo import run_demo
 
     run_demo(out, data, budget, seed, width, say=lambda line: console.print(line, markup=False))
 

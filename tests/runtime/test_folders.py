@@ -9,12 +9,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from runtime.batch import default_output, resolve_inputs, segment_paths
-from runtime.errors import InputError, SegWarning
-from runtime.io import read_image, read_pages
-from runtime.metadata import ModelInfo
-from runtime.preprocess import to_mask
-from runtime.segmenter import Segmenter
+from seg.runtime.errors import InputError, SegWarning
+from seg.runtime.folders import default_output, resolve_inputs, segment_paths
+from seg.runtime.io import read_image, read_pages
+from seg.runtime.metadata import ModelInfo
+from seg.runtime.preprocess import to_mask
+from seg.runtime.segmenter import Segmenter
 from tests.runtime.test_providers import tiny_model
 
 META = ModelInfo(tile_size=64, halo=16, size_multiple=16).to_props()
@@ -174,7 +174,7 @@ def test_threshold_outside_unit_interval_is_refused(folder: Path, model: Path, t
 @pytest.mark.parametrize(("cpus", "cuda_threads"), [(None, 2), (1, 2), (16, 8), (64, 8), (6, 3)])
 def test_io_threads_widen_beside_cuda_only(monkeypatch: pytest.MonkeyPatch, cpus: int | None,
                                            cuda_threads: int) -> None:
-    from runtime import pipeline
+    from seg.runtime import pipeline
 
     monkeypatch.setattr(pipeline, "_usable_cpus", lambda: cpus or 2)
     assert pipeline.io_threads(["cpu"]) == (2, 1)  # the CPU provider's threads need the cores
@@ -184,7 +184,7 @@ def test_io_threads_widen_beside_cuda_only(monkeypatch: pytest.MonkeyPatch, cpus
 def test_many_writers_finish_every_file_in_order(model: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """With 4 readers and 4 writers (as beside CUDA) 24 files all get the mask of their own image."""
-    from runtime import pipeline
+    from seg.runtime import pipeline
 
     rng = np.random.default_rng(3)
     images = tmp_path / "many"
@@ -206,7 +206,7 @@ def test_many_writers_finish_every_file_in_order(model: Path, tmp_path: Path,
                          [(1 << 20, 128 << 20, 64), (256 << 20, 128 << 20, 8), (2 << 20, 64 << 20, 32),
                           (16 << 20, 64 << 20, 8), (0, 64 << 20, 64)])
 def test_queue_limit_holds_8_to_64_files_by_bytes(item_bytes: int, budget: int, files: int) -> None:
-    from runtime.pipeline import queue_limit
+    from seg.runtime.pipeline import queue_limit
 
     assert queue_limit(item_bytes, budget) == files
 
@@ -219,7 +219,7 @@ def test_read_ahead_deepens_for_small_files_only(monkeypatch: pytest.MonkeyPatch
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from runtime import pipeline
+    from seg.runtime import pipeline
 
     class CountingPool(ThreadPoolExecutor):
         submitted = 0

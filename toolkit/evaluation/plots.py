@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.atomic import atomic_path
-from runtime.errors import InputError
-from runtime.preprocess import OVERLAY_RGB, overlay_rgb  # noqa: F401  (OVERLAY_RGB: public colour)
+from seg.runtime.atomic import atomic_path
+from seg.runtime.errors import InputError
+from seg.runtime.preprocess import OVERLAY_RGB, overlay_rgb  # noqa: F401  (OVERLAY_RGB: public colour)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -1,4 +1,4 @@
-"""``seg evaluate``: a thin layer over ``toolkit.evaluate.evaluate``."""
+"""``seg evaluate``: a thin layer over ``seg.toolkit.evaluation.evaluate.evaluate``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console, plural, quiet_tensorflow
+from seg.toolkit.cli.console import command, console, plural, quiet_tensorflow
 
 Opt = typer.Option
 
@@ -27,8 +27,8 @@ def evaluate_command(
     """Score a model with the seed's MSE and the ISBI 2012 scores (V_rand, V_info after thinning)."""
     from rich.table import Table
 
-    from runtime.atomic import write_json_atomic
-    from toolkit.evaluate import SCORE_ROWS, evaluate
+    from seg.runtime.atomic import write_json_atomic
+    from seg.toolkit.evaluation.evaluate import SCORE_ROWS, evaluate
 
     if model.suffix != ".onnx":
         quiet_tensorflow()

@@ -13,7 +13,7 @@ Fiji also hosts them inside https://downloads.imagej.net/ISBI-2012-challenge.zip
 at hand, ``seg data import train-volume.tif train-labels.tif DIR`` does the conversion offline.
 
 Each file is streamed to a hidden temporary folder next to ``DIR`` (progress bar, timeout, truncation
-check), its SHA-256 is compared with a pinned digest, and ``toolkit.datasets.import_isbi_stacks``
+check), its SHA-256 is compared with a pinned digest, and ``seg.toolkit.data.datasets.import_isbi_stacks``
 writes ``DIR/train/{image,label}/NN.png`` through a staging folder. On any failure (Ctrl-C included)
 the temporaries are removed and ``DIR`` is left as it was. The pinned digests in ``SHA256`` are not
 known yet (``None``): a fetch then still checks that both files are TIFF stacks of matching pages and
@@ -36,9 +36,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from runtime.errors import InputError, SegWarning
-from toolkit.console import err_console
-from toolkit.datasets import check_target, import_isbi_stacks, temporary_folder_beside
+from seg.runtime.errors import InputError, SegWarning
+from seg.toolkit.cli.console import err_console
+from seg.toolkit.data.datasets import check_target, import_isbi_stacks, temporary_folder_beside
 
 DEFAULT_MIRROR = "https://raw.githubusercontent.com/alexklibisz/isbi-2012/master/data/"
 VOLUME, LABELS = "train-volume.tif", "train-labels.tif"

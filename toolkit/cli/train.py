@@ -1,4 +1,4 @@
-"""``seg train``: a thin layer over ``train.fit`` / ``train.resume``."""
+"""``seg train``: a thin layer over ``seg.train.fit`` / ``seg.train.resume``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from toolkit.console import command, console, plural, quiet_tensorflow
+from seg.toolkit.cli.console import command, console, plural, quiet_tensorflow
 
 if TYPE_CHECKING:
-    from train.models import ModelSpec
+    from seg.train.models import ModelSpec
 
 Opt = typer.Option
 
@@ -46,13 +46,13 @@ def train_command(
     (resume), config.json, history.csv, loss.png, samples.png. --time-budget counts the run's total time,
     also across --resume."""
     quiet_tensorflow()
-    import train
+    from seg import train
 
     if resume:
         result = train.resume(resume, progress=not quiet, time_budget=time_budget)
     else:
         if data is None:
-            from runtime.errors import InputError
+            from seg.runtime.errors import InputError
 
             raise InputError("give --data DIR (a dataset folder), or --resume RUN to continue a run")
         spec = _model_spec(model, width, depth, stem, batch_norm)
@@ -74,8 +74,8 @@ def train_command(
 
 def _model_spec(model: str, width: int | None, depth: int | None, stem: int | None, batch_norm: bool) -> ModelSpec:
     """The options as a ``ModelSpec``; unset ones take the kind's defaults."""
-    from runtime.errors import InputError
-    from train.models import ModelSpec
+    from seg.runtime.errors import InputError
+    from seg.train.models import ModelSpec
 
     if model not in ("unet", "cnn"):
         raise InputError(f"--model {model!r}: choose unet or cnn")
@@ -92,7 +92,7 @@ def _model_spec(model: str, width: int | None, depth: int | None, stem: int | No
 
 def _write_figures(run_dir: Path) -> None:
     """loss.png and samples.png in the run folder."""
-    from toolkit.run_figures import write_run_figures
+    from seg.toolkit.evaluation.figures import write_run_figures
 
     write_run_figures(run_dir)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import TMP_MARK
-from runtime.errors import InputError
-from runtime.io import read_pages, write_image
-from runtime.preprocess import binarize_label, to_mask
+from seg.runtime.atomic import TMP_MARK
+from seg.runtime.errors import InputError
+from seg.runtime.io import read_pages, write_image
+from seg.runtime.preprocess import binarize_label, to_mask
 
 SPLITS = ("train", "test")
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.evaluate import keras_predict
-from train import runs
-from train.data import Slice, load_split
+from seg.toolkit.evaluation.evaluate import keras_predict
+from seg.train import runs
+from seg.train.data import Slice, load_split
 
 
 def write_run_figures(run_dir: Path, n_samples: int = 2) -> list[Path]:
     """Write ``loss.png`` (train/val loss per epoch) and ``samples.png`` (image, truth, prediction for up
     to ``n_samples`` validation slices) into ``run_dir``; returns the paths written."""
-    from toolkit import plots
+    from seg.toolkit.evaluation import plots
 
     written = [plots.plot_loss_curve(run_dir / runs.HISTORY, run_dir / "loss.png", title=run_dir.name)]
     samples = _validation_samples(run_dir, n_samples)

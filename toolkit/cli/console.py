@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from runtime.errors import SegError, SegWarning
+from seg.runtime.errors import SegError, SegWarning
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from runtime.atomic import remove_temporaries, write_json_atomic
-from runtime.errors import InputError, SegWarning
-from runtime.io import TIFF_SUFFIXES, is_image_file, list_images
-from runtime.pipeline import Item, OnError, Progress, run_pipeline
-from runtime.segmenter import Segmenter
+from seg.runtime.atomic import remove_temporaries, write_json_atomic
+from seg.runtime.errors import InputError, SegWarning
+from seg.runtime.io import TIFF_SUFFIXES, is_image_file, list_images
+from seg.runtime.pipeline import Item, OnError, Progress, run_pipeline
+from seg.runtime.segmenter import Segmenter
 
 _GLOB_CHARS = "*?["
 
@@ -262,7 +262,7 @@ def _real(path: Path) -> Path:
 
 
 def _is_stack(path: Path) -> bool:
-    """True for a TIFF holding several gray pages (read as a stack by ``runtime.io.read_pages``)."""
+    """True for a TIFF holding several gray pages (read as a stack by ``seg.runtime.io.read_pages``)."""
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return False
     try:

@@ -118,7 +118,7 @@ def cpu_peak(cpuinfo: str | None = None, cores: int | None = None) -> CpuPeak:
         except OSError:
             cpuinfo = ""
     if cores is None:
-        from runtime.providers import physical_cores
+        from seg.runtime.providers import physical_cores
 
         cores = physical_cores()
     fields = _first_block(cpuinfo)

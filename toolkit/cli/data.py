@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.console import command, console, err_console
+from seg.toolkit.cli.console import command, console, err_console
 
 Arg = typer.Argument
 Opt = typer.Option
@@ -65,7 +65,7 @@ def synth(
     seed: Annotated[int, Opt("--seed", help="Random seed; the same seed gives the same bytes.")] = 0,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace OUT's train/ and test/ if present.")] = False,
 ) -> None:
-    from toolkit.synth import synthesize  # scipy / scikit-image load only for this command
+    from seg.toolkit.data.synth import synthesize  # scipy / scikit-image load only for this command
 
     s = synthesize(out, n=n, size=size, seed=seed, overwrite=overwrite)
     console.print(
@@ -83,7 +83,7 @@ def import_stacks(
     out: Annotated[Path, Arg(help="Dataset folder to create.", show_default=False)],
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace OUT/train if present (OUT/test is kept).")] = False,
 ) -> None:
-    from toolkit.datasets import import_isbi_stacks
+    from seg.toolkit.data.datasets import import_isbi_stacks
 
     root = import_isbi_stacks(volume, labels, out, overwrite=overwrite)
     count = sum(1 for _ in (root / "train" / "image").glob("*.png"))
@@ -103,7 +103,7 @@ def fetch(
     timeout: Annotated[float, Opt("--timeout", min=0.1, help="Seconds to wait for the server.")] = 60.0,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace DIR/train if present (DIR/test is kept).")] = False,
 ) -> None:
-    from toolkit.fetch import DEFAULT_MIRROR, LABELS, VOLUME, expected_digests, fetch_isbi2012
+    from seg.toolkit.data.fetch import DEFAULT_MIRROR, LABELS, VOLUME, expected_digests, fetch_isbi2012
 
     overrides = {name: d for name, d in ((VOLUME, sha256_volume), (LABELS, sha256_labels)) if d is not None}
     root = fetch_isbi2012(dir, mirror, checksums=overrides, overwrite=overwrite, keep_raw=keep_raw,

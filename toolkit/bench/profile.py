@@ -39,7 +39,7 @@ class OpProfile:
 
 def profile_ops(model: str | Path, batch: np.ndarray, runs: int = 3, threads: int | None = None) -> OpProfile:
     """Profile ``model`` on ``batch`` ``(B, H, W, 1) float32 in [0, 1]`` (CPU, 1 untimed warm-up run)."""
-    from runtime.providers import make_session, session_options
+    from seg.runtime.providers import make_session, session_options
 
     with tempfile.TemporaryDirectory(prefix="seg-profile-") as folder:
         options = session_options(threads)

@@ -49,8 +49,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from skimage.segmentation import watershed
 
-from runtime import scores
-from runtime.errors import InputError
+from seg.runtime import scores
+from seg.runtime.errors import InputError
 
 THRESHOLDS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(11))
 """The challenge's binarisation thresholds: 0.0 to 1.0 in steps of 0.1 (interior = ``prob > t``)."""

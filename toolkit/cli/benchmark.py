@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from runtime.errors import InputError
-from toolkit.console import command, console, err_console
+from seg.runtime.errors import InputError
+from seg.toolkit.cli.console import command, console, err_console
 
 
 def register(app: typer.Typer) -> None:
@@ -50,8 +50,8 @@ def benchmark(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON here.")] = None,
 ) -> None:
     """Measure speed, memory and accuracy of every configuration on the same images; print a markdown table."""
-    from runtime.atomic import write_json_atomic
-    from toolkit.benchmark import run_benchmark
+    from seg.runtime.atomic import write_json_atomic
+    from seg.toolkit.bench.benchmark import run_benchmark
 
     report = run_benchmark(model, keras=keras, data=data, providers=_names(providers), variants=_names(variants),
                            batches=_ints(batch, "--batch"), images=images, repeats=repeats, rounds=rounds,

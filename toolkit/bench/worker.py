@@ -1,13 +1,13 @@
 """One benchmark configuration, measured in a fresh process so that its peak RSS is its own.
 
-``python -m toolkit.bench_worker SPEC.json RESULT.json`` reads a ``Spec`` (as JSON), measures it and writes
+``python -m seg.toolkit.bench.worker SPEC.json RESULT.json`` reads a ``Spec`` (as JSON), measures it and writes
 a JSON dict: ``compute_ips`` / ``e2e_ips`` (images per second, median over repeats after one warm-up
 pass), ``latency_ms`` (p50/p95 of one image at batch 1), ``peak_rss_mb`` (``ru_maxrss`` of this process:
 interpreter, libraries, model and data included), ``providers`` (what really ran) and, for the large-image
 run, ``seconds``. Any ``SegError`` becomes ``{"error": "<one line>", "error_kind": "ProviderError"|...}`` (the
 parent prints it in the row).
 
-Engines: ``onnx`` (``runtime.Segmenter`` + ``segment_paths``), ``keras`` (``model.predict``, the baseline a
+Engines: ``onnx`` (``seg.runtime.Segmenter`` + ``segment_paths``), ``keras`` (``model.predict``, the baseline a
 user would otherwise run), ``large`` (one ``size x size`` uint8 image through the tiled ``Segmenter``) and
 ``paired`` (FP32 against a variant, alternating in one process, for a speed-up that load drift cannot bend).
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import SegError
+from seg.runtime.errors import SegError
 
 
 @dataclass
@@ -72,7 +72,7 @@ def median_rate(run: Any, images: int, repeats: int) -> float:
 
 def prepared_batches(images: list[np.ndarray], tile: int, batch: int) -> list[np.ndarray]:
     """``(H, W) float32`` images -> ``(B, tile, tile, 1) float32`` batches (reflect-padded/cropped to the tile)."""
-    from runtime.tiling import reflect_pad
+    from seg.runtime.tiling import reflect_pad
 
     tiles = []
     for image in images:
@@ -84,8 +84,8 @@ def prepared_batches(images: list[np.ndarray], tile: int, batch: int) -> list[np
 
 def measure_onnx(spec: Spec) -> dict[str, Any]:
     """Compute-only, end-to-end, latency and (optionally) probabilities of one ONNX model/provider/batch."""
-    from runtime import Segmenter, read_image, segment_paths
-    from runtime.preprocess import normalize
+    from seg.runtime import Segmenter, read_image, segment_paths
+    from seg.runtime.preprocess import normalize
 
     seg = Segmenter(spec.model, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
     images = [normalize(read_image(p)) for p in spec.images]
@@ -121,8 +121,8 @@ def measure_paired(spec: Spec) -> dict[str, Any]:
     """FP32 (``model``) against a variant (``other``) in one process, compute-only at ``batch``, alternating
     pass by pass for ``repeats`` pairs: load that drifts during the run hits both alike, which separate
     processes minutes apart cannot promise. ``ratio`` is the median of the per-pair speed-ups of ``other``."""
-    from runtime import Segmenter, read_image
-    from runtime.preprocess import normalize
+    from seg.runtime import Segmenter, read_image
+    from seg.runtime.preprocess import normalize
 
     images = [normalize(read_image(p)) for p in spec.images]
     passes = []
@@ -169,8 +169,8 @@ def measure_keras(spec: Spec) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from runtime import read_image, to_mask, write_image
-    from runtime.preprocess import normalize
+    from seg.runtime import read_image, to_mask, write_image
+    from seg.runtime.preprocess import normalize
 
     try:
         model = keras.models.load_model(spec.model, compile=False, safe_mode=True)
@@ -198,7 +198,7 @@ def measure_keras(spec: Spec) -> dict[str, Any]:
 
 def measure_large(spec: Spec) -> dict[str, Any]:
     """One ``size x size`` uint8 image (a real slice tiled) through the tiled ``Segmenter``, then to a mask."""
-    from runtime import Segmenter, read_image, to_mask
+    from seg.runtime import Segmenter, read_image, to_mask
 
     seg = Segmenter(spec.model, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
     before = peak_rss_mb()
@@ -225,7 +225,7 @@ def main(argv: list[str]) -> int:
     except SegError as exc:
         result = {"error": str(exc), "error_kind": type(exc).__name__}
     result["peak_rss_mb"] = peak_rss_mb()
-    from runtime.atomic import write_json_atomic
+    from seg.runtime.atomic import write_json_atomic
 
     write_json_atomic(argv[1], result)
     return 0

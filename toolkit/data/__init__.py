@@ -1,0 +1,1 @@
+"""Datasets on disk: the seed layout, ISBI 2012 download and import, and synthetic EM-like slices."""
