@@ -19,6 +19,7 @@ from seg.runtime.io import list_images, read_image
 from seg.runtime.preprocess import binarize_label, normalize
 from seg.runtime.providers import make_session
 from seg.runtime.scores import mask_agreement
+from seg.runtime.tiling import pad_to_multiple
 
 ODD_SIZE = (768, 1024)
 BATCH = 4
@@ -139,14 +140,6 @@ def _mosaic(image_set: ImageSet) -> tuple[str, np.ndarray, np.ndarray | None]:
     labels = [image_set.labels[i] for i in pick]
     label = tile(labels) if all(lab is not None for lab in labels) else None
     return f"mosaic-{ODD_SIZE[0]}x{ODD_SIZE[1]}", tile([image_set.images[i] for i in pick]), label
-
-
-def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """``(H, W)`` -> ``(H', W')`` with H', W' the next multiples of ``multiple``, reflection-padded
-    at the bottom/right (symmetric when the pad exceeds the image)."""
-    pads = [(0, -size % multiple) for size in image.shape]
-    mode = "reflect" if all(p < s for (_, p), s in zip(pads, image.shape, strict=True)) else "symmetric"
-    return np.pad(image, pads, mode=mode)
 
 
 def run_onnx(session: Any, batch: np.ndarray) -> np.ndarray:

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from seg.export.parity import ImageSet, pad_to_multiple, predict_pairs, report_path, run_onnx
+from seg.export.parity import ImageSet, predict_pairs, report_path, run_onnx
 from seg.runtime.atomic import write_bytes_atomic, write_json_atomic
 from seg.runtime.errors import GateError
 from seg.runtime.metadata import ModelInfo
 from seg.runtime.providers import make_session
 from seg.runtime.scores import mask_agreement, membrane_f1
+from seg.runtime.tiling import pad_to_multiple
 
 TIMING_IMAGES = 4
 RECOMMEND_SPEEDUP = 1.5  # an INT8 model is worth its accuracy risk only this much faster than FP32

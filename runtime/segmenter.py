@@ -219,9 +219,7 @@ class Segmenter:
         height, width = pixels.shape
         if lazy:
             pixels = scale_small_integers(pixels)
-        padded = tiling.reflect_pad(
-            pixels, tiling.padded_length(height, 0, self.multiple), tiling.padded_length(width, 0, self.multiple)
-        )
+        padded = tiling.pad_to_multiple(pixels, self.multiple)
         out = np.zeros(padded.shape, np.float32)
         for k in self.transforms:
             pred = self._run(np.ascontiguousarray(tiling.dihedral(padded, k))[None, :, :, None])[0]

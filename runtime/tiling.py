@@ -63,6 +63,12 @@ def reflect_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(image, [(0, pad_h), (0, pad_w), *extra], mode="reflect")
 
 
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """The whole-image padding rule, shared by every engine (onnxruntime, Keras, the parity gate):
+    ``(H, W, ...)`` reflect-padded at the bottom/right to the next multiples of ``multiple``."""
+    return reflect_pad(image, padded_length(image.shape[0], 0, multiple), padded_length(image.shape[1], 0, multiple))
+
+
 def tile_starts(length: int, tile: int, halo: int, multiple: int = 1) -> list[int]:
     """Start offsets of ``tile``-pixel tiles covering ``length`` (>= tile) pixels, overlapping by >= 2*halo.
 

@@ -6,10 +6,9 @@ import json
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from seg.export.parity import _validation_first, pad_to_multiple
+from seg.export.parity import _validation_first
 from seg.export.source import load_source, model_path, read_config, receptive_field
 from seg.runtime.errors import InputError
 
@@ -29,16 +28,6 @@ def test_cnn_receptive_field_counts_every_3x3_conv(depth: int) -> None:
 
     # depth + 1 hidden 3x3 convs and a 3x3 output conv, each adding 2 pixels
     assert receptive_field(build_model(ModelSpec(kind="cnn", width=2, depth=depth))) == (1 + 2 * (depth + 2), 1)
-
-
-@pytest.mark.parametrize(("shape", "multiple", "want"),
-                         [((512, 512), 16, (512, 512)), ((500, 333), 16, (512, 336)), ((5, 7), 16, (16, 16)),
-                          ((768, 1024), 4, (768, 1024)), ((1, 1), 1, (1, 1))])
-def test_pad_to_multiple(shape: tuple[int, int], multiple: int, want: tuple[int, int]) -> None:
-    image = np.random.default_rng(0).random(shape, dtype=np.float32)
-    padded = pad_to_multiple(image, multiple)
-    assert padded.shape == want and padded.dtype == np.float32
-    np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
 
 
 def test_validation_slices_come_first(tmp_path: Path) -> None:

@@ -149,3 +149,13 @@ def test_dihedral_on_non_square_swaps_shape(rng: np.random.Generator) -> None:
     array = rng.random((3, 7))
     assert tiling.dihedral(array, 1).shape == (7, 3)
     np.testing.assert_array_equal(tiling.dihedral_inverse(tiling.dihedral(array, 5), 5), array)
+
+
+@pytest.mark.parametrize(("shape", "multiple", "want"),
+                         [((512, 512), 16, (512, 512)), ((500, 333), 16, (512, 336)), ((5, 7), 16, (16, 16)),
+                          ((768, 1024), 4, (768, 1024)), ((1, 1), 1, (1, 1))])
+def test_pad_to_multiple(shape: tuple[int, int], multiple: int, want: tuple[int, int]) -> None:
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    padded = tiling.pad_to_multiple(image, multiple)
+    assert padded.shape == want and padded.dtype == np.float32
+    np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
