@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from seg.runtime.errors import InputError
+from seg.runtime.tiling import pad_to_multiple
 
 BEST_MODEL = "model.keras"
 CONFIG = "config.json"
@@ -86,6 +89,19 @@ def load_keras(path: Path) -> Any:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise InputError(f"{path}: expected one input and one output, got {len(model.inputs)}/{len(model.outputs)}")
     return model
+
+
+def keras_predict(model: Any, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Whole-image Keras predictions: each ``(H, W) float32 in [0, 1]`` image, padded by the runtime's one
+    whole-image rule (``seg.runtime.tiling.pad_to_multiple`` to the graph's size multiple), run through
+    ``model`` (a loaded Keras model) and cropped back -> ``(H, W) float32 in [0, 1]``."""
+    multiple = receptive_field(model)[1]
+    out = []
+    for image in images:
+        padded = pad_to_multiple(np.asarray(image, np.float32), multiple)
+        prob = np.asarray(model(padded[None, :, :, None], training=False), np.float32)
+        out.append(prob[0, : image.shape[0], : image.shape[1], 0])
+    return out
 
 
 def _first_line(exc: Exception) -> str:

@@ -55,6 +55,24 @@ def resolve_run(arg: str | Path, root: Path = RUNS_ROOT) -> Path:
     raise InputError(f"{arg}: not a run folder (no {CONFIG}); give a folder under {root} or its name")
 
 
+def resolve_model(arg: str | Path | None = None, root: Path = RUNS_ROOT) -> Path:
+    """The model file a command means: ``None`` = the newest run's best ``model.keras``; an existing file
+    (``.keras`` or ``.onnx``) = itself; a run folder, or a run name under ``root`` = its best ``model.keras``.
+    Anything else, or a run without a best model yet: ``InputError`` naming it (exit 2)."""
+    root = Path(root)
+    if arg is None:
+        return newest_run(root) / BEST_MODEL
+    for candidate in (Path(arg), root / str(arg)):
+        if candidate.is_file():
+            return candidate
+        if candidate.is_dir():
+            model = candidate / BEST_MODEL
+            if not model.is_file():
+                raise InputError(f"{model}: no such file; the run has no best model yet (finish `seg train`)")
+            return model
+    raise InputError(f"{arg}: no such model; give a .keras or .onnx file, a run folder or a run name under {root}")
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """Parse a JSON file; missing or corrupt -> InputError naming it."""
     try:

@@ -289,7 +289,7 @@ EXPORT = [
          "{d}/lam.keras: cannot load as a Keras model: it contains a Lambda layer (arbitrary code), refused with "
          "safe_mode=True", _exists("!model.onnx")),
     Case("keras-missing", "seg export", "--weights does not exist", lambda d: _export(d, None), 2,
-         "{d}/missing.keras: no such weights"),
+         "{d}/missing.keras: no such model"),
     Case("export-not-onnx-name", "seg export", "OUT is model.txt",
          lambda d: _export(d, f.keras_file(d / "k.keras"), "model.txt"), 2,
          "{d}/model.txt: the output must end in .onnx"),

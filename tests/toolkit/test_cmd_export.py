@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from seg.runtime.errors import InputError
 from seg.toolkit.cli import app
-from seg.toolkit.runs import newest_run, resolve_weights
+from seg.train.runs import newest_run, resolve_model
 
 runner = CliRunner()
 
@@ -74,7 +74,7 @@ def _lambda_model(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda d: d / "missing.keras", "missing.keras: no such weights; give a run folder, a run name"),
+    (lambda d: d / "missing.keras", "missing.keras: no such model; give a .keras or .onnx file, a run folder"),
     (lambda d: (d / "fake.keras").write_text("not a zip") and d / "fake.keras", "fake.keras: not a Keras model"),
     (_lambda_model, "lambda.keras: cannot load as a Keras model: it contains a Lambda layer"),
 ])
@@ -96,18 +96,20 @@ def test_no_run_and_bad_out_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "model.txt: the output must end in .onnx, e.g. model.onnx" in _error_line(result)
 
 
-def test_resolve_weights(tmp_path: Path) -> None:
+def test_resolve_model(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
         (root / name / "model.keras").write_text(name)
     (root / "empty").mkdir()
     assert newest_run(root) in (root / "a", root / "b")
-    assert resolve_weights(None, root) == newest_run(root) / "model.keras"
-    assert resolve_weights("a", root) == root / "a" / "model.keras"
-    assert resolve_weights(root / "b", root) == root / "b" / "model.keras"
-    assert resolve_weights(root / "b" / "model.keras", root) == root / "b" / "model.keras"
+    assert resolve_model(None, root) == newest_run(root) / "model.keras"
+    assert resolve_model("a", root) == root / "a" / "model.keras"
+    assert resolve_model(root / "b", root) == root / "b" / "model.keras"
+    assert resolve_model(root / "b" / "model.keras", root) == root / "b" / "model.keras"
     with pytest.raises(InputError, match=r"empty/model.keras: no such file; the run has no best model yet"):
-        resolve_weights("empty", root)
-    with pytest.raises(InputError, match=r"^zzz: no such weights; give a run folder, a run name under "):
-        resolve_weights("zzz", root)
+        resolve_model("empty", root)
+    (root / "b" / "model.onnx").write_bytes(b"onnx")
+    assert resolve_model(root / "b" / "model.onnx", root) == root / "b" / "model.onnx"
+    with pytest.raises(InputError, match=r"^zzz: no such model; give a .keras or .onnx file, a run folder or a run "):
+        resolve_model("zzz", root)

@@ -61,18 +61,77 @@ def test_bad_options_exit_2(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+class _Recorder:
+    """Stands in for ``seg.train.fit`` / ``seg.train.resume``: records the call, returns a finished run."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.calls: list[tuple[str, object, dict]] = []
+        self.run_dir = tmp_path / "runs" / "train" / "fake"
+
+    def fit(self, config: object, progress: bool = True) -> object:
+        self.calls.append(("fit", config, {"progress": progress}))
+        return self._result()
+
+    def resume(self, run: object, progress: bool = True, time_budget: float | None = None) -> object:
+        self.calls.append(("resume", run, {"progress": progress, "time_budget": time_budget}))
+        return self._result()
+
+    def _result(self) -> object:
+        from seg.train.trainer import TrainResult
+
+        return TrainResult(self.run_dir, 3, 2, 0.0512, 0.8123, 12.5, "time budget", "CPU")
+
+
+@pytest.fixture
+def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Recorder:
+    """``seg train`` through the real CLI, with the fit/resume functions and the figures replaced by records."""
+    from seg import train
+    from seg.toolkit.evaluation import figures
+
+    fake = _Recorder(tmp_path)
+    monkeypatch.setattr(train, "fit", fake.fit)
+    monkeypatch.setattr(train, "resume", fake.resume)
+    monkeypatch.setattr(figures, "write_run_figures", lambda run_dir: fake.calls.append(("figures", run_dir, {})))
+    return fake
+
+
 @pytest.mark.parametrize(
     ("args", "want"),
-    [((), ("unet", 16, 3, 2)), (("--stem", "1", "--width", "8", "--depth", "4"), ("unet", 8, 4, 1)),
-     (("--model", "cnn"), ("cnn", 32, 4, 1))],
+    [((), ("unet", 16, 3, 2, True)), (("--stem", "1", "--width", "8", "--depth", "4"), ("unet", 8, 4, 1, True)),
+     (("--model", "cnn"), ("cnn", 32, 4, 1, True)), (("--no-batch-norm",), ("unet", 16, 3, 2, False))],
 )
-def test_model_options_and_their_defaults(args: tuple[str, ...], want: tuple) -> None:
-    from seg.toolkit.cli.train import _model_spec
+def test_model_options_reach_the_training_config(recorder: _Recorder, tmp_path: Path, args: tuple[str, ...],
+                                                 want: tuple) -> None:
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), *args])
+    assert result.exit_code == 0, result.output
+    (kind, config, options), figures_call = recorder.calls
+    assert kind == "fit" and options == {"progress": True} and figures_call == ("figures", recorder.run_dir, {})
+    spec = config.model
+    assert (spec.kind, spec.width, spec.depth, spec.stem, spec.batch_norm) == want
 
-    values = dict(zip(args[::2], args[1::2], strict=True))
-    number = {key: int(values[key]) if key in values else None for key in ("--width", "--depth", "--stem")}
-    spec = _model_spec(values.get("--model", "unet"), number["--width"], number["--depth"], number["--stem"], True)
-    assert (spec.kind, spec.width, spec.depth, spec.stem) == want
+
+def test_every_training_option_reaches_the_config_and_the_summary_is_printed(recorder: _Recorder,
+                                                                             tmp_path: Path) -> None:
+    args = ["--loss", "bce", "--epochs", "7", "--steps-per-epoch", "11", "--batch", "3", "--crop", "64",
+            "--lr", "0.001", "--val", "0.3", "--seed", "5", "--time-budget", "90", "--patience", "4", "--elastic",
+            "--amp", "--name", "mine", "--quiet"]
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), *args])
+    assert result.exit_code == 0, result.output
+    _, config, options = recorder.calls[0]
+    assert options == {"progress": False}
+    got = {key: getattr(config, key) for key in ("data", "loss", "epochs", "steps_per_epoch", "batch", "crop", "lr",
+                                                  "val", "seed", "time_budget", "patience", "elastic", "amp", "name")}
+    assert got == {"data": str(tmp_path / "data"), "loss": "bce", "epochs": 7, "steps_per_epoch": 11, "batch": 3,
+                   "crop": 64, "lr": 0.001, "val": 0.3, "seed": 5, "time_budget": 90.0, "patience": 4,
+                   "elastic": True, "amp": True, "name": "mine"}
+    assert "3 epochs on CPU (stopped: time budget), 12.5 crops/s; best epoch 2: val MSE 0.0512, " in result.output
+    assert "val membrane F1 0.8123" in result.output
+
+
+def test_resume_is_wired_with_its_budget(recorder: _Recorder) -> None:
+    result = runner.invoke(app, ["train", "--resume", "old-run", "--time-budget", "60", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert recorder.calls[0] == ("resume", "old-run", {"progress": False, "time_budget": 60.0})
 
 
 def _modules_after(code: str) -> set[str]:

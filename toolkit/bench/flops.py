@@ -14,8 +14,9 @@ the count is per image of ``S x S`` pixels. QDQ (INT8) graphs count the same: th
 FP32 peak = physical cores x FP32 lanes per vector x FMA units per core x 2 FLOPs per FMA x clock, with
 lanes 16 for AVX-512F, 8 for AVX2+FMA, 4 otherwise; 2 FMA units assumed for AVX-512 server parts (Xeon
 Gold/Platinum and newer, AMD Zen 4 double-pumps 256-bit units to the same effect) and for AVX2 cores; clock
-from ``cpu MHz`` (what a VM reports as nominal), else the model name's ``@ x.xxGHz``. Turbo and AVX-512
-frequency licences move the real number by +-20 %, so ratios to this peak are estimates.
+from ``cpu MHz`` (what a VM reports as nominal), else the model name's ``@ x.xxGHz``, else cpufreq's base or
+maximum frequency in ``/sys``. A machine that reports no clock gets no peak (``gflops`` None, "unknown"), never
+an assumed one. Turbo and AVX-512 frequency licences move the real number, so ratios to this peak are estimates.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+CPUFREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")
 
 
 def count_flops(model: str | Path | Any, size: int = 512) -> dict[str, float]:
@@ -101,8 +103,8 @@ class CpuPeak:
     isa: str
     lanes: int
     fma_units: int
-    ghz: float
-    gflops: float
+    ghz: float | None  # None: the machine reports no clock
+    gflops: float | None  # None: unknown (no clock)
     int8_note: str
     how: str
 
@@ -110,8 +112,9 @@ class CpuPeak:
         return asdict(self)
 
 
-def cpu_peak(cpuinfo: str | None = None, cores: int | None = None) -> CpuPeak:
-    """``CpuPeak`` from ``/proc/cpuinfo`` text (read when None); ``cores`` defaults to the usable physical cores."""
+def cpu_peak(cpuinfo: str | None = None, cores: int | None = None, cpufreq: Path | None = CPUFREQ) -> CpuPeak:
+    """``CpuPeak`` from ``/proc/cpuinfo`` text (read when None) and, when that names no clock, the cpufreq folder
+    ``cpufreq`` (None: not consulted); ``cores`` defaults to the usable physical cores."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -125,10 +128,13 @@ def cpu_peak(cpuinfo: str | None = None, cores: int | None = None) -> CpuPeak:
     flags = set(fields.get("flags", "").split())
     model = fields.get("model name", "unknown CPU")
     isa, lanes, fma_units = _vector_unit(flags)
-    ghz = _clock_ghz(fields, model)
+    ghz, source = _clock_ghz(fields, model, cpufreq)
+    if ghz is None:
+        how = f"unknown: the machine reports no CPU clock ({cores} cores x {lanes} FP32 lanes ({isa}))"
+        return CpuPeak(model, cores, isa, lanes, fma_units, None, None, _int8_note(flags), how)
     gflops = cores * lanes * fma_units * 2 * ghz
     how = (f"{cores} cores x {lanes} FP32 lanes ({isa}) x {fma_units} FMA units (assumed) x 2 FLOP/FMA x "
-           f"{ghz:.2f} GHz ({'cpu MHz' if 'cpu MHz' in fields else 'model name'}) = {gflops:.0f} GFLOP/s")
+           f"{ghz:.2f} GHz ({source}) = {gflops:.0f} GFLOP/s")
     return CpuPeak(model, cores, isa, lanes, fma_units, ghz, gflops, _int8_note(flags), how)
 
 
@@ -155,13 +161,22 @@ def _vector_unit(flags: set[str]) -> tuple[str, int, int]:
     return "SSE", 4, 1
 
 
-def _clock_ghz(fields: dict[str, str], model: str) -> float:
+def _clock_ghz(fields: dict[str, str], model: str, cpufreq: Path | None) -> tuple[float | None, str]:
+    """``(GHz, where it was read)``: ``cpu MHz``, the model name's ``@ x.xxGHz``, cpufreq's ``base_frequency``
+    or ``cpuinfo_max_freq`` (kHz); ``(None, "")`` when the machine reports none of them."""
     try:
-        return float(fields["cpu MHz"]) / 1000.0
+        return float(fields["cpu MHz"]) / 1000.0, "cpu MHz"
     except (KeyError, ValueError):
         pass
     match = re.search(r"@\s*([\d.]+)\s*GHz", model)
-    return float(match.group(1)) if match else 2.0
+    if match:
+        return float(match.group(1)), "model name"
+    for name in ("base_frequency", "cpuinfo_max_freq"):
+        try:
+            return int((cpufreq / name).read_text().strip()) / 1e6, f"cpufreq {name}"  # type: ignore[operator]
+        except (OSError, TypeError, ValueError):
+            continue
+    return None, ""
 
 
 def _int8_note(flags: set[str]) -> str:
@@ -190,7 +205,7 @@ def sgemm_gflops(size: int = 2048, runs: int = 5) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
-def achieved(gflop_per_image: float, images_per_s: float, peak: CpuPeak) -> tuple[float, float]:
-    """``(GFLOP/s, fraction of peak)`` for a measured throughput."""
+def achieved(gflop_per_image: float, images_per_s: float, peak: CpuPeak) -> tuple[float, float | None]:
+    """``(GFLOP/s, fraction of peak)`` for a measured throughput; the fraction is None when the peak is unknown."""
     rate = gflop_per_image * images_per_s
-    return rate, (rate / peak.gflops if peak.gflops > 0 else float("nan"))
+    return rate, (rate / peak.gflops if peak.gflops else None)

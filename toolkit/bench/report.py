@@ -91,13 +91,13 @@ class BenchReport:
                  f"machine: {self.machine.model}; FP32 peak {self.machine.how}; {self.machine.int8_note}",
                  *([f"practical ceiling: numpy's float32 matrix product reached {self.sgemm_gflops:.0f} GFLOP/s "
                     f"here on all cores ({self.sgemm_gflops / self.machine.gflops:.0%} of the estimated peak)"]
-                   if self.sgemm_gflops and self.machine.gflops > 0 else []),
+                   if self.sgemm_gflops and self.machine.gflops else []),
                  f"images: {len(self.images)} for timing; accuracy on {len(self.accuracy_on) or 'no'} labelled slices"]
         if self.large:
             lines.append(large_line(self.large))
         if self.int8_verdict:
             lines.append(self.int8_verdict)
-        ceiling = keras_ceiling(self.rows, max(self.machine.gflops, self.sgemm_gflops or 0.0))
+        ceiling = keras_ceiling(self.rows, max(self.machine.gflops or 0.0, self.sgemm_gflops or 0.0))
         if ceiling:
             lines.append(ceiling)
         return lines

@@ -70,33 +70,20 @@ def median_rate(run: Any, images: int, repeats: int) -> float:
     return images / float(np.median([_seconds(run) for _ in range(max(1, repeats))]))
 
 
-def prepared_batches(images: list[np.ndarray], tile: int, batch: int) -> list[np.ndarray]:
-    """``(H, W) float32`` images -> ``(B, tile, tile, 1) float32`` batches (reflect-padded/cropped to the tile)."""
-    from seg.runtime.tiling import reflect_pad
-
-    tiles = []
-    for image in images:
-        size = (max(tile, image.shape[0]), max(tile, image.shape[1]))
-        tiles.append(reflect_pad(image, *size)[:tile, :tile])
-    stack = np.stack(tiles)[..., None].astype(np.float32)
-    return [np.ascontiguousarray(stack[i : i + batch]) for i in range(0, len(stack), batch)]
-
-
 def measure_onnx(spec: Spec) -> dict[str, Any]:
-    """Compute-only, end-to-end, latency and (optionally) probabilities of one ONNX model/provider/batch."""
+    """Compute-only, end-to-end, latency and (optionally) probabilities of one ONNX model/provider/batch, all
+    through ``Segmenter``: compute is the time its ``session.run`` calls take (``Segmenter.stats``) over the
+    images held in memory, end-to-end is ``segment_paths`` from files to written masks."""
     from seg.runtime import Segmenter, read_image, segment_paths
-    from seg.runtime.preprocess import normalize
 
     seg = Segmenter(spec.model, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
-    images = [normalize(read_image(p)) for p in spec.images]
-    tile = seg.tile_size or max(images[0].shape)
-    compute = compute_pass(seg, prepared_batches(images, tile, spec.batch))
-    result: dict[str, Any] = {"providers": seg.providers, "tile": tile}
-    result["compute_ips"] = median_rate(compute, len(images), spec.repeats)
+    images = [read_image(p) for p in spec.images]
+    result: dict[str, Any] = {"providers": seg.providers, "tile": seg.tile_for(*images[0].shape)}
+    result["compute_ips"] = compute_rate(seg, images, spec.repeats)
     with tempfile.TemporaryDirectory(prefix="seg-bench-") as folder:
         source = _linked_inputs(spec.images, Path(folder) / "in")
         run = lambda: segment_paths(source, segmenter=seg, output_dir=Path(folder) / "out", overwrite=True)  # noqa: E731
-        result["e2e_ips"] = median_rate(run, len(images), spec.repeats)
+        result["e2e_ips"] = median_rate(run, len(spec.images), spec.repeats)
     if spec.latency_runs:
         single = Segmenter(spec.model, provider=spec.provider, batch_size=1, threads=spec.threads)
         result["latency_ms"] = latency(lambda: single.predict(images[0]), spec.latency_runs)
@@ -106,15 +93,17 @@ def measure_onnx(spec: Spec) -> dict[str, Any]:
     return result
 
 
-def compute_pass(seg: Any, batches: list[np.ndarray]) -> Any:
-    """A function that runs ``seg``'s session once over every prepared batch (compute only, no IO)."""
-    name, output = seg.session.get_inputs()[0].name, seg.session.get_outputs()[0].name
+def compute_seconds(seg: Any, images: list[np.ndarray]) -> float:
+    """Seconds ``seg`` (a ``Segmenter``) spends inside onnxruntime to predict ``images`` (``(H, W)`` arrays)."""
+    before = seg.stats.compute_s
+    seg.predict_batch(images)
+    return seg.stats.compute_s - before
 
-    def compute() -> None:
-        for batch in batches:
-            seg.session.run([output], {name: batch})
 
-    return compute
+def compute_rate(seg: Any, images: list[np.ndarray], repeats: int) -> float:
+    """Images per second inside onnxruntime: median of ``repeats`` passes over ``images`` after one warm-up."""
+    compute_seconds(seg, images)
+    return len(images) / float(np.median([compute_seconds(seg, images) for _ in range(max(1, repeats))]))
 
 
 def measure_paired(spec: Spec) -> dict[str, Any]:
@@ -122,18 +111,17 @@ def measure_paired(spec: Spec) -> dict[str, Any]:
     pass by pass for ``repeats`` pairs: load that drifts during the run hits both alike, which separate
     processes minutes apart cannot promise. ``ratio`` is the median of the per-pair speed-ups of ``other``."""
     from seg.runtime import Segmenter, read_image
-    from seg.runtime.preprocess import normalize
 
-    images = [normalize(read_image(p)) for p in spec.images]
-    passes = []
-    for path in (spec.model, spec.other):
-        seg = Segmenter(path, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
-        passes.append(compute_pass(seg, prepared_batches(images, seg.tile_size or max(images[0].shape), spec.batch)))
-        passes[-1]()  # warm-up
-    pairs = [(_seconds(passes[0]), _seconds(passes[1])) for _ in range(max(3, spec.repeats))]
+    images = [read_image(p) for p in spec.images]
+    segmenters = [Segmenter(path, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
+                  for path in (spec.model, spec.other)]
+    for seg in segmenters:
+        compute_seconds(seg, images)  # warm-up
+    pairs = [tuple(compute_seconds(seg, images) for seg in segmenters) for _ in range(max(3, spec.repeats))]
     base, other = (float(np.median(times)) for times in zip(*pairs, strict=True))
-    return {"providers": seg.providers, "batch": spec.batch, "pairs": len(pairs), "fp32_ips": len(images) / base,
-            "other_ips": len(images) / other, "ratio": float(np.median([b / o for b, o in pairs]))}
+    return {"providers": segmenters[0].providers, "batch": spec.batch, "pairs": len(pairs),
+            "fp32_ips": len(images) / base, "other_ips": len(images) / other,
+            "ratio": float(np.median([b / o for b, o in pairs]))}
 
 
 def _seconds(run: Any) -> float:
@@ -167,20 +155,15 @@ def measure_keras(spec: Spec) -> dict[str, Any]:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
+    from seg.export.source import load_keras
     from seg.runtime import read_image, to_mask, write_image
     from seg.runtime.preprocess import normalize
 
-    try:
-        model = keras.models.load_model(spec.model, compile=False, safe_mode=True)
-    except Exception as exc:
-        raise SegError(f"{spec.model}: not a loadable Keras model ({type(exc).__name__}: {exc})") from None
-    images = [normalize(read_image(p)) for p in spec.images]
-    stack = np.concatenate(prepared_batches(images, max(images[0].shape), len(images)))
+    model = load_keras(Path(spec.model))
+    stack = np.stack([normalize(read_image(p)) for p in spec.images])[..., None]  # (N, H, W, 1) float32
     result: dict[str, Any] = {"providers": ["keras"]}
     result["compute_ips"] = median_rate(lambda: model.predict(stack, batch_size=spec.batch, verbose=0),
-                                        len(images), spec.repeats)
+                                        len(spec.images), spec.repeats)
     with tempfile.TemporaryDirectory(prefix="seg-bench-keras-") as folder:
 
         def end_to_end() -> None:
@@ -189,7 +172,7 @@ def measure_keras(spec: Spec) -> dict[str, Any]:
             for path, prob in zip(spec.images, probs, strict=True):
                 write_image(Path(folder) / f"{Path(path).stem}.png", to_mask(prob, 0.5))
 
-        result["e2e_ips"] = median_rate(end_to_end, len(images), spec.repeats)
+        result["e2e_ips"] = median_rate(end_to_end, len(spec.images), spec.repeats)
     if spec.labelled and spec.probs_out:
         pixels = np.stack([normalize(read_image(p)) for p in spec.labelled])[..., None]
         np.save(spec.probs_out, model.predict(pixels, batch_size=spec.batch, verbose=0)[..., 0].astype(np.float32))

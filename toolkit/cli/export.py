@@ -31,11 +31,11 @@ def export(
 ) -> None:
     """Export a trained Keras model to ONNX; fails (exit 1, nothing written) unless ONNX matches Keras."""
     from seg.export import to_onnx
-    from seg.toolkit.runs import resolve_weights
+    from seg.train.runs import resolve_model
 
     quiet_tensorflow()
 
-    report = to_onnx(resolve_weights(weights), out, data=data, opset=opset, atol=atol, fp16=fp16, int8=int8,
+    report = to_onnx(resolve_model(weights), out, data=data, opset=opset, atol=atol, fp16=fp16, int8=int8,
                      calib=calib)
     for line in _lines(report):
         console.print(line, soft_wrap=True)

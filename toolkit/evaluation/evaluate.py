@@ -51,7 +51,7 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
     with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder)."""
     from seg.toolkit.evaluation import metrics
 
-    model = resolve_model(model)
+    model = runs.resolve_model(model)
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
     if split == "val" and model.suffix == ".onnx":
@@ -64,17 +64,6 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
     scores = metrics.score_slices(probs, labels, threshold=threshold)
     written = _figures(figures, model, slices, probs, threshold) if figures else []
     return EvalReport(str(model), engine, str(data), split, [s.name for s in slices], scores, written)
-
-
-def resolve_model(model: Path) -> Path:
-    """A ``.onnx``/``.keras`` file, or a training run (folder or name under runs/train) -> its best model."""
-    model = Path(model)
-    if model.is_file():
-        return model
-    for run in (model, runs.RUNS_ROOT / model):
-        if (run / runs.BEST_MODEL).is_file():
-            return run / runs.BEST_MODEL
-    raise InputError(f"{model}: model not found; give a .onnx or .keras file, or a training run")
 
 
 def _split_options(model: Path, val: float, seed: int) -> tuple[float, int]:
@@ -118,24 +107,12 @@ def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu")
 
 
 def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Whole-image Keras predictions ``(H, W) float32 in [0, 1]``; images are reflect-padded to the model's
-    size multiple (the product of its downsampling strides) and cropped back."""
-    import keras
+    """Whole-image Keras predictions ``(H, W) float32 in [0, 1]`` of the ``.keras`` file at ``model_path``
+    (loaded with ``safe_mode=True``; padding as the runtime's whole-image rule)."""
+    from seg.export.source import keras_predict as predict
+    from seg.export.source import load_keras
 
-    from seg.export.source import receptive_field
-
-    try:
-        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as exc:
-        raise InputError(f"{model_path}: not a loadable Keras model ({type(exc).__name__}: {exc})") from None
-    multiple = receptive_field(model)[1]
-    out = []
-    for image in images:
-        height, width = image.shape
-        padded = np.pad(image, ((0, -height % multiple), (0, -width % multiple)), mode="reflect")
-        prob = np.asarray(model(padded[None, :, :, None], training=False), np.float32)[0, :height, :width, 0]
-        out.append(prob)
-    return out
+    return predict(load_keras(model_path), images)
 
 
 def _figures(folder: Path, model: Path, slices: list[Slice], probs: list[np.ndarray], threshold: float) -> list[str]:
