@@ -1,4 +1,4 @@
-"""Segment a folder, a file, a glob or a TIFF stack: reading runs ahead, writing runs behind.
+"""Segment folders, files, globs or TIFF stacks (one or several): reading runs ahead, writing runs behind.
 
 Outputs in ``output_dir`` (names keep the input's stem, so masks pair with images like ISBI labels):
 
@@ -8,10 +8,20 @@ Outputs in ``output_dir`` (names keep the input's stem, so masks pair with image
   page per slice; 16-bit PNG would round to 1.5e-5 and compress no better on real maps).
 - ``overlay/<stem>.png`` (``.tif`` for stacks) with ``overlay``: the image in gray, membranes in red.
 
+Several inputs (``["day1/", "day2/*.png", "x.tif"]``, or the paths a shell expands an unquoted glob into)
+are segmented in the order given into one flat ``output_dir``: outputs are named by stem alone, whatever
+folder the input came from (as for a recursive glob ``'in/**/*.png'``). One file named twice (a folder and a
+file in it, overlapping globs) is segmented once. Two files with one stem would share outputs:
+
+- in one folder (``a.png`` and ``a.tif``, most likely one image saved twice), the first in sorted order is
+  segmented and the other is a failure in the summary;
+- in different folders (``day1/00.png`` and ``day2/00.png``, different images), the run stops with an
+  ``InputError`` before anything is written: rename them, or give each folder its own ``output_dir``.
+
 Every file is written atomically, so an output that exists is complete: a rerun skips inputs whose
-outputs all exist (resume after a crash or kill) unless ``overwrite``. A bad input file is reported and
-skipped; the run goes on and lists the failures in its summary. Two inputs with the same stem (``a.png``
-and ``a.tif``) would share outputs: the first (in sorted order) is segmented, the second is a failure.
+outputs all exist (resume after a crash or kill) unless ``overwrite``, or ``SETTINGS_FILE`` shows other
+settings, or cannot be read (then every output is redone). A bad input file is reported and skipped; the
+run goes on and lists the failures in its summary.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +46,9 @@ from seg.runtime.pipeline import Item, OnError, Progress, run_pipeline
 from seg.runtime.segmenter import Segmenter
 
 _GLOB_CHARS = "*?["
+PathOrGlob = str | os.PathLike[str]
+Inputs = PathOrGlob | Sequence[PathOrGlob]
+"""One folder, image file, glob pattern or TIFF stack, or a sequence of them."""
 
 
 @dataclass
@@ -71,7 +85,7 @@ class InferSummary:
 
 
 def segment_paths(
-    inputs: str | os.PathLike[str],
+    inputs: Inputs,
     model: str | os.PathLike[str] | bytes = "model.onnx",
     output_dir: str | os.PathLike[str] | None = None,
     provider: str = "auto",
@@ -86,15 +100,19 @@ def segment_paths(
 ) -> InferSummary:
     """Segment every image under ``inputs`` with ``model`` into ``output_dir`` (default: ``default_output``).
 
-    ``threshold`` defaults to the model's; ``segmenter_options`` go to ``Segmenter`` (tile_size, halo,
-    batch_size, blend, tta, threads). Raises ``InputError``/``ProviderError`` before writing anything when
-    the input or the model is unusable; per-file problems land in ``summary.failures``.
+    ``inputs``: one folder, file, glob or TIFF stack, or a sequence of them (see the module docstring for how
+    outputs are named). ``threshold`` defaults to the model's; ``segmenter_options`` go to ``Segmenter``
+    (tile_size, halo, batch_size, blend, tta, threads). Raises ``InputError``/``ProviderError`` before writing
+    anything when an input, the output folder or the model is unusable, or when files from different folders
+    share a stem; per-file problems land in ``summary.failures`` (when the only input is one file, its
+    failure raises ``InputError`` instead).
     """
-    if not str(inputs).strip() or (output_dir is not None and not str(output_dir).strip()):
+    texts = input_texts(inputs)
+    if output_dir is not None and not str(output_dir).strip():
         raise InputError("empty --input or --output path; give a folder, file or glob (an unset variable?)")
-    files = resolve_inputs(inputs)
-    single = Path(str(inputs)).is_file()  # one file is the main input: its failure is an InputError
-    out_dir = Path(output_dir) if output_dir is not None else default_output(inputs)
+    files = resolve_inputs(texts)
+    single = len(texts) == 1 and Path(texts[0]).is_file()  # one file is the main input: its failure is an InputError
+    out_dir = Path(output_dir) if output_dir is not None else default_output(texts)
     _check_output_dir(out_dir, files)
     seg = segmenter or Segmenter(model, provider=provider, **segmenter_options)  # type: ignore[arg-type]
     cut = seg.info.threshold if threshold is None else float(threshold)
@@ -102,12 +120,11 @@ def segment_paths(
         raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
     items, failures = plan_outputs(files, out_dir, save_prob, overlay)
     summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
-    settings = _settings(inputs, model, seg, cut)
-    overwrite = overwrite or _settings_changed(out_dir, settings)
-    todo = [item for item in items if overwrite or not item.complete()]
+    settings = _settings(texts, model, seg, cut)
+    todo = _todo(items, out_dir, settings, seg.name, overwrite)
     summary.skipped = len(items) - len(todo)
     _prepare_folders(items, todo)
-    write_json_atomic(out_dir / SETTINGS_FILE, settings)
+    _write_record(out_dir, settings)
     report = _reporter(summary, None if single else on_error)
     compute_before, start = seg.stats.compute_s, time.perf_counter()
     summary.images = run_pipeline(seg, todo, cut, report, progress)
@@ -116,6 +133,19 @@ def segment_paths(
     if single and summary.failures:
         raise InputError(summary.failures[0])
     return summary
+
+
+def input_texts(inputs: Inputs) -> list[str]:
+    """``inputs`` (one path/glob or a sequence of them) as a list of strings, in the order given.
+
+    Raises ``InputError`` when the sequence is empty or a path is blank (an unset shell variable).
+    """
+    texts = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(item) for item in inputs]
+    if not texts:
+        raise InputError("no input given; give --input PATH (a folder, image file, glob or TIFF stack)")
+    if any(not text.strip() for text in texts):
+        raise InputError("empty --input or --output path; give a folder, file or glob (an unset variable?)")
+    return texts
 
 
 def _check_output_dir(out_dir: Path, files: list[Path]) -> None:
@@ -128,20 +158,24 @@ def _check_output_dir(out_dir: Path, files: list[Path]) -> None:
 
 
 SETTINGS_FILE = ".seg-infer.json"
-"""What made the outputs in a folder (inputs, model digest, threshold, tiling). A rerun with other settings
-redoes every output instead of skipping files that only look done."""
+"""What made the outputs in a folder (inputs, model digest, threshold, tiling). A rerun with other settings, or
+with a record that is unreadable, corrupt or incomplete (settings unknown), redoes every output instead of
+skipping files that only look done, with one ``SegWarning`` naming the reason."""
 
 
-def _settings(inputs: str | os.PathLike[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
+def _settings(texts: list[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
+    """The record of what makes the outputs. ``inputs`` is one string for one input (a resolved path, or the
+    glob as given) and a sorted list of them for several."""
     digest = _model_digest(model if isinstance(model, bytes) else Path(seg.name))
-    return {"inputs": str(Path(str(inputs)).resolve()) if not any(c in str(inputs) for c in _GLOB_CHARS)
-            else str(inputs), "model_sha256": digest, "threshold": threshold, "tile": seg.tile_size,
-            "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend, "large_tile": seg.large_tile,
-            "small_step": seg.small_step}
+    named = sorted(text if any(c in text for c in _GLOB_CHARS) else str(Path(text).resolve()) for text in texts)
+    return {"inputs": named[0] if len(named) == 1 else named, "model_sha256": digest, "threshold": threshold,
+            "tile": seg.tile_size, "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend,
+            "large_tile": seg.large_tile, "small_step": seg.small_step}
 
 
 def _model_digest(model: bytes | Path) -> str:
-    """SHA-256 of the model's bytes (the file the segmenter was made from); "" when it cannot be read."""
+    """SHA-256 of the model's bytes (the file the segmenter was made from); "" when it cannot be read (then
+    ``_distrust`` redoes every output: a model that cannot be fingerprinted cannot be matched)."""
     if isinstance(model, bytes):
         return hashlib.sha256(model).hexdigest()
     try:
@@ -150,18 +184,59 @@ def _model_digest(model: bytes | Path) -> str:
         return ""
 
 
-def _settings_changed(out_dir: Path, settings: dict[str, object]) -> bool:
-    """True when ``out_dir`` holds outputs made with other settings (they are redone, with a warning)."""
+def _todo(items: list[Item], out_dir: Path, settings: dict[str, object], model_name: str,
+          overwrite: bool) -> list[Item]:
+    """The items to segment: all with ``overwrite``; else those whose outputs are incomplete, or all of them
+    (with one ``SegWarning`` saying why) when ``_distrust`` says the outputs already there cannot be trusted."""
+    if overwrite:
+        return list(items)
+    done = [item.complete() for item in items]
+    reason = _distrust(out_dir, settings, model_name) if any(done) else None
+    if reason:
+        warnings.warn(reason, SegWarning, stacklevel=3)
+        return list(items)
+    return [item for item, complete in zip(items, done, strict=True) if not complete]
+
+
+def _distrust(out_dir: Path, settings: dict[str, object], model_name: str) -> str | None:
+    """Why the outputs already in ``out_dir`` cannot be reused (one line naming the file), or None when they
+    can: ``SETTINGS_FILE`` is absent (a fresh folder), or holds every setting with the same values.
+
+    A record that cannot be read, is not JSON, is not a JSON object or lacks a setting means "settings
+    unknown": every output is redone, never trusted. So does a model whose bytes could not be read.
+    """
+    path = out_dir / SETTINGS_FILE
+    redo = f"settings unknown, so every output in {out_dir} is redone"
+    if not settings["model_sha256"]:
+        return f"{model_name}: cannot read the model's bytes to fingerprint it; {redo}"
+    try:
+        previous = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path}: cannot read the resume record ({exc.strerror or exc}); {redo}"
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
+        return f"{path}: the resume record is corrupt (not JSON); {redo}"
+    if not isinstance(previous, dict):
+        return f"{path}: the resume record holds a JSON {type(previous).__name__}, not an object; {redo}"
+    missing = sorted(set(settings) - set(previous))
+    if missing:
+        return f"{path}: the resume record lacks {', '.join(missing)}; {redo}"
+    changed = sorted(k for k in settings if previous[k] != settings[k])
+    if changed:
+        return f"{out_dir}: earlier outputs were made with other {', '.join(changed)}; redoing them all"
+    return None
+
+
+def _write_record(out_dir: Path, settings: dict[str, object]) -> None:
+    """Write ``SETTINGS_FILE`` atomically; ``InputError`` (one line, the fix) when it cannot be written."""
     path = out_dir / SETTINGS_FILE
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    changed = sorted(k for k in settings if previous.get(k) != settings[k])
-    if changed:
-        warnings.warn(f"{out_dir}: earlier outputs were made with other {', '.join(changed)}; redoing them all",
-                      SegWarning, stacklevel=3)
-    return bool(changed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, settings)
+    except OSError as exc:  # e.g. a folder in its place
+        raise InputError(f"{path}: cannot write the resume record ({exc.strerror or exc}); remove whatever "
+                         "is there, or choose another --output") from None
 
 
 def _prepare_folders(items: list[Item], todo: list[Item]) -> None:
@@ -180,21 +255,32 @@ def _prepare_folders(items: list[Item], todo: list[Item]) -> None:
         remove_temporaries(folder, names)
 
 
-def resolve_inputs(inputs: str | os.PathLike[str]) -> list[Path]:
-    """Image files named by ``inputs``: a folder (its images), a file, or a glob pattern; sorted."""
-    text = str(inputs)
+def resolve_inputs(inputs: Inputs) -> list[Path]:
+    """Image files named by ``inputs``: each a folder (its images, sorted), a file, or a glob pattern (its
+    image matches, sorted), in the order given. A file named twice (the same name in the same real folder,
+    however spelt: ``in/a.png``, ``in/../in/a.png``, through a link to ``in``) is listed once; a link named
+    ``b.png`` to ``a.png`` is another input, with its own outputs. Raises ``InputError`` for the first input
+    that is missing, empty or not a file/folder."""
+    files, seen = [], set()
+    for text in input_texts(inputs):
+        for path in _resolve_one(text):
+            key = (_real(path.parent), path.name)
+            if key not in seen:
+                seen.add(key)
+                files.append(path)
+    return files
+
+
+def _resolve_one(text: str) -> list[Path]:
+    """Image files named by one path or glob ``text``; see ``resolve_inputs``."""
     path = Path(text)
     if path.is_dir():
         return list_images(path)
     if path.is_file():
         return [path]
-    if any(char in text for char in _GLOB_CHARS):
-        matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        files, seen = [], set()
-        for match in matches:  # a symlinked folder (or a link loop) can reach one file by many paths
-            if match.is_file() and is_image_file(match) and _real(match) not in seen:
-                seen.add(_real(match))
-                files.append(match)
+    if any(char in text for char in _GLOB_CHARS):  # a link to a folder (or a loop) can reach one file many
+        matches = sorted(Path(p) for p in glob.glob(text, recursive=True))  # ways: resolve_inputs keeps one
+        files = [match for match in matches if match.is_file() and is_image_file(match)]
         if not files:
             raise InputError(f"{text}: the pattern matches no PNG/JPEG/TIFF image")
         return files
@@ -203,12 +289,17 @@ def resolve_inputs(inputs: str | os.PathLike[str]) -> list[Path]:
     raise InputError(f"{text}: no such file or folder")
 
 
-def default_output(inputs: str | os.PathLike[str]) -> Path:
-    """``runs/infer/<name>``: the input folder's name, the file's stem, or the glob's parent folder name."""
-    text = str(inputs)
-    path = Path(text)
-    if any(char in text for char in _GLOB_CHARS) and not path.exists():
-        path = next((p for p in path.parents if not any(c in str(p) for c in _GLOB_CHARS)), Path("."))
+def default_output(inputs: Inputs) -> Path:
+    """``runs/infer/<name>``: the input folder's name, the file's stem, or the glob's parent folder name.
+
+    Several inputs: the name of the folder holding them all (the one folder of a shell-expanded glob, so
+    ``dir/*.png`` quoted or not gives ``runs/infer/dir``; the nearest common folder otherwise)."""
+    texts = input_texts(inputs)
+    if len(texts) == 1:
+        path = _glob_root(texts[0])
+    else:
+        roots = [_glob_root(text) for text in texts]
+        path = Path(os.path.commonpath([(root if root.is_dir() else root.parent).resolve() for root in roots]))
     if path.is_dir():
         resolved = path.resolve()  # "test/image" -> "test-image": dataset folders are all called "image"
         name = f"{resolved.parent.name}-{resolved.name}" if resolved.name == "image" else resolved.name
@@ -217,34 +308,52 @@ def default_output(inputs: str | os.PathLike[str]) -> Path:
     return Path("runs") / "infer" / (name or "input")
 
 
+def _glob_root(text: str) -> Path:
+    """``text`` as a path; for a glob that names no file, its last parent folder without glob characters."""
+    path = Path(text)
+    if any(char in text for char in _GLOB_CHARS) and not path.exists():
+        path = next((p for p in path.parents if not any(c in str(p) for c in _GLOB_CHARS)), Path("."))
+    return path
+
+
 def plan_outputs(
     files: list[Path], out_dir: Path, save_prob: bool, overlay: bool
 ) -> tuple[list[Item], list[str]]:
-    """One ``Item`` per input whose output names are free; failures (one line each) for the rest."""
+    """One ``Item`` per input whose output names are free; failures (one line each) for the rest. Raises
+    ``InputError`` when an output would overwrite an input, or files in different folders share a stem (see
+    the module docstring); a stem shared within one folder (``a.png``, ``a.tif``) fails the later file only."""
     inputs = {_real(f) for f in files}
-    items, failures, owner = [], [], {}
+    items, failures, owner, clashes = [], [], {}, []
     for source in files:
-        stack = _is_stack(source)
-        mask_suffix = ".tif" if stack else ".png"
+        mask_suffix = ".tif" if _is_stack(source) else ".png"
         item = Item(
             source,
             out_dir / f"{source.stem}{mask_suffix}",
             out_dir / "prob" / f"{source.stem}.tif" if save_prob else None,
             out_dir / "overlay" / f"{source.stem}{mask_suffix}" if overlay else None,
         )
-        problem = _name_problem(item, out_dir, inputs, owner)
+        taken = owner.get(_real(out_dir) / source.stem)
+        if taken is not None and _real(taken.parent) != _real(source.parent):
+            clashes.append((item, taken))
+            continue
+        problem = _name_problem(item, out_dir, inputs, taken)
         if problem:
             failures.append(f"{source}: {problem}")
             continue
         owner.update({_real(p): source for p in item.outputs()})
         owner[_real(out_dir) / source.stem] = source
         items.append(item)
+    if clashes:
+        first, taken = clashes[0]
+        more = f" ({len(clashes)} files clash in all)" if len(clashes) > 1 else ""
+        raise InputError(f"{first.source}: same name as {taken} in another folder; both would write {first.mask}"
+                         f"{more}; rename one, or give each folder its own --output")
     return items, failures
 
 
-def _name_problem(item: Item, out_dir: Path, inputs: set[Path], owner: dict[Path, Path]) -> str | None:
+def _name_problem(item: Item, out_dir: Path, inputs: set[Path], taken: Path | None) -> str | None:
+    """Why ``item`` cannot be written (a failure line), given ``taken``: the earlier input of its stem."""
     root = _real(out_dir)
-    taken = owner.get(root / item.source.stem)
     if taken is not None:
         return f"same name as {taken}; its outputs would collide (rename one, or run them separately)"
     for path in item.outputs():

@@ -73,6 +73,77 @@ def test_infer_exit_codes_for_bad_inputs(setup: tuple[Path, Path], tmp_path: Pat
     assert not (tmp_path / "o" / "03.png").exists()
 
 
+def test_infer_takes_the_paths_a_shell_expands_an_unquoted_glob_into(setup: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """``seg infer --input images/*.png`` reaches the command as ``--input 00.png 01.png 02.png``."""
+    images, model = setup
+    out = tmp_path / "out"
+    expanded = [str(p) for p in sorted(images.glob("*.png"))]
+    result = runner.invoke(app, ["infer", "--input", *expanded, "-m", str(model), "-o", str(out), "-p", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"3 images -> {out} on CPU" in result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["00.png", "01.png", "02.png"]
+    quoted = runner.invoke(app, ["infer", "-i", f"{images}/*.png", "-m", str(model), "-o", str(tmp_path / "q"),
+                                 "-p", "cpu"])
+    assert quoted.exit_code == 0, quoted.output
+    for name in ("00.png", "01.png", "02.png"):  # quoted or not: the same masks
+        np.testing.assert_array_equal(read_image(out / name), read_image(tmp_path / "q" / name))
+    again = runner.invoke(app, ["infer", "-m", str(model), "-o", str(out), "-p", "cpu", "-i", *expanded])
+    assert again.exit_code == 0 and "3 already done, skipped" in again.output, again.output
+
+
+def test_infer_repeated_input_options_and_default_output(setup: tuple[Path, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    images, model = setup
+    other = tmp_path / "more"
+    other.mkdir()
+    Image.fromarray(np.zeros((64, 80), np.uint8)).save(other / "extra.png")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["infer", "--input", str(images), "--input", str(other), "-m", str(model),
+                                 "-p", "cpu"])
+    assert result.exit_code == 0, result.output
+    out = Path("runs/infer") / tmp_path.name  # the folder holding both inputs
+    assert f"4 images -> {out} on CPU" in result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["00.png", "01.png", "02.png", "extra.png"]
+
+
+def test_infer_one_stem_in_two_folders_exits_2_before_writing(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    images, model = setup
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "01.png").write_bytes((images / "01.png").read_bytes())
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["infer", "-i", str(images), str(copy), "-m", str(model), "-o", str(out)])
+    assert result.exit_code == 2
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert error == [f"error: {copy / '01.png'}: same name as {images / '01.png'} in another folder; both would "
+                     f"write {out / '01.png'}; rename one, or give each folder its own --output"]
+    assert not out.exists()
+
+
+def test_infer_without_any_input_exits_2(setup: tuple[Path, Path]) -> None:
+    _, model = setup
+    result = runner.invoke(app, ["infer", "-m", str(model)])
+    assert result.exit_code == 2
+    assert "error: no input given; give --input PATH (a folder, image file, glob or TIFF stack)" in result.output
+
+
+def test_infer_corrupt_resume_record_redoes_outputs_and_says_so(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    images, model = setup
+    out = tmp_path / "out"
+    args = ["infer", "-i", str(images), "-m", str(model), "-o", str(out), "-p", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    expected = read_image(out / "00.png")
+    Image.fromarray(np.full(expected.shape, 7, np.uint8)).save(out / "00.png")  # a stale output, to catch
+    (out / ".seg-infer.json").write_bytes(b"\x00garbage")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {out / '.seg-infer.json'}: the resume record is corrupt (not JSON); settings unknown, so "
+            f"every output in {out} is redone") in result.output
+    assert "3 images" in result.output and "skipped" not in result.output
+    np.testing.assert_array_equal(read_image(out / "00.png"), expected)
+
+
 @pytest.mark.slow
 def test_sigkill_during_a_folder_run_then_rerun_completes_every_mask(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"

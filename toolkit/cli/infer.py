@@ -1,4 +1,4 @@
-"""``seg infer``: segment a folder, a file, a glob or a TIFF stack with an exported ONNX model."""
+"""``seg infer``: segment folders, files, globs or TIFF stacks (one or several) with an exported ONNX model."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ HELP = (
     "Writes OUTPUT/<stem>.png masks (255 = cell interior, 0 = membrane; a multi-page TIFF input gives a "
     "<stem>.tif mask stack), OUTPUT/prob/<stem>.tif float32 probabilities with --save-prob and "
     "OUTPUT/overlay/<stem>.png (.tif for stacks) with --overlay. OUTPUT defaults to runs/infer/<input folder "
-    "name or file stem> (test/image -> test-image). Quote glob patterns: --input 'dir/*.png'.\n\n"
+    "name or file stem> (test/image -> test-image).\n\n"
+    "Several inputs: --input a.png b.png c.tif, --input day1 --input day2, or an unquoted glob "
+    "--input dir/*.png (the shell lists the files). Outputs are named by stem alone, in one OUTPUT: a file "
+    "named twice is done once; files in different folders with one stem (day1/00.png, day2/00.png) stop the "
+    "run before anything is written (exit 2): rename them or give each folder its own --output.\n\n"
     "Inputs whose outputs all exist are skipped (resume) unless --overwrite; a rerun with another model, "
-    "threshold, tiling or input redoes them (OUTPUT/.seg-infer.json records what made them). "
+    "threshold, tiling or input redoes them (OUTPUT/.seg-infer.json records what made them; an unreadable "
+    "record redoes them all, with a warning). "
     "Exits 1 if any file failed, "
     "2 if the input or the model is unusable (then nothing is written)."
 )
@@ -31,7 +36,14 @@ def register(app: typer.Typer) -> None:
 
 @command
 def infer(
-    input: Annotated[str, Opt("--input", "-i", help="Folder, image file, glob ('dir/*.png') or TIFF stack.")],
+    input: Annotated[list[str] | None, Opt(
+        "--input", "-i", metavar="PATH", show_default=False,
+        help="Folder, image file, glob ('dir/*.png') or TIFF stack; repeat it, or list more PATHs, for several.",
+    )] = None,
+    paths: Annotated[list[str] | None, typer.Argument(
+        metavar="PATH", show_default=False,
+        help="More inputs, as for --input: the files an unquoted glob expands to (--input dir/*.png).",
+    )] = None,
     model: Annotated[Path, Opt("--model", "-m", help="Exported ONNX model.")] = Path("model.onnx"),
     provider: Annotated[str, Opt("--provider", "-p", help="cuda (strict) | cpu | auto (CUDA, else CPU).")] = "auto",
     output: Annotated[Path | None, Opt("--output", "-o", help="Output folder (default: runs/infer/<name>).")] = None,
@@ -60,8 +72,9 @@ def infer(
 
     try:
         summary = segment_paths(
-            input, model, output, provider=provider, threshold=threshold, save_prob=save_prob,
-            overlay=overlay, overwrite=overwrite, tile_size=tile, halo=halo, batch_size=batch, tta=tta,
+            [*(input or []), *(paths or [])], model, output, provider=provider, threshold=threshold,
+            save_prob=save_prob, overlay=overlay, overwrite=overwrite, tile_size=tile, halo=halo, batch_size=batch,
+            tta=tta,
             progress=progress, on_error=lambda line: bar.console.print(f"[red]failed:[/] {line}", soft_wrap=True),
         )
     finally:

@@ -1,0 +1,137 @@
+"""The resume record ``.seg-infer.json``: a corrupt, unreadable or incomplete one means "settings unknown",
+so every output is redone (never trusted) with one warning that names the file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg.runtime.errors import InputError, SegWarning
+from seg.runtime.folders import SETTINGS_FILE, segment_paths
+from seg.runtime.io import read_image
+from seg.runtime.metadata import ModelInfo
+from seg.runtime.preprocess import to_mask
+from seg.runtime.segmenter import Segmenter
+from tests.runtime.test_providers import tiny_model
+
+META = ModelInfo(tile_size=64, halo=16, size_multiple=16).to_props()
+SENTINEL = 7  # a pixel value no mask holds (masks are 0 or 255)
+
+
+@pytest.fixture
+def done(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """``(images, model, out)``: two images already segmented into ``out``, each mask then replaced by a
+    sentinel image (so a mask that is trusted instead of redone shows up)."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(tiny_model(metadata=META))
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (48, 64)).astype(np.uint8)).save(images / f"{name}.png")
+    segment_paths(images, model, out, provider="cpu", save_prob=True)
+    for name in ("a", "b"):
+        Image.fromarray(np.full((48, 64), SENTINEL, np.uint8)).save(out / f"{name}.png")
+    return images, model, out
+
+
+def _assert_all_redone(images: Path, model: Path, out: Path) -> None:
+    seg = Segmenter(model, "cpu")
+    for path in sorted(images.iterdir()):
+        np.testing.assert_array_equal(read_image(out / path.name), to_mask(seg.predict(read_image(path))))
+
+
+def _rerun(images: Path, model: Path, out: Path) -> tuple[int, list[str]]:
+    """Rerun into ``out``; returns (files skipped, the SegWarning messages)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = segment_paths(images, model, out, provider="cpu", save_prob=True)
+    return summary.skipped, [str(w.message) for w in caught if issubclass(w.category, SegWarning)]
+
+
+def test_an_intact_record_resumes_and_trusts_the_outputs(done: tuple[Path, Path, Path]) -> None:
+    images, model, out = done
+    skipped, messages = _rerun(images, model, out)
+    assert (skipped, messages) == (2, [])
+    assert (read_image(out / "a.png") == SENTINEL).all()  # the control: trusted, so left alone
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"\x00\xff\xfe garbage \x89PNG", "is corrupt (not JSON)"),
+    (b'{"inputs": "x", "thresh', "is corrupt (not JSON)"),
+    (b"", "is corrupt (not JSON)"),
+    (b"[1, 2, 3]", "holds a JSON list, not an object"),
+    (b'"unchanged"', "holds a JSON str, not an object"),
+    (b"null", "holds a JSON NoneType, not an object"),
+    (b"[" * 100_000, "is corrupt (not JSON)"),
+])
+def test_a_corrupt_record_redoes_every_output_with_one_warning(done: tuple[Path, Path, Path], content: bytes,
+                                                              why: str) -> None:
+    images, model, out = done
+    record = out / SETTINGS_FILE
+    record.write_bytes(content)
+    skipped, messages = _rerun(images, model, out)
+    assert skipped == 0
+    assert messages == [f"{record}: the resume record {why}; settings unknown, so every output in {out} is redone"]
+    _assert_all_redone(images, model, out)
+    assert json.loads(record.read_text())["threshold"] == 0.5  # rewritten whole: the next rerun resumes
+    assert _rerun(images, model, out) == (2, [])
+
+
+def test_a_record_missing_keys_redoes_every_output(done: tuple[Path, Path, Path]) -> None:
+    images, model, out = done
+    record = out / SETTINGS_FILE
+    kept = json.loads(record.read_text())
+    del kept["model_sha256"], kept["tile"]
+    record.write_text(json.dumps(kept))
+    skipped, messages = _rerun(images, model, out)
+    assert skipped == 0
+    assert messages == [f"{record}: the resume record lacks model_sha256, tile; settings unknown, so every output "
+                        f"in {out} is redone"]
+    _assert_all_redone(images, model, out)
+
+
+def test_an_unreadable_record_redoes_every_output(done: tuple[Path, Path, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    images, model, out = done
+    record = out / SETTINGS_FILE
+    read_bytes = Path.read_bytes
+
+    def denied(path: Path) -> bytes:  # chmod 0 would not stop root; this does
+        if path.name == SETTINGS_FILE:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    skipped, messages = _rerun(images, model, out)
+    assert skipped == 0
+    assert messages == [f"{record}: cannot read the resume record (Permission denied); settings unknown, so every "
+                        f"output in {out} is redone"]
+    _assert_all_redone(images, model, out)
+
+
+def test_a_folder_in_place_of_the_record_stops_the_run(done: tuple[Path, Path, Path]) -> None:
+    images, model, out = done
+    record = out / SETTINGS_FILE
+    record.unlink()
+    record.mkdir()
+    with pytest.warns(SegWarning, match="cannot read the resume record"), \
+            pytest.raises(InputError, match=r"seg-infer.json: cannot write the resume record \(Is a directory\)"):
+        segment_paths(images, model, out, provider="cpu", save_prob=True)
+    assert (read_image(out / "a.png") == SENTINEL).all()  # stopped before any output was written
+
+
+def test_a_model_that_cannot_be_fingerprinted_is_not_trusted(done: tuple[Path, Path, Path]) -> None:
+    """A ``Segmenter`` made from bytes, passed in without them: its model cannot be matched to the record."""
+    images, model, out = done
+    seg = Segmenter(model.read_bytes(), "cpu")
+    assert segment_paths(images, model.read_bytes(), out, segmenter=seg, save_prob=True).skipped == 2  # bytes given
+    with pytest.warns(SegWarning, match=r"model \(bytes\): cannot read the model's bytes to fingerprint it"):
+        summary = segment_paths(images, segmenter=seg, output_dir=out, save_prob=True)
+    assert summary.skipped == 0
+    _assert_all_redone(images, model, out)
