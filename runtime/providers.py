@@ -9,6 +9,8 @@
 
 onnxruntime itself falls back to the CPU with nothing but a log line when CUDA cannot load, so the
 providers a session really uses are read back with ``session_providers`` after creation.
+onnxruntime's own knobs pass through: ``options`` (``SessionOptions``), ``provider_options`` (merged into
+the running provider's options) and ``device_id`` (the CUDA device).
 A seg model takes one input ``(N, H, W, 1) float32`` (interior probability out, same layout).
 """
 
@@ -21,6 +23,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +45,71 @@ def make_session(
     provider: str = "auto",
     threads: int | None = None,
     options: ort.SessionOptions | None = None,
+    provider_options: Mapping[str, object] | None = None,
+    device_id: int = 0,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for a seg model (path or serialized bytes) on ``provider``.
 
-    ``threads`` sets the CPU intra-op threads (default: physical cores); ``options`` replaces the default
-    ``session_options(threads)`` (e.g. to enable onnxruntime's profiler). Raises ``ProviderError`` for an
-    unknown provider or an unloadable CUDA provider, ``InputError`` for an unusable model file.
+    ``options`` replaces the default ``session_options(threads)`` (e.g. to enable onnxruntime's profiler);
+    ``threads`` (CPU intra-op threads, default physical cores) still applies: given with ``options``, it
+    sets ``options.intra_op_num_threads``. ``provider_options`` are merged into the options of the provider
+    that runs: over seg's CUDA defaults on CUDA, or the CPU's (which ignores keys it does not know).
+    ``device_id`` (int >= 0) is the CUDA device. Raises ``ProviderError`` for an unknown provider or an
+    unloadable CUDA provider, ``InputError`` for an unusable model file, a bad ``device_id`` or a
+    ``provider_options["device_id"]`` that contradicts ``device_id``.
     """
     provider = check_provider(provider)
+    extra = _provider_extras(provider_options, device_id)
     name = _model_name(model)
     source = _model_source(model, name)
-    options = options if options is not None else session_options(threads)
+    options = _with_threads(options, threads)
     if provider == "cpu":
-        session = _create(source, options, [CPU_EP], name)
+        session = _create(source, options, [(CPU_EP, extra)], name)
     else:
         problem = cuda_problem()
         if problem is None:
-            session = _create(source, options, [(CUDA_EP, _cuda_options()), CPU_EP], name)
-            problem = None if CUDA_EP in session.get_providers() else "onnxruntime fell back to the CPU"
+            cuda = {**_cuda_options(), "device_id": str(device_id), **extra}
+            session = _create(source, options, [(CUDA_EP, cuda), CPU_EP], name)
+            problem = None if CUDA_EP in session.get_providers() else (
+                f"onnxruntime fell back to the CPU (CUDA device {device_id}; is it a visible GPU?)")
         if problem is not None and provider == "cuda":
             raise ProviderError(f"{name}: CUDA provider cannot load: {problem}; fix: {CUDA_FIX}")
         if problem is not None:
             log.info("CUDA unavailable (%s); running on CPU", problem)
-            session = _create(source, options, [CPU_EP], name)
+            session = _create(source, options, [(CPU_EP, extra)], name)
     check_model_io(session, name)
     log.info("%s: running on %s", name, ", ".join(session_providers(session)))
     return session
+
+
+def check_device_id(device_id: object) -> int:
+    """``device_id`` if it is an int >= 0 (a CUDA device index), else a one-line ``InputError``."""
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise InputError(f"device_id must be an int >= 0 (the CUDA device index, 0 = first GPU), got {device_id!r}")
+    return device_id
+
+
+def _provider_extras(provider_options: Mapping[str, object] | None, device_id: int) -> dict[str, str]:
+    """``provider_options`` as onnxruntime's ``{str: str}``; ``InputError`` when its ``device_id`` contradicts
+    ``device_id`` (the one that picks the device of seg's own CUDA buffers) or ``device_id`` is bad."""
+    check_device_id(device_id)
+    if provider_options is not None and not isinstance(provider_options, Mapping):
+        raise InputError(f"provider_options must be a dict of onnxruntime provider options, got {provider_options!r}")
+    extra = {str(key): str(value) for key, value in (provider_options or {}).items()}
+    if extra.get("device_id", str(device_id)) != str(device_id):
+        raise InputError(f"provider_options['device_id'] is {extra['device_id']!r} but device_id is {device_id}; "
+                         f"pass the device once, as device_id={extra['device_id']}")
+    extra.pop("device_id", None)
+    return extra
+
+
+def _with_threads(options: ort.SessionOptions | None, threads: int | None) -> ort.SessionOptions:
+    """seg's default options for ``threads``, or ``options`` with ``threads`` (when given) set on it."""
+    if options is None:
+        return session_options(threads)
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
 
 
 def session_providers(session: ort.InferenceSession) -> list[str]:

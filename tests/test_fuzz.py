@@ -135,7 +135,8 @@ def test_tile_then_stitch_is_the_identity_and_covers_every_pixel(
 def test_segmenter_with_an_identity_model_returns_the_normalised_image(
     identity_model: bytes, height: int, width: int, dtype: type, halo: int, seed: int
 ) -> None:
-    from seg.runtime import Segmenter, normalize
+    from seg.runtime import Segmenter
+    from seg.runtime.preprocess import normalize
 
     image = f.gray((height, width), dtype, seed)
     seg = Segmenter(identity_model, provider="cpu", halo=halo, batch_size=3)

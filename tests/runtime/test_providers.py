@@ -172,3 +172,59 @@ def test_a_keras_file_given_as_model_says_to_export_it(tmp_path: Path) -> None:
         archive.writestr("config.json", "{}")
     with pytest.raises(InputError, match="a Keras model \\(zip archive\\), not ONNX; convert it first: seg export"):
         make_session(path, "cpu")
+
+
+class _Created(Exception):
+    """Raised by the spy in place of creating a session: the arguments were all the test wanted."""
+
+
+def _spy_create(monkeypatch: pytest.MonkeyPatch) -> list[list[object]]:
+    calls: list[list[object]] = []
+
+    def create(source: object, options: object, chosen: list[object], name: str) -> None:
+        calls.append(chosen)
+        raise _Created
+
+    monkeypatch.setattr(providers, "_create", create)
+    return calls
+
+
+def test_provider_options_merge_over_cuda_defaults_with_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(providers, "cuda_problem", lambda: None)
+    calls = _spy_create(monkeypatch)
+    with pytest.raises(_Created):
+        make_session(tiny_model(), "cuda", provider_options={"cudnn_conv_algo_search": "HEURISTIC",
+                                                             "gpu_mem_limit": 2**30}, device_id=1)
+    assert calls == [[(providers.CUDA_EP, {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1",
+                                           "device_id": "1", "gpu_mem_limit": str(2**30)}), providers.CPU_EP]]
+
+
+def test_provider_options_go_to_the_cpu_when_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_create(monkeypatch)
+    with pytest.raises(_Created):
+        make_session(tiny_model(), "cpu", provider_options={"some_option": 1}, device_id=2)
+    assert calls == [[(providers.CPU_EP, {"some_option": "1"})]]
+
+
+def test_a_contradicting_device_id_in_provider_options_says_how_to_pass_it() -> None:
+    with pytest.raises(InputError) as info:
+        make_session(tiny_model(), "cpu", provider_options={"device_id": 1})
+    assert str(info.value) == ("provider_options['device_id'] is '1' but device_id is 0; "
+                               "pass the device once, as device_id=1")
+    make_session(tiny_model(), "cpu", provider_options={"device_id": "2"}, device_id=2)  # agreeing is fine
+
+
+@pytest.mark.parametrize("bad", [-1, "1", 0.0])
+def test_make_session_checks_device_id(bad: object) -> None:
+    with pytest.raises(InputError, match=r"^device_id must be an int >= 0 \(the CUDA device index, 0 = first GPU\)"):
+        make_session(tiny_model(), "cpu", device_id=bad)  # type: ignore[arg-type]
+
+
+def test_threads_apply_to_given_session_options() -> None:
+    options = ort.SessionOptions()
+    options.enable_profiling = False
+    assert make_session(tiny_model(), "cpu", threads=1, options=options).get_session_options().intra_op_num_threads == 1
+    assert options.intra_op_num_threads == 1
+    untouched = ort.SessionOptions()
+    untouched.intra_op_num_threads = 2
+    assert make_session(tiny_model(), "cpu", options=untouched).get_session_options().intra_op_num_threads == 2
