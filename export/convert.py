@@ -1,9 +1,9 @@
 """Keras -> ONNX with tf2onnx, the ``seg.`` metadata, the parity gate and atomic writes.
 
-``to_onnx`` converts in memory, checks the graph (``onnx.checker`` + strict shape inference), writes the
-metadata, runs the parity gate on the exact bytes it is about to write, and only then writes ``out``
-atomically. A failed gate leaves no file at ``out`` (its ``.parity.json`` report is still written).
-TensorFlow, Keras and tf2onnx are imported inside functions only.
+``to_onnx`` converts in memory, tidies and checks the graph (``seg.export.tidy``, ``onnx.checker`` + strict
+shape inference), writes the metadata, runs the parity gate on the exact bytes it is about to write, and
+only then writes ``out`` atomically. A failed gate leaves no file at ``out`` (its ``.parity.json`` report is
+still written). TensorFlow, Keras and tf2onnx are imported inside functions only.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ Transform = Callable[[onnx.ModelProto], None]
 
 @dataclass
 class ExportReport:
-    """What ``to_onnx`` wrote: the model, its metadata, the FP32 parity report and any variants."""
+    """What ``to_onnx`` wrote: the model, its metadata, the FP32 parity report and any variants.
+
+    ``cleanups`` is ``seg.export.tidy.tidy``'s count per clean-up (``identity_crops``, ``dead_nodes``, and
+    ``reverted``: crops that were kept because removing them was not proven exact; 0 normally)."""
 
     out: Path
     size_bytes: int
@@ -39,6 +42,7 @@ class ExportReport:
     parity: parity.ParityReport
     parity_path: Path
     variants: list[variants.VariantReport] = field(default_factory=list)
+    cleanups: dict[str, int] = field(default_factory=dict)
 
 
 def to_onnx(
@@ -62,17 +66,36 @@ def to_onnx(
 
     ``data``: dataset folder (``DIR/train/image`` layout) or image folder for the gate; default the run's
     ``config.json`` ``data.dir``. ``transform`` edits the converted model before the gate (a test seam that
-    proves the gate gates). Raises ``InputError`` (exit 2) for unusable input and ``GateError`` (exit 1)
-    when a gate fails, in which case the gated file is not written.
+    proves the gate gates). Raises ``InputError`` (exit 2) for unusable input (checked before any file is
+    written) and ``GateError`` (exit 1) when a gate fails, in which case the gated file is not written.
+    Warns (``SegWarning``) when a tidy rewrite was undone or the variant gates have no labels to score on.
     """
     out = _check_out(Path(out))
     source = load_source(weights)
-    image_set = parity.load_images(_data_dir(data, source), source.config, max_images)
+    data_dir = _data_dir(data, source)
+    image_set = parity.load_images(data_dir, source.config, max_images)
+    calib_set = parity.load_calibration(calib, image_set, data_dir) if int8 else None
+    if fp16 or int8:
+        variants.warn_if_unlabelled(image_set, out)
     proto = convert_keras(source.model, opset)
+    cleanups = tidy_checked(proto, str(source.weights))
     info = model_info(source, proto)
     attach_metadata(proto, info)
     if transform is not None:
         transform(proto)
+    result = _gate_fp32(source, proto, out, image_set, info, atol, min_agreement)
+    result.cleanups = cleanups
+    options = variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs)
+    if fp16:
+        result.variants.append(variants.export_fp16(proto, out, image_set, info, options))
+    if calib_set is not None:
+        result.variants.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
+    return result
+
+
+def _gate_fp32(source: Source, proto: onnx.ModelProto, out: Path, image_set: parity.ImageSet,
+               info: ModelInfo, atol: float, min_agreement: float) -> ExportReport:
+    """The FP32 parity gate on the exact bytes of ``proto``; writes its report, then ``out`` if it passed."""
     model_bytes = proto.SerializeToString()
     report = parity.check(source.model, model_bytes, image_set, info.size_multiple, info.threshold, atol,
                           min_agreement)
@@ -81,14 +104,7 @@ def to_onnx(
     if not report.passed:
         raise GateError(f"{out}: parity gate FAILED ({report.reason}); model not written, see {parity_path}")
     write_bytes_atomic(out, model_bytes)
-    result = ExportReport(out, len(model_bytes), info, report, parity_path)
-    options = variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs)
-    if fp16:
-        result.variants.append(variants.export_fp16(proto, out, image_set, info, options))
-    if int8:
-        calib_set = parity.load_calibration(calib, source.config, image_set, _data_dir(data, source))
-        result.variants.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
-    return result
+    return ExportReport(out, len(model_bytes), info, report, parity_path)
 
 
 def _check_out(out: Path) -> Path:
@@ -115,15 +131,15 @@ def _data_dir(data: str | Path | None, source: Source) -> Path:
 
 def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
     """tf2onnx conversion with input ``image`` ``(N, H, W, 1) float32`` and output ``prob`` ``(N, H, W, 1)``,
-    N/H/W dynamic, then ``seg.export.tidy``'s exact clean-ups; ``onnx.checker`` (full) and strict shape inference
-    must pass."""
+    N/H/W dynamic; ``onnx.checker`` (full) and strict shape inference must pass. Not yet tidied: see
+    ``tidy_checked``. Raises ``InputError`` when tf2onnx cannot convert or the output is not 4-D."""
     import tensorflow as tf
     import tf2onnx
 
     signature = [tf.TensorSpec((None, None, None, 1), tf.float32, name=INPUT_NAME)]
     try:
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    except Exception as exc:  # tf2onnx raises many types for unsupported ops/opsets
+    except Exception as exc:  # tf2onnx raises many types for unsupported ops/opsets; re-raised, not hidden
         raise InputError(f"tf2onnx could not convert the model at opset {opset}: {exc}") from None
     graph = proto.graph
     tidy.squeeze_leading_unit_output(proto)
@@ -132,13 +148,24 @@ def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
     for value in (graph.input[0], graph.output[0]):
         for dim, name in zip(value.type.tensor_type.shape.dim, DYNAMIC_DIMS, strict=False):
             dim.dim_param = name
-    tidy.tidy(proto)
     if len(graph.output[0].type.tensor_type.shape.dim) != 4:
         raise InputError(f"tf2onnx gave an output of shape {_dims(graph.output[0])}, not (N, H, W, 1): "
                          "the model must map (N, H, W, 1) images to (N, H, W, 1) probabilities")
+    _check_graph(proto)
+    return proto
+
+
+def tidy_checked(proto: onnx.ModelProto, name: str = "model") -> dict[str, int]:
+    """``seg.export.tidy``'s exact clean-ups on ``proto`` in place (a rewrite it undoes warns, naming
+    ``name``), then the same checks as ``convert_keras``; returns the clean-up counts."""
+    counts = tidy.tidy(proto, name)
+    _check_graph(proto)
+    return counts
+
+
+def _check_graph(proto: onnx.ModelProto) -> None:
     onnx.checker.check_model(proto, full_check=True)
     onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    return proto
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[object]:
@@ -181,16 +208,16 @@ def model_info(source: Source, proto: onnx.ModelProto) -> ModelInfo:
 
 
 def _versions(proto: onnx.ModelProto) -> dict[str, str]:
+    """The opset and each package's version; ``"unknown"`` for one whose version cannot be found."""
     opsets = [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")]
     versions = {"opset": str(opsets[0]) if opsets else "unknown"}
+    modules = {"seg-toolkit": "seg"}  # import names that differ from the distribution's
     for package in ("seg-toolkit", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
         try:
             versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            if package == "onnxruntime":
-                import onnxruntime
-
-                versions[package] = onnxruntime.__version__
+        except importlib.metadata.PackageNotFoundError:  # e.g. onnxruntime-gpu, or run from a source tree
+            module = importlib.import_module(modules.get(package, package))
+            versions[package] = str(getattr(module, "__version__", "unknown"))
     return versions
 
 

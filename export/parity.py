@@ -8,13 +8,14 @@ Every array here is ``(H, W) float32 in [0, 1]`` unless stated otherwise.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seg.runtime.errors import InputError
+from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.io import list_images, read_image
 from seg.runtime.preprocess import binarize_label, normalize
 from seg.runtime.providers import make_session
@@ -80,7 +81,8 @@ def report_path(out: Path) -> Path:
 
 def load_images(data: Path, config: dict[str, Any], max_images: int = 8) -> ImageSet:
     """The gate's images from ``data``: the run's ``val_slices`` first (when ``data`` is the run's
-    dataset), then the others, ``max_images`` in all, plus one ``768x1024`` mosaic of real slices."""
+    dataset), then the others, ``max_images`` in all, plus one ``768x1024`` mosaic of real slices.
+    Raises ``InputError`` when ``data`` is missing or holds no images, or a label's shape is not its image's."""
     paths, label_dir = image_paths(data)
     paths = _validation_first(paths, config, data)[:max(1, max_images)]
     image_set = _read(paths, label_dir, str(data))
@@ -89,14 +91,21 @@ def load_images(data: Path, config: dict[str, Any], max_images: int = 8) -> Imag
                     [*image_set.labels, label])
 
 
-def load_calibration(calib: str | Path | None, config: dict[str, Any], gate: ImageSet, data: Path) -> ImageSet:
-    """Calibration images: up to 8 from ``calib``; by default the dataset's images the gate does not use."""
+def load_calibration(calib: str | Path | None, gate: ImageSet, data: Path) -> ImageSet:
+    """INT8 calibration images (labels are not read): up to ``MAX_CALIB`` from ``calib``; by default the
+    dataset's images the gate does not use. A dataset with no other images calibrates on the gate's own,
+    with a ``SegWarning`` and ``source`` saying so (the INT8 gate is then judged on its calibration data).
+    Raises ``InputError`` when ``calib`` does not exist or holds no images."""
     if calib is not None:
-        paths, label_dir = image_paths(Path(calib))
-        return _read(paths[:MAX_CALIB], label_dir, str(calib))
-    paths, label_dir = image_paths(data)
-    unused = [p for p in paths if p.stem not in gate.names] or paths
-    return _read(unused[:MAX_CALIB], label_dir, str(data))
+        paths, _ = image_paths(Path(calib))
+        return _read(paths[:MAX_CALIB], None, str(calib))
+    paths, _ = image_paths(data)
+    unused = [p for p in paths if p.stem not in gate.names]
+    if unused:
+        return _read(unused[:MAX_CALIB], None, str(data))
+    warnings.warn(f"{data}: every image is one of the parity gate's, so INT8 calibrates on the images it is "
+                  "gated on; pass --calib DIR with other images of the same kind", SegWarning, stacklevel=2)
+    return _read(paths[:MAX_CALIB], None, f"{data} (the gate's own images: no others)")
 
 
 def image_paths(data: Path) -> tuple[list[Path], Path | None]:
@@ -117,13 +126,28 @@ def _validation_first(paths: list[Path], config: dict[str, Any], data: Path) -> 
 
 
 def _read(paths: list[Path], label_dir: Path | None, source: str) -> ImageSet:
+    """Images (and, with ``label_dir``, the label of the same stem or None) as an ``ImageSet``.
+
+    Raises ``InputError`` for a label whose shape is not its image's."""
     images = [normalize(read_image(p), name=str(p)) for p in paths]
-    labels: list[np.ndarray | None] = []
-    for path, image in zip(paths, images, strict=True):
-        matches = sorted(label_dir.glob(f"{path.stem}.*")) if label_dir else []
-        label = binarize_label(read_image(matches[0]), name=str(matches[0])) if matches else None
-        labels.append(label if label is not None and label.shape == image.shape else None)
+    labels = [_label_for(path, image, label_dir) for path, image in zip(paths, images, strict=True)]
     return ImageSet(source, [p.stem for p in paths], images, labels)
+
+
+def _label_for(path: Path, image: np.ndarray, label_dir: Path | None) -> np.ndarray | None:
+    """The ``(H, W) float32`` label of ``path`` (1.0 = interior) from ``label_dir``, or None if it has none."""
+    matches = sorted(label_dir.glob(f"{path.stem}.*")) if label_dir else []
+    if not matches:
+        return None
+    label = binarize_label(read_image(matches[0]), name=str(matches[0]))
+    if label.shape != image.shape:
+        raise InputError(f"{matches[0]}: label is {_size(label.shape)} (HxW) but its image {path} is "
+                         f"{_size(image.shape)}; give the label the image's height and width, or remove it")
+    return label
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 def _mosaic(image_set: ImageSet) -> tuple[str, np.ndarray, np.ndarray | None]:

@@ -1,9 +1,12 @@
 """Edge variants of a gated FP32 model: FP16 (float32 IO kept) and static INT8 (QDQ, per-channel).
 
-Their gate is task-level, not 1e-4: mask agreement with FP32 (default >= 99 %) and the change of
-membrane F1 against the labels (default <= 0.01; against the FP32 masks when there are no labels), on
-the gate's real images. Each variant gets its own ``<stem>.<kind>.parity.json``; a failed variant is not
-written. The report also times both models on the same images with onnxruntime on the CPU.
+Their gate is task-level, not 1e-4, on the gate's real images: mask agreement with FP32 (at least
+``VariantOptions.min_agreement``, a fraction in [0, 1]) and the change of pooled membrane F1
+(at most ``VariantOptions.max_delta_f1``). F1 is scored against the labels of the images that have one;
+only when no image has a label is it scored against the FP32 masks, and ``VariantReport.f1_reference``
+(also in the JSON report and in a failed gate's message) says which reference was used. Each variant
+gets its own ``<stem>.<kind>.parity.json``; a failed variant is not written. The report also times both
+models on the same images with onnxruntime on the CPU (milliseconds per image).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import onnx
 
 from seg.export.parity import ImageSet, predict_pairs, report_path, run_onnx
 from seg.runtime.atomic import write_bytes_atomic, write_json_atomic
-from seg.runtime.errors import GateError
+from seg.runtime.errors import GateError, SegWarning
 from seg.runtime.metadata import ModelInfo
 from seg.runtime.providers import make_session
 from seg.runtime.scores import mask_agreement, membrane_f1
@@ -30,10 +33,14 @@ from seg.runtime.tiling import pad_to_multiple
 
 TIMING_IMAGES = 4
 RECOMMEND_SPEEDUP = 1.5  # an INT8 model is worth its accuracy risk only this much faster than FP32
+NO_LABELS = "fp32 masks (no labels)"
 
 
 @dataclass(frozen=True)
 class VariantOptions:
+    """Variant gate limits: ``min_agreement`` (fraction of pixels whose mask matches FP32's, in [0, 1]),
+    ``max_delta_f1`` (largest allowed |F1 change|, in [0, 1]) and ``timing_runs`` (timing passes, >= 1)."""
+
     min_agreement: float = 0.99
     max_delta_f1: float = 0.01
     timing_runs: int = 3
@@ -41,7 +48,9 @@ class VariantOptions:
 
 @dataclass
 class VariantReport:
-    """A variant against FP32 on the same images. ``ms_*`` are CPU milliseconds per image (median)."""
+    """A variant against FP32 on the same images. ``mask_agreement`` and the F1s are fractions in [0, 1];
+    ``f1_reference`` names what F1 was scored against (``"labels"``, ``"labels (k of n images)"`` or
+    ``NO_LABELS``); ``ms_*`` are CPU milliseconds per image (median); ``reason`` is empty when it passed."""
 
     kind: str
     path: Path
@@ -74,32 +83,46 @@ def variant_path(out: Path, kind: str) -> Path:
 
 def export_fp16(proto: onnx.ModelProto, out: Path, image_set: ImageSet, info: ModelInfo,
                 options: VariantOptions) -> VariantReport:
-    """FP16 weights and compute with float32 ``image``/``prob`` (onnxconverter-common); gated, written."""
+    """FP16 weights and compute with float32 ``image``/``prob`` (onnxconverter-common); gated, written.
+
+    ``settings["clamped_extremes"]`` counts the weight extremes the conversion clamped into FP16's range
+    (magnitudes below 1e-7 or above 1e4); the gate below judges whether that mattered."""
+    half, clamped = _to_float16(proto)
+    _copy_metadata(proto, half, "fp16")
+    return _gate_and_write("fp16", proto, half.SerializeToString(), out, image_set, info, options,
+                           {"clamped_extremes": clamped})
+
+
+def _to_float16(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A converted copy of ``proto`` and how many "will be truncated" warnings the conversion gave (each
+    one tensor's extreme value clamped); its other warnings are passed on unchanged."""
     from onnxconverter_common import float16
 
-    with warnings.catch_warnings():  # "the float32 number 7e-08 will be truncated": tiny weights, gated below
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         half = float16.convert_float_to_float16(copy.deepcopy(proto), keep_io_types=True)
-    _copy_metadata(proto, half, "fp16")
-    return _gate_and_write("fp16", proto, half.SerializeToString(), out, image_set, info, options, {})
+    clamped = [w for w in caught if "will be truncated" in str(w.message)]
+    for w in caught:
+        if w not in clamped:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return half, len(clamped)
 
 
 def export_int8(proto: onnx.ModelProto, out: Path, image_set: ImageSet, calib: ImageSet, info: ModelInfo,
                 options: VariantOptions) -> VariantReport:
     """Static INT8 QDQ, per-channel weights, MinMax calibration on ``calib``; U8S8 first, then
-    ``reduce_range`` and U8U8 while the gate fails. The first recipe that passes is written.
+    ``reduce_range`` and U8U8 while the gate fails. The first recipe that passes is written (its
+    ``settings["failed_recipes"]`` lists those before it); when none does, nothing is written and
+    ``GateError`` names the last failure.
 
     Why U8S8 first: it is the layout onnxruntime's x86 int8 kernels take natively. With VNNI (``vpdpbusd``,
     u8 x s8 -> s32) it cannot saturate; without VNNI (AVX2 ``pmaddubsw``) its int16 intermediate can, which
-    is what ``reduce_range`` (7-bit weights) and U8U8 fall back for. S8S8 was measured on a Xeon with
-    AVX512-VNNI/AMX at 0.7-0.8x the U8S8 speed (activations are shifted to u8 at run time), so it is not
-    tried. Where INT8 pays depends on width: a width-32 U-Net ran 1.86x FP32, the default width-8 one
-    1.0-1.4x, because its full-resolution 8-channel convolutions run slower in int8 than in FP32 (K = 72,
-    N = 8 is too thin for the int8 GEMM) and take ~45 % of the FP32 time. Keeping them in FP32
-    (``nodes_to_exclude``) was measured too: at most 1.1x better, the Q/DQ boundaries eat the rest, so the
-    recipe quantizes the whole graph. ``settings["cpu_speedup"]`` records the measured speed-up
-    over FP32 and ``settings["recommended_on_this_cpu"]`` whether it reaches ``RECOMMEND_SPEEDUP``; ``seg
-    benchmark`` shows the per-operator profile behind it."""
+    is what ``reduce_range`` (7-bit weights) and U8U8 fall back for. S8S8 is not tried: x86 kernels shift
+    s8 activations to u8 at run time. Every operator onnxruntime can quantize is (no ``nodes_to_exclude``);
+    docs/design.md has the measurements behind these choices. Whether INT8 is faster than FP32 depends on
+    the model and the CPU, so it is measured at export:
+    ``settings["cpu_speedup"]`` is FP32 ms / INT8 ms on this CPU and ``settings["recommended_on_this_cpu"]``
+    whether it reaches ``RECOMMEND_SPEEDUP``; ``seg benchmark`` shows the per-operator profile behind it."""
     from onnxruntime.quantization import QuantType
 
     recipes = [{"activation": QuantType.QUInt8, "weight": QuantType.QInt8, "reduce_range": False},
@@ -108,7 +131,8 @@ def export_int8(proto: onnx.ModelProto, out: Path, image_set: ImageSet, calib: I
     failures = []
     for recipe in recipes:
         settings = {"activation": recipe["activation"].name, "weight": recipe["weight"].name,
-                    "reduce_range": recipe["reduce_range"], "calibration": f"MinMax on {len(calib.images)} images"}
+                    "reduce_range": recipe["reduce_range"],
+                    "calibration": f"MinMax on {len(calib.images)} images from {calib.source}"}
         quantized = quantize_int8(proto, calib, info.size_multiple, **recipe)
         _copy_metadata(proto, quantized, "int8")
         try:
@@ -192,15 +216,25 @@ def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 def _f1_pair(pairs: list[tuple[np.ndarray, np.ndarray]], labels: list[np.ndarray | None],
              threshold: float) -> tuple[float, float, str]:
-    """Pooled membrane F1 of FP32 and of the variant: against labels where every image has one,
-    else against the FP32 masks (then FP32 scores 1.0 by definition)."""
+    """Pooled membrane F1 (in [0, 1]) of FP32 and of the variant, and the reference they were scored on:
+    ``"labels"`` when every image has a label, ``"labels (k of n images)"`` when only k do (the others
+    are left out of F1), else ``NO_LABELS`` (FP32's own masks: FP32 scores 1.0 by definition)."""
+    labelled = [(ref, got, label) for (ref, got), label in zip(pairs, labels, strict=True) if label is not None]
+    if labelled:
+        ref, got, truth = (np.concatenate([item[i].ravel() for item in labelled]) for i in range(3))
+        reference = "labels" if len(labelled) == len(pairs) else f"labels ({len(labelled)} of {len(pairs)} images)"
+        return membrane_f1(ref, truth, threshold), membrane_f1(got, truth, threshold), reference
     ref = np.concatenate([r.ravel() for r, _ in pairs])
     got = np.concatenate([g.ravel() for _, g in pairs])
-    if all(label is not None for label in labels):
-        truth = np.concatenate([label.ravel() for label in labels if label is not None])
-        return membrane_f1(ref, truth, threshold), membrane_f1(got, truth, threshold), "labels"
-    truth = (ref >= threshold).astype(np.float32)
-    return 1.0, membrane_f1(got, truth, threshold), "fp32 masks"
+    return 1.0, membrane_f1(got, (ref >= threshold).astype(np.float32), threshold), NO_LABELS
+
+
+def warn_if_unlabelled(image_set: ImageSet, out: Path) -> None:
+    """One ``SegWarning`` when no gate image has a label: the variant gates then score F1 against FP32."""
+    if all(label is None for label in image_set.labels):
+        warnings.warn(f"{image_set.source}: no labels for the gate images, so the FP16/INT8 gates of {out.name} "
+                      "score membrane F1 against the FP32 model's masks, not ground truth; give --data a dataset "
+                      "with DIR/train/label", SegWarning, stacklevel=2)
 
 
 def _ms_per_image(session: Any, image_set: ImageSet, multiple: int, runs: int) -> float:
@@ -221,5 +255,6 @@ def _reason(report: VariantReport) -> str:
     if report.mask_agreement < report.min_agreement:
         return f"mask agreement {report.mask_agreement:.3%} < {report.min_agreement:.0%} vs FP32"
     if report.delta_f1 > report.max_delta_f1:
-        return f"|Δ membrane F1| {report.delta_f1:.4f} > {report.max_delta_f1:g} vs FP32"
+        return (f"|Δ membrane F1| {report.delta_f1:.4f} > {report.max_delta_f1:g}, "
+                f"F1 against {report.f1_reference}")
     return ""

@@ -20,6 +20,18 @@ def isbi_dir() -> Path:
     return ISBI_DIR
 
 
+@pytest.fixture(scope="session")
+def labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Labelled slices in the seed layout (``DIR/train/{image,label}``, ``DIR/test/...``), never skipped:
+    the ISBI folder when present, else 8 synthetic 512x512 slices (6 train, 2 test; seed 0) from
+    ``seg.toolkit.data.synth``. For tests that need real-looking labelled data, not ISBI itself."""
+    if (ISBI_DIR / "train" / "image").is_dir():
+        return ISBI_DIR
+    from seg.toolkit.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth") / "data", n=8, size=512, seed=0).root
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

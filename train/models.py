@@ -3,10 +3,10 @@ and output ``(None, None, 1)`` interior probabilities (sigmoid), so exported ONN
 
 The default U-Net has a stride-2 stem (``stem=2``): a stride-2 3x3 convolution first, the U-Net's levels at
 half resolution, and a stride-2 2x2 transposed convolution back to full resolution as the sigmoid output.
-Why: a classic U-Net's first level runs its thinnest layers (8 channels) at full resolution, where CPU
-kernels are memory-bound and 16-lane AVX-512 blocks are half empty. On the 2-core Xeon it cost 60 % of
-onnxruntime's time for 21 % of the FLOPs; the stem model runs ~2x faster in onnxruntime and ~1.6x in Keras.
-``stem=1`` builds the classic U-Net (``--stem 1 --width 8 --depth 4`` was the default before).
+Why: a classic U-Net's first level runs its thinnest layers (``width`` channels) at full resolution, where
+CPU kernels are memory-bound and wide SIMD blocks are partly empty, so that level takes a larger share of
+the run time than of the arithmetic; the stem moves it to half resolution (measurements: docs/design.md,
+docs/benchmarks.md). ``stem=1`` builds the classic U-Net.
 
 TensorFlow is imported inside functions: importing this module is cheap.
 """
@@ -21,8 +21,9 @@ STEMS = (1, 2)
 MAX_SIZE_MULTIPLE = 128
 """A quarter of the 512-pixel tile: tiles must overlap by a halo that is a multiple of this."""
 BN_MOMENTUM = 0.9
-"""Batch-norm moving statistics follow the last ~10 batches. Keras' 0.99 lags by ~100 batches, which left
-validation (inference-mode) predictions near-constant for the first minutes of a short CPU run."""
+"""Batch-norm moving-average momentum: the statistics average over about 1 / (1 - 0.9) = 10 recent batches.
+Keras' default 0.99 averages over about 100, too slow for short runs: validation (inference-mode)
+predictions stay near-constant until the averages catch up."""
 
 
 @dataclass(frozen=True)

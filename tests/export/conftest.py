@@ -1,6 +1,7 @@
 """Fake training runs for the export tests: tiny models saved as ``runs/train/<name>/`` folders.
 
-Conversions are session-scoped: each tf2onnx conversion costs seconds.
+Their data is ``labelled_dir``: the ISBI slices when present, else synthetic ones, so the gate tests
+always run. Conversions are session-scoped: each runs tf2onnx.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def save_run(folder: Path, model: Any, data_dir: Path, spec: dict[str, Any]) -> 
 
 
 @pytest.fixture(scope="session")
-def unet_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
+def unet_run(tmp_path_factory: pytest.TempPathFactory, labelled_dir: Path) -> Path:
     """An untrained, seeded U-Net (width 4, depth 2, batch norm) as a run folder."""
     import keras
 
@@ -35,7 +36,7 @@ def unet_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
 
     keras.utils.set_random_seed(0)
     spec = ModelSpec(width=4, depth=2)
-    return save_run(tmp_path_factory.mktemp("runs") / "unet", build_model(spec), isbi_dir, spec.to_dict())
+    return save_run(tmp_path_factory.mktemp("runs") / "unet", build_model(spec), labelled_dir, spec.to_dict())
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +48,9 @@ def exported(unet_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def membrane_detector() -> Any:
-    """A hand-set 2-layer CNN that really finds membranes (dark pixels): prob = sigmoid(40 (mean3x3 - 0.42)).
-
-    Membrane F1 is about 0.68 on ISBI, with realistic near-threshold pixels for the FP16/INT8 gates.
+    """A hand-set 2-layer CNN that really finds membranes (dark pixels): prob = sigmoid(40 (mean3x3 - 0.42)),
+    ``(N, H, W, 1) float32`` in [0, 1] -> the same shape in (0, 1). On ISBI and synthetic slices it leaves
+    realistic near-threshold pixels for the FP16/INT8 gates (``test_variants`` asserts F1 > 0.5).
     """
     import keras
     from keras import layers
@@ -66,11 +67,16 @@ def membrane_detector() -> Any:
 
 
 @pytest.fixture(scope="session")
-def edge_export(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Any:
+def edge_run(tmp_path_factory: pytest.TempPathFactory, labelled_dir: Path) -> Path:
+    """The membrane detector as a run folder whose ``data.dir`` is ``labelled_dir``."""
+    return save_run(tmp_path_factory.mktemp("runs") / "edge", membrane_detector(), labelled_dir,
+                    {"kind": "cnn", "width": 2, "depth": 0, "batch_norm": False})
+
+
+@pytest.fixture(scope="session")
+def edge_export(tmp_path_factory: pytest.TempPathFactory, edge_run: Path) -> Any:
     """``to_onnx`` of the membrane detector with both edge variants."""
     from seg.export import to_onnx
 
-    run = save_run(tmp_path_factory.mktemp("runs") / "edge", membrane_detector(), isbi_dir,
-                   {"kind": "cnn", "width": 2, "depth": 0, "batch_norm": False})
     out = tmp_path_factory.mktemp("edge") / "model.onnx"
-    return to_onnx(run, out, fp16=True, int8=True, max_images=3, timing_runs=1)
+    return to_onnx(edge_run, out, fp16=True, int8=True, max_images=3, timing_runs=1)

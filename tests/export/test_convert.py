@@ -1,4 +1,4 @@
-"""Conversion, metadata and the parity gate on a tiny U-Net and real ISBI slices."""
+"""Conversion, metadata and the parity gate on a tiny U-Net and labelled slices (ISBI, else synthetic)."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def test_up_convolutions_lose_their_identity_crops(exported: Any) -> None:
     ops = [node.op_type for node in onnx.load(exported.out).graph.node]
     assert ops.count("ConvTranspose") == 3  # depth 2: two up-convolutions, and the stem model's output
     assert not {"Slice", "Pad", "Shape"} & set(ops)
+    assert exported.cleanups["identity_crops"] == 3 and exported.cleanups["reverted"] == 0
 
 
-def test_metadata_round_trips(exported: Any, isbi_dir: Path) -> None:
+def test_metadata_round_trips(exported: Any) -> None:
     from seg.train.models import ModelSpec
 
     model = onnx.load(exported.out)
@@ -58,7 +59,7 @@ def test_metadata_round_trips(exported: Any, isbi_dir: Path) -> None:
     assert info.versions["opset"] == "17" and info.created.startswith("20")
 
 
-def test_parity_passes_on_isbi_slices(exported: Any) -> None:
+def test_parity_passes_on_labelled_slices(exported: Any) -> None:
     parity = exported.parity
     assert parity.passed, parity.reason
     assert parity.max_abs_diff <= 1e-5 and parity.batch4_max_abs_diff <= 1e-5
@@ -71,17 +72,18 @@ def test_parity_passes_on_isbi_slices(exported: Any) -> None:
     assert len(saved["images"]) == 4
 
 
-def _slices(isbi_dir: Path, count: int) -> np.ndarray:
-    names = sorted((isbi_dir / "train" / "image").glob("*.png"))[:count]
+def _slices(data: Path, count: int) -> np.ndarray:
+    names = sorted((data / "train" / "image").glob("*.png"))[:count]
     return np.stack([normalize(read_image(p)) for p in names])
 
 
 @pytest.mark.parametrize("shape", [(1, 512, 512), (1, 768, 1024), (4, 512, 512), (2, 64, 96)])
-def test_runs_on_sizes_and_batches(exported: Any, unet_run: Path, isbi_dir: Path, shape: tuple[int, ...]) -> None:
+def test_runs_on_sizes_and_batches(exported: Any, unet_run: Path, labelled_dir: Path,
+                                   shape: tuple[int, ...]) -> None:
     import keras
 
     count, height, width = shape
-    tiles = np.tile(_slices(isbi_dir, count), (1, 2, 2))[:, :height, :width, None]
+    tiles = np.tile(_slices(labelled_dir, count), (1, 2, 2))[:, :height, :width, None]
     session = make_session(exported.out, provider="cpu")
     got = session.run(None, {"image": tiles})[0]
     want = keras.models.load_model(unet_run / "model.keras", compile=False).predict(tiles, verbose=0)
@@ -117,3 +119,22 @@ def test_missing_data_dir_is_an_input_error(unet_run: Path, tmp_path: Path) -> N
     with pytest.raises(InputError, match="no such folder; give --data"):
         to_onnx(unet_run, tmp_path / "m.onnx", data=tmp_path / "nowhere")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_label_of_the_wrong_shape_is_an_input_error_before_anything_is_written(unet_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    from seg.export import to_onnx
+    from seg.runtime.io import write_image
+
+    data = tmp_path / "data"
+    for folder in ("image", "label"):
+        (data / "train" / folder).mkdir(parents=True)
+    write_image(data / "train" / "image" / "00.png", np.full((64, 96), 128, np.uint8))
+    write_image(data / "train" / "label" / "00.png", np.full((64, 64), 255, np.uint8))
+    out = tmp_path / "out" / "model.onnx"
+    with pytest.raises(InputError) as error:
+        to_onnx(unet_run, out, data=data, fp16=True, int8=True)
+    assert str(error.value) == (f"{data / 'train' / 'label' / '00.png'}: label is 64x64 (HxW) but its image "
+                                f"{data / 'train' / 'image' / '00.png'} is 64x96; give the label the image's "
+                                "height and width, or remove it")
+    assert not any(path.is_file() for path in (tmp_path / "out").rglob("*"))

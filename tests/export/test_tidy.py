@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from seg.export import tidy
+from seg.runtime.errors import SegWarning
 
 
 def _upconv_graph(kernel: int, stride: int, pad_fill: float = 0.0, crop: int = 0) -> onnx.ModelProto:
@@ -63,9 +65,11 @@ def test_identity_crop_is_removed_and_output_unchanged(shape: tuple[int, ...]) -
     model = _upconv_graph(kernel=2, stride=2)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     before = _run(model, x)
-    counts = tidy.tidy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegWarning)  # a proven rewrite is silent
+        counts = tidy.tidy(model)
     onnx.checker.check_model(model, full_check=True)
-    assert counts["identity_crops"] == 1 and counts["reverted"] == 0
+    assert counts == {"identity_crops": 1, "reverted": 0, "dead_nodes": 11}
     assert "Slice" not in _ops(model) and "Pad" not in _ops(model) and "Shape" not in _ops(model)
     assert _ops(model).count("ConvTranspose") == 1
     np.testing.assert_array_equal(_run(model, x), before)
@@ -81,16 +85,30 @@ def test_overlapping_kernel_keeps_its_crop() -> None:
     np.testing.assert_array_equal(_run(model, x), before)
 
 
-def test_a_crop_that_is_not_the_identity_is_undone() -> None:
+def test_a_crop_that_is_not_the_identity_is_undone_with_a_warning() -> None:
     """Slice drops the last row/column and Pad puts zeros back: same shape, same pattern, other values.
-    The pattern match cannot see the computed amounts; tidy's trial run does, and reverts."""
+    The pattern match cannot see the computed amounts; tidy's trial run does, reverts and says so."""
     model = _upconv_graph(kernel=2, stride=2, crop=1)
     x = np.random.default_rng(3).standard_normal((1, 2, 6, 5)).astype(np.float32)
     before = _run(model, x)
-    counts = tidy.tidy(model)
-    assert counts["reverted"] == 1 and counts["identity_crops"] == 0
-    assert {"Slice", "Pad"} <= set(_ops(model))
+    with pytest.warns(SegWarning) as record:
+        counts = tidy.tidy(model, name="runs/train/a/model.keras")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message.startswith("runs/train/a/model.keras: kept tf2onnx's Slice/Pad crop after ConvTranspose 'up' "
+                              "(output 'y' changed by up to ")
+    assert "on a (1, 2, 64, 128) trial input); the model is still exact" in message and "\n" not in message
+    assert counts == {"identity_crops": 0, "reverted": 1, "dead_nodes": 1}  # the rewrite undone, the dead Neg gone
+    assert {"Slice", "Pad", "ConvTranspose"} <= set(_ops(model)) and "Neg" not in _ops(model)
     np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_a_rewrite_that_cannot_be_run_is_unproven() -> None:
+    """A trial that cannot run proves nothing: ``output_difference`` gives a reason, never "" (same)."""
+    good = _upconv_graph(kernel=2, stride=2).SerializeToString()
+    assert tidy.output_difference(good, good) == ""
+    reason = tidy.output_difference(good, b"not an onnx model")
+    assert reason.startswith("the trial run failed, so the rewrite is unproven: ") and "\n" not in reason
 
 
 def test_a_pad_that_is_a_graph_output_is_kept() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from seg.runtime.errors import GateError
+from seg.runtime.errors import GateError, SegWarning
 from seg.runtime.metadata import ModelInfo
 from seg.runtime.providers import make_session
 
@@ -26,6 +28,8 @@ def test_variant_written_and_gated(edge_export: Any, kind: str) -> None:
     assert report.mask_agreement >= 0.99 and report.delta_f1 <= 0.01
     assert report.f1_reference == "labels" and report.f1_fp32 > 0.5  # the detector really finds membranes
     assert report.ms_fp32 > 0 and report.ms_variant > 0
+    if kind == "fp16":
+        assert report.settings["clamped_extremes"] == 0  # no weight below 1e-7 or above 1e4 in magnitude
     saved = json.loads(report.path.with_name(f"model.{kind}.parity.json").read_text())
     assert saved["passed"] is True and saved["kind"] == kind
 
@@ -50,22 +54,47 @@ def test_variant_gate_failure_writes_nothing(edge_export: Any, tmp_path: Path) -
     image_set = parity.load_images(Path(edge_export.parity.source), {}, max_images=1)
     strict = variants.VariantOptions(min_agreement=0.99, max_delta_f1=-1.0, timing_runs=1)
     out = tmp_path / "model.onnx"
-    with pytest.raises(GateError, match=r"model.fp16.onnx: fp16 gate FAILED \(\|Δ membrane F1\| 0\.\d+ > -1 vs"):
+    with pytest.raises(GateError, match=r"model.fp16.onnx: fp16 gate FAILED \(\|Δ membrane F1\| 0\.\d+ > -1, "
+                                        r"F1 against labels\)"):
         variants.export_fp16(onnx.load(edge_export.out), out, image_set, edge_export.info, strict)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.parity.json"]
 
 
-def test_int8_is_at_most_a_third_of_fp32_for_the_default_unet(tmp_path: Path, isbi_dir: Path) -> None:
+def test_without_labels_the_gate_says_it_scored_against_fp32(edge_run: Path, labelled_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """An image folder with no labels: F1 is scored against the FP32 masks, and the warning, the report and
+    its JSON all say so (FP32 is not ground truth)."""
+    from seg.export import to_onnx
+    from seg.export.variants import NO_LABELS
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((labelled_dir / "train" / "image").glob("*.png"))[:2]:
+        shutil.copy(path, images / path.name)
+    out = tmp_path / "model.onnx"
+    warning = (rf"^{re.escape(str(images))}: no labels for the gate images, so the FP16/INT8 gates of model.onnx "
+               r"score membrane F1 against the FP32 model's masks, not ground truth")
+    with pytest.warns(SegWarning, match=warning):
+        report = to_onnx(edge_run, out, data=images, fp16=True, max_images=2, timing_runs=1)
+    (variant,) = report.variants
+    assert variant.passed and variant.f1_reference == NO_LABELS == "fp32 masks (no labels)"
+    assert variant.f1_fp32 == 1.0 and variant.delta_f1 == 1.0 - variant.f1_variant
+    saved = json.loads(out.with_name("model.fp16.parity.json").read_text())
+    assert saved["f1_reference"] == NO_LABELS
+
+
+def test_int8_is_at_most_a_third_of_fp32_for_the_default_unet(labelled_dir: Path) -> None:
     """Width 16, depth 4 (the `seg train` default): the INT8 file is <= 1/3 of FP32."""
     import keras
 
     from seg.export import parity, variants
-    from seg.export.convert import convert_keras
+    from seg.export.convert import convert_keras, tidy_checked
     from seg.train.models import ModelSpec, build_model
 
     keras.utils.set_random_seed(0)
     proto = convert_keras(build_model(ModelSpec()))
-    calib = parity.load_images(isbi_dir, {}, max_images=1)
+    tidy_checked(proto)
+    calib = parity.load_images(labelled_dir, {}, max_images=1)
     int8 = variants.quantize_int8(proto, calib, 16, activation=_quant("QUInt8"), weight=_quant("QInt8"),
                                   reduce_range=False)
     assert len(int8.SerializeToString()) <= len(proto.SerializeToString()) / 3
