@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from seg.runtime import tiling
 from seg.runtime.errors import InputError
 from seg.runtime.metadata import ModelInfo
@@ -28,6 +30,7 @@ class TilePlan:
     multiple: int
     blend: str
     static_batch: int | None
+    context: float  # pixels of context a prediction needs at an inner tile edge (``tiling.blend_context``)
 
     @classmethod
     def resolve(cls, info: ModelInfo, input_shape: Sequence[object], name: str, tile_size: int | None,
@@ -55,7 +58,8 @@ class TilePlan:
         auto = tile_size is None and not fixed and tile > 0
         large = 2 * tile if auto and batch >= 4 else tile
         small = max(multiple, tile // 4 // multiple * multiple) if auto else 0
-        return cls(tile, halo, batch, large, small, multiple, blend, static_batch)
+        context = tiling.blend_context(info.receptive_field, halo)
+        return cls(tile, halo, batch, large, small, multiple, blend, static_batch, context)
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile side used for an ``(height, width)`` image (0 = whole image): ``large_tile`` when the
@@ -71,9 +75,13 @@ class TilePlan:
 
     def grid_pixels(self, height: int, width: int, tile: int) -> int:
         """Pixels computed to cover ``(height, width)`` with ``tile``-pixel tiles overlapping by the halo."""
-        counts = [len(tiling.axis_windows(tiling.padded_length(length, tile, self.multiple), tile, self.halo,
-                                          self.blend, self.multiple)) for length in (height, width)]
+        counts = [len(self.windows(tiling.padded_length(length, tile, self.multiple), tile)) for length in
+                  (height, width)]
         return counts[0] * counts[1] * tile * tile
+
+    def windows(self, length: int, tile: int) -> list[tuple[int, np.ndarray]]:
+        """``(start, (tile,) float32 window)`` of each ``tile``-pixel tile along a padded axis of ``length``."""
+        return tiling.axis_windows(length, tile, self.halo, self.blend, self.multiple, self.context)
 
     def batch_for(self, tile: int) -> int:
         """Tiles per onnxruntime call for ``tile``-pixel tiles: ``batch_size`` tiles' worth of pixels."""

@@ -287,8 +287,8 @@ class Segmenter:
         padded_h = tiling.padded_length(height, tile, self.plan.multiple)
         padded_w = tiling.padded_length(width, tile, self.plan.multiple)
         pixels = tiling.reflect_pad(pixels, padded_h, padded_w)
-        rows = tiling.axis_windows(padded_h, tile, self.plan.halo, self.plan.blend, self.plan.multiple)
-        cols = tiling.axis_windows(padded_w, tile, self.plan.halo, self.plan.blend, self.plan.multiple)
+        rows = self.plan.windows(padded_h, tile)
+        cols = self.plan.windows(padded_w, tile)
         return _Job(height, width, pixels, lazy, tile, rows, cols, len(self.transforms))
 
     def _run_tiles(self, batch: list[_Tile]) -> None:

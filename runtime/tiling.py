@@ -7,13 +7,14 @@ Geometry (one axis; the grid is the product of the row and column axes):
 - Tiles of ``tile`` pixels step by ``tile - 2*halo`` (rounded down to the size multiple); the last tile
   is shifted inward to end at the image edge, so every tile has the same shape (one static input shape).
 - Every pixel lies at least ``halo`` pixels inside some tile (or on the image border itself). A tile's
-  predictions within ``halo`` of its own edges lack context, so the blending window falls towards zero
-  there (not at the image border, where whole-image inference has no more context either) and is 1 in
-  the tile's core; windows are separable, so the total weight is an outer product of two 1-D sums and
-  never needs a full-size weight image.
+  predictions within ``context`` (half the receptive field, at most ``halo``) of its own edges lack
+  context, so the blending window is zero there (not at the image border, where whole-image inference has
+  no more context either) and rises to 1 towards the core; windows are separable, so the total weight is an
+  outer product of two 1-D sums and never needs a full-size weight image.
 
-With ``halo >= receptive_field / 2`` the core of each tile sees exactly what whole-image inference sees,
-so tiled and whole-image predictions agree; the window only smooths where context runs short.
+With ``halo >= receptive_field / 2`` every prediction that carries weight saw its whole receptive field, so
+tiled and whole-image predictions agree (to float rounding); with a smaller halo the window still hides
+the seams.
 """
 
 from __future__ import annotations
@@ -92,41 +93,51 @@ def tile_grid(height: int, width: int, tile: int, halo: int, multiple: int = 1) 
     return [(y, x) for y in rows for x in cols]
 
 
-def window_1d(
-    tile: int, halo: int, blend: str = "gaussian", open_start: bool = False, open_end: bool = False
-) -> np.ndarray:
-    """``(tile,) float32 in [0, 1]``: 1 in the core, falling towards the tile's edges across the halo.
+def blend_context(receptive_field: int, halo: int) -> float:
+    """Pixels of context a prediction needs at a tile's inner edge to equal the whole-image prediction: half
+    the receptive field, at most the halo; the halo itself when the receptive field is unknown (``<= 0``)."""
+    return float(halo) if receptive_field <= 0 else min(float(halo), receptive_field / 2)
 
-    ``"gaussian"``: a Gaussian tail, sigma = halo/4 (weight 0.14 at halo/2, 3e-4 at the edge);
-    ``"ramp"``: 0 on the outer half of the halo (context-starved predictions are dropped), then linear up
-    to 1 at ``halo``. An ``open`` end lies on the image border, where the tile sees what the whole image
-    sees, so it does not fall off. ``halo == 0`` gives all ones.
+
+def window_1d(tile: int, halo: int, blend: str = "gaussian", open_start: bool = False, open_end: bool = False,
+              context: float | None = None) -> np.ndarray:
+    """``(tile,) float32 in [0, 1]``: 0 where a prediction lacks context, rising to 1 towards the core.
+
+    A pixel closer than ``context`` (default: ``halo``) to a tile edge inside the image lacks part of its
+    receptive field, so it gets weight 0; the window rises from there to 1 at ``2*halo - context``, where the
+    neighbouring tile (overlapping by at least ``2*halo``) starts to lack context. So with
+    ``context >= receptive_field / 2`` every blended prediction saw its whole receptive field and tiled output
+    equals whole-image output, while the rise keeps seams invisible when the halo is too small for that.
+    ``"ramp"`` rises linearly, ``"gaussian"`` along a Gaussian tail (sigma a third of the rise). An ``open``
+    end lies on the image border, where the tile sees what the whole image sees: no fall-off there.
+    ``halo == 0`` gives all ones.
     """
     if blend not in BLENDS:
         raise ValueError(f"unknown blend {blend!r}; choose one of {', '.join(BLENDS)}")
     if halo <= 0:
         return np.ones(tile, np.float32)
+    context = float(halo) if context is None else min(float(context), float(halo))
     index = np.arange(tile)
     to_start = np.full(tile, np.inf) if open_start else index + 0.5  # distance of pixel centres to the edge
     to_end = np.full(tile, np.inf) if open_end else tile - index - 0.5
     edge = np.minimum(to_start, to_end)
+    rise = 2 * halo - 2 * context + 1  # pixel centres sit at half-integers: >= 1 keeps a step a step
     if blend == "ramp":
-        profile = (edge - halo / 2) / (halo / 2)
+        profile = (edge - context + 0.5) / rise
     else:
-        profile = np.exp(-0.5 * (np.maximum(halo - edge, 0.0) / (halo / 4.0)) ** 2)
-    return np.clip(profile, 0.0, 1.0).astype(np.float32)
+        profile = np.exp(-0.5 * (np.maximum(2 * halo - context + 0.5 - edge, 0.0) / (rise / 3)) ** 2)
+    return np.where(edge < context, 0.0, np.clip(profile, 0.0, 1.0)).astype(np.float32)
 
 
-def axis_windows(length: int, tile: int, halo: int, blend: str = "gaussian", multiple: int = 1) -> list[
-    tuple[int, np.ndarray]
-]:
+def axis_windows(length: int, tile: int, halo: int, blend: str = "gaussian", multiple: int = 1,
+                 context: float | None = None) -> list[tuple[int, np.ndarray]]:
     """``(start, (tile,) float32 window)`` for each tile along an axis of ``length`` pixels.
 
     The first tile's window is open at the start and the last tile's at the end (the image border).
     """
     starts = tile_starts(length, tile, halo, multiple)
     return [
-        (start, window_1d(tile, halo, blend, open_start=start == 0, open_end=start + tile == length))
+        (start, window_1d(tile, halo, blend, open_start=start == 0, open_end=start + tile == length, context=context))
         for start in starts
     ]
 
@@ -159,12 +170,13 @@ def stitch(
     halo: int,
     blend: str = "gaussian",
     multiple: int = 1,
+    context: float | None = None,
 ) -> np.ndarray:
     """Blend ``(T, T)`` tile predictions, in ``tile_grid`` order, into ``(height, width) float32``."""
     preds = [np.asarray(pred, np.float32) for pred in preds]
     tile = preds[0].shape[0]
-    rows = axis_windows(height, tile, halo, blend, multiple)
-    cols = axis_windows(width, tile, halo, blend, multiple)
+    rows = axis_windows(height, tile, halo, blend, multiple, context)
+    cols = axis_windows(width, tile, halo, blend, multiple, context)
     corners = [(row, col) for row in rows for col in cols]
     out = np.zeros((height, width), np.float32)
     for pred, ((y, wy), (x, wx)) in zip(preds, corners, strict=True):
