@@ -234,6 +234,16 @@ def _row(engine: str, variant: str, batch: int, compute: float, e2e: float, f1: 
     return BenchRow(engine, "cpu", variant, batch, compute_ips=compute, e2e_ips=e2e, membrane_f1=f1, v_rand=0.9)
 
 
+def test_profile_runs_through_a_segmenter_and_counts_every_run(bench_dir: Path) -> None:
+    from seg.runtime import read_image
+    from seg.toolkit.bench.profile import profile_ops
+
+    image = read_image(next((bench_dir / "data" / "train" / "image").iterdir()))
+    profile = profile_ops(bench_dir / "model.onnx", [image, image], runs=2, threads=1)
+    assert profile.batch == 2 and profile.runs == 2 and "Conv" in profile.ms_by_op
+    assert profile.calls_by_op["Conv"] >= 1 and profile.total_ms > 0
+
+
 def test_ratios_and_int8_verdict() -> None:
     rows = [_row("onnxruntime", "fp32", 4, 10.0, 8.0), _row("onnxruntime", "int8", 4, 16.0, 10.0, f1=0.805),
             _row("keras", "fp32", 4, 2.0, 1.0), BenchRow("onnxruntime", "cuda", "all", None, "no GPU")]

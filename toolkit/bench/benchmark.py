@@ -294,17 +294,14 @@ def _working_provider(rows: list[BenchRow]) -> str | None:
 
 def _profile(report: BenchReport, model: Path, bench: BenchImages, say: Progress) -> None:
     """Per-operator profile of FP32 and INT8 on the CPU at batch 4 (or fewer images), into ``report``."""
-    from seg.runtime.preprocess import normalize
     from seg.toolkit.bench.profile import compare_table, profile_ops
-    from seg.toolkit.bench.worker import prepared_batches
 
     int8 = variant_file(model, "int8")
     if not int8.is_file():
         return
     say("profile fp32 vs int8 (cpu)")
-    images = [normalize(read_image(p)) for p in bench.timing[:4]]
-    batch = prepared_batches(images, report.settings["tile"], len(images))[0]
-    fp32_ops = profile_ops(model, batch, runs=2, threads=report.settings["threads"])
-    int8_ops = profile_ops(int8, batch, runs=2, threads=report.settings["threads"])
+    images = [read_image(p) for p in bench.timing[:4]]
+    fp32_ops = profile_ops(model, images, runs=2, threads=report.settings["threads"])
+    int8_ops = profile_ops(int8, images, runs=2, threads=report.settings["threads"])
     report.profile = {"fp32": fp32_ops.to_dict(), "int8": int8_ops.to_dict()}
     report.profile_table = compare_table(fp32_ops, int8_ops)

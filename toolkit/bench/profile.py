@@ -1,9 +1,10 @@
 """Per-operator time of an ONNX model with onnxruntime's own profiler, and FP32-vs-INT8 comparisons.
 
-``profile_ops`` runs a model ``runs`` times on one prepared batch with ``SessionOptions.enable_profiling``
-and sums the profiler's ``Node`` events (kernel time, microseconds) by operator type. Fused kernels keep
-the name onnxruntime gives them (``QLinearConv``, ``FusedConv``, ``QuantizeLinear`` ...), which is the
-point: the profile shows which kernels an INT8 model really runs and where its time goes.
+``profile_ops`` runs a model ``runs`` times on one batch of images through ``Segmenter`` with
+``SessionOptions.enable_profiling`` and sums the profiler's ``Node`` events (kernel time, microseconds) by
+operator type. Fused kernels keep the name onnxruntime gives them (``QLinearConv``, ``FusedConv``,
+``QuantizeLinear`` ...), which is the point: the profile shows which kernels an INT8 model really runs and
+where its time goes.
 """
 
 from __future__ import annotations
@@ -37,20 +38,21 @@ class OpProfile:
                 "ms_per_image_by_op": self.ms_by_op, "calls_per_run_by_op": self.calls_by_op}
 
 
-def profile_ops(model: str | Path, batch: np.ndarray, runs: int = 3, threads: int | None = None) -> OpProfile:
-    """Profile ``model`` on ``batch`` ``(B, H, W, 1) float32 in [0, 1]`` (CPU, 1 untimed warm-up run)."""
-    from seg.runtime.providers import make_session, session_options
+def profile_ops(model: str | Path, images: list[np.ndarray], runs: int = 3, threads: int | None = None) -> OpProfile:
+    """Profile ``model`` through a CPU ``Segmenter`` predicting ``images`` (``(H, W)`` arrays, one onnxruntime
+    batch) ``runs`` times after 1 untimed warm-up run, with onnxruntime's profiler switched on."""
+    from seg.runtime import Segmenter
+    from seg.runtime.providers import session_options
 
     with tempfile.TemporaryDirectory(prefix="seg-profile-") as folder:
         options = session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "ort")
-        session = make_session(model, "cpu", threads, options=options)
-        name = session.get_inputs()[0].name
-        for _ in range(runs + 1):
-            session.run(None, {name: batch})
-        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
-    return summarize(events, str(model), batch.shape[0], runs)
+        with Segmenter(model, "cpu", batch_size=len(images), session_options=options) as seg:
+            for _ in range(runs + 1):
+                seg.predict_batch(images)
+            events = json.loads(Path(seg.session.end_profiling()).read_text(encoding="utf-8"))
+    return summarize(events, str(model), len(images), runs)
 
 
 def summarize(events: list[dict[str, Any]], model: str, batch: int, runs: int) -> OpProfile:
