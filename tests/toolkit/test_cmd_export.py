@@ -17,7 +17,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, labelled_dir: Path) -> Path:
     import keras
 
     from seg.train.models import ModelSpec, build_model
@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
 
     keras.utils.set_random_seed(1)
     spec = ModelSpec(width=2, depth=1, batch_norm=False)
-    return save_run(tmp_path_factory.mktemp("cli") / "tiny", build_model(spec), isbi_dir, spec.to_dict())
+    return save_run(tmp_path_factory.mktemp("cli") / "tiny", build_model(spec), labelled_dir, spec.to_dict())
 
 
 def _error_line(result: Any) -> str:
@@ -41,6 +41,7 @@ def test_export_defaults_to_the_newest_run(tiny_run: Path, tmp_path: Path, monke
     result = runner.invoke(app, ["export", "model.onnx"])
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and "max |Δ|" in result.output and "mask agreement" in result.output
+    assert "graph clean-up: 2 identity crops after up-convolutions removed" in result.output  # depth 1 + stem
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.parity.json").is_file()
 
 

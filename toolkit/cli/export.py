@@ -47,14 +47,25 @@ def _lines(report: Any) -> list[str]:
              f"{report.out.name}: max |Δ| {parity.max_abs_diff:.2e}  mean |Δ| {parity.mean_abs_diff:.2e}  "
              f"mask agreement {parity.mask_agreement:.4%}  batch-4 max |Δ| {parity.batch4_max_abs_diff:.2e}  "
              f"{_size(report.size_bytes)}  [bold green]PASS[/]"]
+    if report.cleanups:
+        lines.insert(0, _cleanup_line(report.cleanups))
     for variant in report.variants:
         lines.append(f"{variant.path.name}: mask agreement {variant.mask_agreement:.4%}  "
-                     f"|Δ membrane F1| {variant.delta_f1:.4f}  {_size(variant.size_bytes)} "
+                     f"|Δ membrane F1| {variant.delta_f1:.4f} (against {variant.f1_reference})  "
+                     f"{_size(variant.size_bytes)} "
                      f"({variant.size_ratio:.2f}x FP32)  CPU {variant.ms_variant:.1f} ms/img "
                      f"(FP32 {variant.ms_fp32:.1f})  [bold green]PASS[/]{_advice(variant)}")
     written = [report.out.name, report.parity_path.name] + [v.path.name for v in report.variants]
     lines.append(f"wrote {', '.join(written)} in {report.out.parent}")
     return lines
+
+
+def _cleanup_line(cleanups: dict[str, int]) -> str:
+    """What the exact graph clean-up did, and how many crops it kept because removing them was not proven."""
+    line = (f"graph clean-up: {cleanups.get('identity_crops', 0)} identity crops after up-convolutions removed, "
+            f"{cleanups.get('dead_nodes', 0)} dead nodes pruned")
+    kept = cleanups.get("reverted", 0)
+    return line + (f"; [yellow]{kept} kept[/] (removing them changed outputs, see the warning)" if kept else "")
 
 
 def _advice(variant: Any) -> str:
