@@ -18,4 +18,4 @@ def __getattr__(name: str) -> Any:
         from seg.train import trainer
 
         return getattr(trainer, name)
-    raise AttributeError(f"module 'train' has no attribute {name!r}")
+    raise AttributeError(f"module 'seg.train' has no attribute {name!r}")

@@ -155,7 +155,7 @@ def measure_keras(spec: Spec) -> dict[str, Any]:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from seg.export.source import load_keras
+    from seg.export import load_keras
     from seg.runtime import read_image, to_mask, write_image
     from seg.runtime.preprocess import normalize
 

@@ -109,8 +109,8 @@ def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu")
 def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     """Whole-image Keras predictions ``(H, W) float32 in [0, 1]`` of the ``.keras`` file at ``model_path``
     (loaded with ``safe_mode=True``; padding as the runtime's whole-image rule)."""
-    from seg.export.source import keras_predict as predict
-    from seg.export.source import load_keras
+    from seg.export import keras_predict as predict
+    from seg.export import load_keras
 
     return predict(load_keras(model_path), images)
 
