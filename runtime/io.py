@@ -203,7 +203,7 @@ def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray]) -> No
     """Write ``(H, W)`` pages atomically; several pages need a TIFF (written as a multi-page stack).
 
     Tuned for throughput: PNG at zlib level 1 (masks compress well anyway); float32 TIFF uncompressed
-    (probabilities barely compress, ~90 %, and zlib cost 40-70 ms per 512x512 page), integer TIFF zlib.
+    (probabilities barely compress, and zlib would cost more than inference), integer TIFF zlib.
     """
     path = Path(path)
     suffix = path.suffix.lower()

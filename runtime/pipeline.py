@@ -64,8 +64,8 @@ class _Open:
 
 def io_threads(providers: list[str]) -> tuple[int, int]:
     """``(readers, writers)`` beside a session on ``providers[0]``: 2 and 1 beside the CPU provider, whose
-    threads need the cores; beside CUDA the cores are free and PNG decoding/encoding is the bottleneck
-    (about 7 ms an image against 1 ms of GPU time on an H100), so half the CPUs each, 2 to 8."""
+    threads need the cores; beside CUDA the cores are free and PNG decoding/encoding, which costs more per
+    image than the GPU's work, is the bottleneck, so half the CPUs each, 2 to 8."""
     if providers and providers[0] == "cuda":
         count = max(2, min(8, _usable_cpus() // 2))
         return count, count

@@ -9,7 +9,7 @@ from typing import Any
 
 from seg.toolkit.bench.flops import CpuPeak
 
-LARGE_RSS_LIMIT_MB = 1536.0  # the acceptance's 1.5 GB for an 8192 x 8192 image
+LARGE_RSS_LIMIT_MB = 1536.0  # the memory budget for tiling an 8192 x 8192 image
 COLUMNS = (
     ("engine", "engine"), ("provider", "provider"), ("variant", "variant"), ("batch", "batch"),
     ("compute_ips", "compute img/s"), ("e2e_ips", "end-to-end img/s"), ("p50_ms", "p50 ms (b=1)"),
