@@ -12,10 +12,9 @@ memory stays at the image, its output and a few batches of tiles, whatever the i
 from __future__ import annotations
 
 import os
-import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -28,35 +27,13 @@ from seg.runtime.metadata import ModelInfo
 from seg.runtime.plan import TilePlan
 from seg.runtime.preprocess import scale_small_integers
 from seg.runtime.providers import check_device_id, make_session, session_providers
+from seg.runtime.region import region_tiles
+from seg.runtime.stats import RunStats
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 _Window = tuple[int, np.ndarray]  # (start, (T,) float32 window) along one axis
-
-
-@dataclass
-class RunStats:
-    """Counters since the Segmenter was made: images and tiles done, seconds inside ``session.run``.
-
-    Updated under a lock, so counts from concurrent calls add up; read them once those calls returned.
-    """
-
-    images: int = 0
-    tiles: int = 0
-    batches: int = 0
-    compute_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()  # not a field: asdict() and == see the counters only
-
-    def add(self, images: int = 0, tiles: int = 0, batches: int = 0, seconds: float = 0.0) -> None:
-        """Add to the counters atomically (safe from several threads)."""
-        with self._lock:
-            self.images += images
-            self.tiles += tiles
-            self.batches += batches
-            self.compute_s += seconds
 
 
 @dataclass
@@ -235,6 +212,36 @@ class Segmenter:
             return self._iter_whole(images, report)
         return self._iter_tiled(images, report)
 
+    def predict_region(self, read: Callable[[slice, slice], np.ndarray], shape: tuple[int, int], rows: slice,
+                       cols: slice) -> np.ndarray:
+        """``rows x cols`` of what ``predict`` returns for an ``(H, W) = shape`` image, computing only the
+        tiles of that image's own grid that reach into the box: ``(len(rows), len(cols)) float32 in [0, 1]``,
+        the same whatever box the image is cut into.
+
+        ``read(row_slice, col_slice)`` returns those pixels of the image (``(h, w)`` uint8/uint16/float in
+        [0, 1]: a per-region min-max scaling of other floats would depend on the box, so they raise
+        ``InputError``). Needs tiled mode (``tile_size`` > 0). ``SegError`` once closed."""
+        self._open_session()
+        region = region_tiles(self.plan, shape, rows, cols)
+        name = f"region {rows.start}:{rows.stop}, {cols.start}:{cols.stop}"
+        pixels = np.asarray(read(region.read_rows, region.read_cols))
+        if pixels.dtype.kind == "f" and pixels.size and not 0.0 <= float(np.nanmin(pixels)) <= float(
+                np.nanmax(pixels)) <= 1.0:
+            raise InputError(f"{name}: float pixels outside [0, 1]; scale the image to [0, 1] (or give integers) "
+                             "so that every region is normalised alike")
+        pixels, lazy = prepare_image(pixels, self.info.normalization, name)
+        job = _Job(*region.size, tiling.reflect_pad(pixels, *region.size), lazy, region.tile, region.rows,
+                   region.cols, len(self.transforms))
+        for batch in tiling.batched(self._job_tiles(job), self.batch_for(job.tile)):
+            self._run_tiles(batch)
+        out = job.out[region.core_rows, region.core_cols]
+        if not job.single:
+            row_weight = tiling.weight_sum_1d(region.size[0], job.rows)[region.core_rows]
+            col_weight = tiling.weight_sum_1d(region.size[1], job.cols)[region.core_cols]
+            out = out / np.outer(row_weight, col_weight)
+        self.stats.add(images=1)
+        return np.clip(out, 0.0, 1.0, out=np.ascontiguousarray(out, np.float32))
+
     # -- tiled mode -------------------------------------------------------------------------------
 
     def _iter_tiled(self, images: Iterable[np.ndarray], report: Report) -> Iterator[np.ndarray | None]:
@@ -256,12 +263,14 @@ class Segmenter:
             prepared = self._prepare(image, index, report)
             job = None if prepared is None else self._start(*prepared)
             jobs.append(job)
-            if job is None:
-                continue
-            for row in job.rows:
-                for col in job.cols:
-                    for k in self.transforms:
-                        yield job, row, col, k
+            if job is not None:
+                yield from self._job_tiles(job)
+
+    def _job_tiles(self, job: _Job) -> Iterator[_Tile]:
+        for row in job.rows:
+            for col in job.cols:
+                for k in self.transforms:
+                    yield job, row, col, k
 
     def _prepare(self, image: np.ndarray, index: int, report: Report) -> tuple[np.ndarray, bool] | None:
         """``prepare_image``'d pixels of image ``index``, or None after ``report`` took its ``InputError``."""
