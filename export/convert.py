@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx
 
-from seg.export import parity, tidy, variants
+from seg.export import parity, portable, tidy, variants
 from seg.export.source import Source, load_source, receptive_field
 from seg.runtime.atomic import write_bytes_atomic, write_json_atomic
 from seg.runtime.errors import GateError, InputError
@@ -138,7 +138,7 @@ def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
 
     signature = [tf.TensorSpec((None, None, None, 1), tf.float32, name=INPUT_NAME)]
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+        proto, _ = tf2onnx.convert.from_keras(_functional(model), input_signature=signature, opset=opset)
     except Exception as exc:  # tf2onnx raises many types for unsupported ops/opsets; re-raised, not hidden
         raise InputError(f"tf2onnx could not convert the model at opset {opset}: {exc}") from None
     graph = proto.graph
@@ -155,10 +155,26 @@ def convert_keras(model: Any, opset: int = 17) -> onnx.ModelProto:
     return proto
 
 
+def _functional(model: Any) -> Any:
+    """``model`` as a functional Keras model sharing its layers and weights: tf2onnx cannot look up the
+    output names of a Keras 3 ``Sequential`` model (the seed CNN), so one is rebuilt layer by layer."""
+    import keras
+
+    if not isinstance(model, keras.Sequential):
+        return model
+    inputs = keras.Input((None, None, 1), name=INPUT_NAME)
+    outputs = inputs
+    for layer in model.layers:
+        outputs = layer(outputs)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
 def tidy_checked(proto: onnx.ModelProto, name: str = "model") -> dict[str, int]:
     """``seg.export.tidy``'s exact clean-ups on ``proto`` in place (a rewrite it undoes warns, naming
-    ``name``), then the same checks as ``convert_keras``; returns the clean-up counts."""
+    ``name``) and ``seg.export.portable.explicit_pads`` (``auto_pad`` written out, so every ONNX host reads
+    the padding alike), then the same checks as ``convert_keras``; returns the clean-up counts."""
     counts = tidy.tidy(proto, name)
+    counts["explicit_pads"] = portable.explicit_pads(proto.graph)
     _check_graph(proto)
     return counts
 

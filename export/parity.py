@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from seg.export import portable
 from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.io import list_images, read_image
 from seg.runtime.preprocess import binarize_label, normalize
@@ -61,6 +62,8 @@ class ParityReport:
     batch4_max_abs_diff: float
     images: list[ImageParity] = field(default_factory=list)
     source: str = ""
+    second_host: str = ""  # e.g. "OpenCV DNN 5.0.0"; "" when no second host could be run
+    second_host_max_abs_diff: float | None = None  # max |second host - onnxruntime| over the same images
     reason: str = ""
 
     @property
@@ -197,8 +200,22 @@ def check(model: Any, model_bytes: bytes, image_set: ImageSet, multiple: int, th
     agreement = float(np.mean(np.concatenate([((r >= threshold) == (g >= threshold)).ravel() for r, g in pairs])))
     report = ParityReport(atol, min_agreement, threshold, float(diffs.max()), float(diffs.mean()), agreement,
                           _batch_diff(model, session, image_set.images, multiple), rows, image_set.source)
+    _second_host(report, model_bytes, image_set.images, multiple, [got for _, got in pairs])
     report.reason = _reason(report)
     return report
+
+
+def _second_host(report: ParityReport, model_bytes: bytes, images: list[np.ndarray], multiple: int,
+                 onnxruntime_probs: list[np.ndarray]) -> None:
+    """Run the model in OpenCV DNN too (the same gate: max |Δ| against onnxruntime <= atol); without OpenCV
+    installed, one ``SegWarning`` says the check did not run."""
+    version = portable.opencv_version()
+    if version is None:
+        warnings.warn("second ONNX host not checked: OpenCV is not installed (pip install opencv-python-headless)",
+                      SegWarning, stacklevel=3)
+        return
+    report.second_host = f"OpenCV DNN {version}"
+    report.second_host_max_abs_diff = portable.second_host_diff(model_bytes, images, multiple, onnxruntime_probs)
 
 
 def _row(name: str, ref: np.ndarray, got: np.ndarray, threshold: float) -> ImageParity:
@@ -225,4 +242,7 @@ def _reason(report: ParityReport) -> str:
         return f"mask agreement {report.mask_agreement:.4%} < {report.min_agreement:.2%}"
     if report.batch4_max_abs_diff > report.atol:
         return f"batch-4 max |Δ| {report.batch4_max_abs_diff:.3g} > atol {report.atol:g}"
+    second = report.second_host_max_abs_diff
+    if second is not None and second > report.atol:
+        return f"{report.second_host} differs from onnxruntime by max |Δ| {second:.3g} > atol {report.atol:g}"
     return ""

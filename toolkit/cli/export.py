@@ -47,6 +47,9 @@ def _lines(report: Any) -> list[str]:
              f"{report.out.name}: max |Δ| {parity.max_abs_diff:.2e}  mean |Δ| {parity.mean_abs_diff:.2e}  "
              f"mask agreement {parity.mask_agreement:.4%}  batch-4 max |Δ| {parity.batch4_max_abs_diff:.2e}  "
              f"{_size(report.size_bytes)}  [bold green]PASS[/]"]
+    if parity.second_host:
+        lines.append(f"{report.out.name} in {parity.second_host}: max |Δ| {parity.second_host_max_abs_diff:.2e} "
+                     "against onnxruntime  [bold green]PASS[/]")
     if report.cleanups:
         lines.insert(0, _cleanup_line(report.cleanups))
     for variant in report.variants:
@@ -63,7 +66,8 @@ def _lines(report: Any) -> list[str]:
 def _cleanup_line(cleanups: dict[str, int]) -> str:
     """What the exact graph clean-up did, and how many crops it kept because removing them was not proven."""
     line = (f"graph clean-up: {cleanups.get('identity_crops', 0)} identity crops after up-convolutions removed, "
-            f"{cleanups.get('dead_nodes', 0)} dead nodes pruned")
+            f"{cleanups.get('dead_nodes', 0)} dead nodes pruned, {cleanups.get('explicit_pads', 0)} auto_pad "
+            "written as explicit pads")
     kept = cleanups.get("reverted", 0)
     return line + (f"; [yellow]{kept} kept[/] (removing them changed outputs, see the warning)" if kept else "")
 
