@@ -26,12 +26,10 @@ run goes on and lists the failures in its summary.
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import hashlib
-import json
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,13 +37,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from seg.runtime.atomic import remove_temporaries, write_json_atomic
-from seg.runtime.errors import InputError, SegWarning
+from seg.runtime.atomic import remove_temporaries
+from seg.runtime.errors import InputError
 from seg.runtime.io import TIFF_SUFFIXES, is_image_file, list_images
 from seg.runtime.pipeline import Item, OnError, Progress, run_pipeline
+from seg.runtime.resume import GLOB_CHARS as _GLOB_CHARS
+from seg.runtime.resume import SETTINGS_FILE, outputs_to_do, record_settings, write_record
 from seg.runtime.segmenter import Segmenter
 
-_GLOB_CHARS = "*?["
 PathOrGlob = str | os.PathLike[str]
 Inputs = PathOrGlob | Sequence[PathOrGlob]
 """One folder, image file, glob pattern or TIFF stack, or a sequence of them."""
@@ -120,16 +119,19 @@ def segment_paths(
         raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
     items, failures = plan_outputs(files, out_dir, save_prob, overlay)
     summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
-    settings = _settings(texts, model, seg, cut)
-    todo = _todo(items, out_dir, settings, seg.name, overwrite)
+    settings = record_settings(texts, model, seg, cut)
+    todo = outputs_to_do(items, out_dir, settings, seg.name, overwrite)
     summary.skipped = len(items) - len(todo)
-    _prepare_folders(items, todo)
-    _write_record(out_dir, settings)
+    new_folders = _prepare_folders(out_dir, items, todo)
+    new_record = not (out_dir / SETTINGS_FILE).exists()
+    write_record(out_dir, settings)
     report = _reporter(summary, None if single else on_error)
     compute_before, start = seg.stats.compute_s, time.perf_counter()
     summary.images = run_pipeline(seg, todo, cut, report, progress)
     summary.seconds = time.perf_counter() - start
     summary.compute_s = seg.stats.compute_s - compute_before
+    if summary.images == 0 and summary.skipped == 0:  # nothing written: leave nothing behind
+        _remove_new(out_dir / SETTINGS_FILE if new_record else None, new_folders)
     if single and summary.failures:
         raise InputError(summary.failures[0])
     return summary
@@ -157,91 +159,12 @@ def _check_output_dir(out_dir: Path, files: list[Path]) -> None:
         raise InputError(f"{out_dir}: is the input folder; masks would mix with the images, choose another --output")
 
 
-SETTINGS_FILE = ".seg-infer.json"
-"""What made the outputs in a folder (inputs, model digest, threshold, tiling). A rerun with other settings, or
-with a record that is unreadable, corrupt or incomplete (settings unknown), redoes every output instead of
-skipping files that only look done, with one ``SegWarning`` naming the reason."""
-
-
-def _settings(texts: list[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
-    """The record of what makes the outputs. ``inputs`` is one string for one input (a resolved path, or the
-    glob as given) and a sorted list of them for several."""
-    digest = _model_digest(model if isinstance(model, bytes) else Path(seg.name))
-    named = sorted(text if any(c in text for c in _GLOB_CHARS) else str(Path(text).resolve()) for text in texts)
-    return {"inputs": named[0] if len(named) == 1 else named, "model_sha256": digest, "threshold": threshold,
-            "tile": seg.tile_size, "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend,
-            "large_tile": seg.large_tile, "small_step": seg.small_step}
-
-
-def _model_digest(model: bytes | Path) -> str:
-    """SHA-256 of the model's bytes (the file the segmenter was made from); "" when it cannot be read (then
-    ``_distrust`` redoes every output: a model that cannot be fingerprinted cannot be matched)."""
-    if isinstance(model, bytes):
-        return hashlib.sha256(model).hexdigest()
-    try:
-        return hashlib.sha256(model.read_bytes()).hexdigest()
-    except OSError:
-        return ""
-
-
-def _todo(items: list[Item], out_dir: Path, settings: dict[str, object], model_name: str,
-          overwrite: bool) -> list[Item]:
-    """The items to segment: all with ``overwrite``; else those whose outputs are incomplete, or all of them
-    (with one ``SegWarning`` saying why) when ``_distrust`` says the outputs already there cannot be trusted."""
-    if overwrite:
-        return list(items)
-    done = [item.complete() for item in items]
-    reason = _distrust(out_dir, settings, model_name) if any(done) else None
-    if reason:
-        warnings.warn(reason, SegWarning, stacklevel=3)
-        return list(items)
-    return [item for item, complete in zip(items, done, strict=True) if not complete]
-
-
-def _distrust(out_dir: Path, settings: dict[str, object], model_name: str) -> str | None:
-    """Why the outputs already in ``out_dir`` cannot be reused (one line naming the file), or None when they
-    can: ``SETTINGS_FILE`` is absent (a fresh folder), or holds every setting with the same values.
-
-    A record that cannot be read, is not JSON, is not a JSON object or lacks a setting means "settings
-    unknown": every output is redone, never trusted. So does a model whose bytes could not be read.
-    """
-    path = out_dir / SETTINGS_FILE
-    redo = f"settings unknown, so every output in {out_dir} is redone"
-    if not settings["model_sha256"]:
-        return f"{model_name}: cannot read the model's bytes to fingerprint it; {redo}"
-    try:
-        previous = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"{path}: cannot read the resume record ({exc.strerror or exc}); {redo}"
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
-        return f"{path}: the resume record is corrupt (not JSON); {redo}"
-    if not isinstance(previous, dict):
-        return f"{path}: the resume record holds a JSON {type(previous).__name__}, not an object; {redo}"
-    missing = sorted(set(settings) - set(previous))
-    if missing:
-        return f"{path}: the resume record lacks {', '.join(missing)}; {redo}"
-    changed = sorted(k for k in settings if previous[k] != settings[k])
-    if changed:
-        return f"{out_dir}: earlier outputs were made with other {', '.join(changed)}; redoing them all"
-    return None
-
-
-def _write_record(out_dir: Path, settings: dict[str, object]) -> None:
-    """Write ``SETTINGS_FILE`` atomically; ``InputError`` (one line, the fix) when it cannot be written."""
-    path = out_dir / SETTINGS_FILE
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, settings)
-    except OSError as exc:  # e.g. a folder in its place
-        raise InputError(f"{path}: cannot write the resume record ({exc.strerror or exc}); remove whatever "
-                         "is there, or choose another --output") from None
-
-
-def _prepare_folders(items: list[Item], todo: list[Item]) -> None:
-    """Create the output folders of ``todo`` and delete temporaries a killed earlier run left for ``items``."""
-    for folder in {p.parent for item in todo for p in item.outputs()}:
+def _prepare_folders(out_dir: Path, items: list[Item], todo: list[Item]) -> list[Path]:
+    """Create ``out_dir`` and the output folders of ``todo``; delete temporaries a killed earlier run left for
+    ``items``. Returns the folders this call created, deepest first."""
+    wanted = sorted({out_dir, *(p.parent for item in todo for p in item.outputs())}, key=lambda p: len(p.parts))
+    created = [folder for folder in wanted if not folder.exists()]
+    for folder in wanted:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -253,6 +176,17 @@ def _prepare_folders(items: list[Item], todo: list[Item]) -> None:
             stems.setdefault(path.parent, set()).add(path.stem)
     for folder, names in stems.items():
         remove_temporaries(folder, names)
+    return created[::-1]
+
+
+def _remove_new(record: Path | None, created: list[Path]) -> None:
+    """Undo a run that wrote no output: the resume record it created (``record``; None when one was there
+    before, describing earlier outputs) and the folders it created, where they are empty."""
+    if record is not None:
+        record.unlink(missing_ok=True)
+    for folder in created:
+        with contextlib.suppress(OSError):  # not empty: something else lives there, keep it
+            folder.rmdir()
 
 
 def resolve_inputs(inputs: Inputs) -> list[Path]:

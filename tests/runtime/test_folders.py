@@ -238,3 +238,19 @@ def test_read_ahead_deepens_for_small_files_only(monkeypatch: pytest.MonkeyPatch
             assert page.shape == (sizes[items[consumed - 1].source],) * 2
             ahead.append(readers.submitted - consumed)
     assert len(ahead) == 100 and max(ahead) == most_ahead - 1  # in flight beside the file being consumed
+
+
+def test_a_run_that_writes_nothing_leaves_nothing_behind(model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    (bad / "b.png").write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"a.png"):  # one file: its failure is the error
+        segment_paths(bad / "a.png", model, tmp_path / "one", provider="cpu")
+    summary = segment_paths(bad, model, tmp_path / "all", provider="cpu", save_prob=True)
+    assert summary.images == 0 and len(summary.failures) == 2
+    assert not (tmp_path / "one").exists() and not (tmp_path / "all").exists()
+    kept = tmp_path / "kept"
+    (kept / "mine").mkdir(parents=True)  # a folder that existed before the run stays, with what it holds
+    segment_paths(bad, model, kept, provider="cpu")
+    assert sorted(p.name for p in kept.iterdir()) == ["mine"]

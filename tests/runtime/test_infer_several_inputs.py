@@ -11,10 +11,11 @@ import tifffile
 from PIL import Image
 
 from seg.runtime.errors import InputError
-from seg.runtime.folders import SETTINGS_FILE, default_output, resolve_inputs, segment_paths
+from seg.runtime.folders import default_output, resolve_inputs, segment_paths
 from seg.runtime.io import read_image
 from seg.runtime.metadata import ModelInfo
 from seg.runtime.preprocess import to_mask
+from seg.runtime.resume import SETTINGS_FILE
 from seg.runtime.segmenter import Segmenter
 from tests.runtime.test_providers import tiny_model
 
