@@ -2,14 +2,15 @@
 
 numpy + onnxruntime + pillow + tifffile only; never imports TensorFlow. Embedding it::
 
+    import numpy as np
     from seg.runtime import Segmenter, read_image, to_mask
 
-    with Segmenter("model.onnx", provider="auto") as seg:  # "cuda" is strict: ProviderError if CUDA can't load
-        print(seg.providers)                             # what onnxruntime really uses, e.g. ["cpu"]
-        image = read_image("slice.png")                  # (H, W) uint8/uint16/float, any size
-        prob = seg.predict(image)                        # (H, W) float32 in [0, 1], 1.0 = cell interior
-        mask = to_mask(prob, seg.info.threshold)         # (H, W) uint8, 255 = interior, 0 = membrane
-        probs = seg.predict(stack)                       # (N, H, W) stack -> (N, H, W) float32 in [0, 1]
+    with Segmenter("model.onnx", provider="auto") as segmenter:  # "cuda" is strict: ProviderError if no CUDA
+        print(segmenter.providers)                   # what onnxruntime really uses, e.g. ["cpu"]
+        image = read_image("slice.png")              # (H, W) uint8/uint16/float, any size
+        prob = segmenter.predict(image)              # (H, W) float32 in [0, 1], 1.0 = cell interior
+        mask = to_mask(prob, segmenter.info.threshold)  # (H, W) uint8, 255 = interior, 0 = membrane
+        probs = segmenter.predict(np.stack([image, image[::-1]]))  # (N, H, W) -> (N, H, W) float32 in [0, 1]
 
 One ``Segmenter`` may be shared by threads (see its docstring); every error is a ``SegError`` subclass.
 Folders, globs and TIFF stacks: ``segment_paths(input, "model.onnx", "out/")`` (what ``seg infer`` runs).

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable
 from typing import Literal
@@ -20,7 +19,6 @@ from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.io import rgb_to_gray
 from seg.runtime.preprocess import DTYPE_RANGE, normalize, warn_if_8_bit_in_16_bit
 
-log = logging.getLogger(__name__)
 CHANNELS = (1, 3, 4)  # a 3-D array whose last axis is one of these is one image with channels, not a stack
 OnError = Literal["raise", "skip"] | Callable[[int, Exception], None]
 Report = Callable[[int, Exception], None] | None  # None = raise
@@ -41,7 +39,8 @@ def reporter(on_error: OnError) -> Report:
 
 
 def _log_skip(index: int, error: Exception) -> None:
-    log.info("skipped image %d: %s", index, error)
+    """``on_error="skip"``: one ``SegWarning`` per skipped image (the error names the image)."""
+    warnings.warn(f"skipped: {error}", SegWarning, stacklevel=4)
 
 
 def prepare_image(image: np.ndarray, method: str, name: str) -> tuple[np.ndarray, bool]:

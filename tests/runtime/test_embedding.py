@@ -167,8 +167,10 @@ def test_on_error_raise_is_the_default(tile_size: int | None, rng: np.random.Gen
 def test_on_error_skip_yields_none_in_place(tile_size: int | None, rng: np.random.Generator) -> None:
     images = _mixed(rng)
     seg = make(tile_size=tile_size, batch_size=2)
-    probs = list(seg.predict_iter(images, on_error="skip"))
+    with pytest.warns(SegWarning) as caught:
+        probs = list(seg.predict_iter(images, on_error="skip"))
     assert [p is None for p in probs] == [False, True, False, True, False]
+    assert [str(w.message).split(":")[:2] for w in caught] == [["skipped", " image 1"], ["skipped", " image 3"]]
     for index in (0, 2, 4):
         np.testing.assert_allclose(probs[index], make(tile_size=tile_size).predict(images[index]), atol=1e-6)
     assert seg.stats.images == 3
