@@ -71,6 +71,7 @@ def to_onnx(
     Warns (``SegWarning``) when a tidy rewrite was undone or the variant gates have no labels to score on.
     """
     out = _check_out(Path(out))
+    _check_numbers(opset, atol, min_agreement)
     source = load_source(weights)
     data_dir = _data_dir(data, source)
     image_set = parity.load_images(data_dir, source.config, max_images)
@@ -105,6 +106,23 @@ def _gate_fp32(source: Source, proto: onnx.ModelProto, out: Path, image_set: par
         raise GateError(f"{out}: parity gate FAILED ({report.reason}); model not written, see {parity_path}")
     write_bytes_atomic(out, model_bytes)
     return ExportReport(out, len(model_bytes), info, report, parity_path)
+
+
+MIN_OPSET = 13  # Keras 3 graphs need opset 13 operators (Squeeze/Unsqueeze axes as inputs)
+
+
+def _check_numbers(opset: int, atol: float, min_agreement: float) -> None:
+    """``InputError`` (exit 2, before anything is loaded) for an opset tf2onnx cannot write or a gate that
+    could never pass."""
+    import tf2onnx.constants
+
+    newest = max(tf2onnx.constants.OPSET_TO_IR_VERSION)
+    if not MIN_OPSET <= opset <= newest:
+        raise InputError(f"--opset {opset}: unsupported; use {MIN_OPSET} to {newest} (default 17)")
+    if not atol >= 0:
+        raise InputError(f"--atol {atol:g}: must be >= 0 (the largest allowed |Keras - ONNX|, default 1e-4)")
+    if not 0.0 <= min_agreement <= 1.0:
+        raise InputError(f"min_agreement {min_agreement:g}: must be in [0, 1] (a fraction of pixels)")
 
 
 def _check_out(out: Path) -> Path:

@@ -97,6 +97,17 @@ def test_no_run_and_bad_out_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "model.txt: the output must end in .onnx, e.g. model.onnx" in _error_line(result)
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--opset", "5", "--opset 5: unsupported; use 13 to "), ("--atol", "-1", "--atol -1: must be >= 0")])
+def test_impossible_gate_settings_exit_2_before_loading(tmp_path: Path, option: str, value: str,
+                                                        message: str) -> None:
+    (tmp_path / "w.keras").write_bytes(b"not loaded: the settings are checked first")
+    result = runner.invoke(app, ["export", str(tmp_path / "m.onnx"), "--weights", str(tmp_path / "w.keras"),
+                                 option, value])
+    assert result.exit_code == 2 and message in _error_line(result)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.keras"]
+
+
 def test_resolve_model(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     for name in ("a", "b"):

@@ -84,6 +84,16 @@ def test_cli_prints_all_scores_and_json(exported_model: Path, isbi_dir: Path, tm
     assert f"{f1:.4f}" in result.output
 
 
+def test_figures_given_a_file_fails_before_scoring(tmp_path: Path) -> None:
+    make_dataset(tmp_path, n=2, size=16)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "f.png").write_bytes(b"x")
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path),
+                                 "--figures", str(tmp_path / "f.png")])
+    assert result.exit_code == 2 and "f.png: is a file; give a folder for the figures" in result.output
+    assert "rebuilds the held-out slices" not in result.output  # errors come before warnings
+
+
 def test_image_folder_as_data_and_bad_threshold_are_explained(tmp_path: Path) -> None:
     make_dataset(tmp_path, n=2, size=16)
     (tmp_path / "m.onnx").write_bytes(b"x")

@@ -52,13 +52,15 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
     from seg.toolkit.evaluation import metrics
 
     model = runs.resolve_model(model)
+    if figures is not None and Path(figures).exists() and not Path(figures).is_dir():
+        raise InputError(f"--figures {figures}: is a file; give a folder for the figures")
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
+    slices = select_split(Path(data), split, *_split_options(model, val, seed))
     if split == "val" and model.suffix == ".onnx":
         warnings.warn(f"{model}: --split val rebuilds the held-out slices from --val {val:g} --seed {seed}; they "
                       "match training only if the run used the same values (evaluate its model.keras to be sure)",
                       SegWarning, stacklevel=2)
-    slices = select_split(Path(data), split, *_split_options(model, val, seed))
     probs, engine = predict_slices(model, [s.image for s in slices], provider)
     labels = [s.label for s in slices]
     scores = metrics.score_slices(probs, labels, threshold=threshold)
