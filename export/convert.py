@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import onnx
 from seg.export import parity, portable, tidy, variants
 from seg.export.source import Source, load_source, receptive_field
 from seg.runtime.atomic import write_bytes_atomic, write_json_atomic
-from seg.runtime.errors import GateError, InputError
+from seg.runtime.errors import GateError, InputError, SegWarning
 from seg.runtime.metadata import DEFAULT_TILE, ModelInfo
 from seg.runtime.tiling import recommended_halo
 
@@ -91,7 +92,17 @@ def to_onnx(
         result.variants.append(variants.export_fp16(proto, out, image_set, info, options))
     if calib_set is not None:
         result.variants.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
+    _warn_stale_variants(out, {"fp16": fp16, "int8": int8})
     return result
+
+
+def _warn_stale_variants(out: Path, made: dict[str, bool]) -> None:
+    """One ``SegWarning`` per variant file beside ``out`` that this export did not write (an earlier one's)."""
+    for kind, written in made.items():
+        path = variants.variant_path(out, kind)
+        if not written and path.exists():
+            warnings.warn(f"{path}: left by an earlier export, not made from these weights; delete it or export "
+                          f"with --{kind}", SegWarning, stacklevel=3)
 
 
 def _gate_fp32(source: Source, proto: onnx.ModelProto, out: Path, image_set: parity.ImageSet,

@@ -104,3 +104,14 @@ def _quant(name: str) -> Any:
     from onnxruntime.quantization import QuantType
 
     return getattr(QuantType, name)
+
+
+def test_a_variant_left_by_an_earlier_export_is_named(edge_run: Path, labelled_dir: Path, tmp_path: Path) -> None:
+    from seg.export import to_onnx
+
+    out = tmp_path / "model.onnx"
+    (tmp_path / "model.int8.onnx").write_bytes(b"an earlier export's")
+    with pytest.warns(SegWarning, match=r"model.int8.onnx: left by an earlier export, not made from these weights; "
+                                        r"delete it or export with --int8"):
+        to_onnx(edge_run, out, data=labelled_dir, max_images=1, timing_runs=1)
+    assert (tmp_path / "model.int8.onnx").read_bytes() == b"an earlier export's"  # named, never deleted
