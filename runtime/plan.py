@@ -98,7 +98,9 @@ def _resolve_tile(info: ModelInfo, shape: Sequence[object], name: str, tile_size
     if static is not None and tile != static:
         raise InputError(f"{name}: model takes fixed {static}x{static} tiles; tile_size {tile} won't fit")
     if tile < 0 or tile % multiple:
-        raise InputError(f"{name}: tile size {tile} must be 0 (whole image) or a positive multiple of {multiple}")
+        near = sorted({max(multiple, tile // multiple * multiple), (tile // multiple + 1) * multiple})
+        raise InputError(f"{name}: tile size {tile} (tile_size, --tile) must be 0 (whole image) or a positive "
+                         f"multiple of {multiple}, e.g. {' or '.join(map(str, near))}")
     return tile
 
 

@@ -99,7 +99,7 @@ def check_input_size(spec: ModelSpec, height: int, width: int, name: str = "inpu
         raise ValueError(
             f"{name}: size {width}x{height} is not a multiple of {multiple} (stem x 2^depth for this U-Net, "
             f"stem {spec.stem}, depth {spec.depth}); pad or crop to a multiple of {multiple}, or tile with "
-            "runtime.Segmenter"
+            "seg.runtime.Segmenter"
         )
 
 

@@ -343,7 +343,8 @@ API = [
     Case("api-rgb", "Segmenter", "predict on (20, 30, 3) uint8", _api(f.gray((20, 30, 3))), 0,
          "warning: image 0: 3-channel image converted to gray"),
     Case("api-tile-size", "Segmenter", "tile_size=50 for a size multiple of 16", _api(f.gray(), tile_size=50), 2,
-         "{d}/model.onnx: tile size 50 must be 0 (whole image) or a positive multiple of 16"),
+         "{d}/model.onnx: tile size 50 (tile_size, --tile) must be 0 (whole image) or a positive multiple of 16, "
+         "e.g. 48 or 64"),
     Case("api-halo", "Segmenter", "halo=40 for 64-px tiles", _api(f.gray(), halo=40), 2,
          "halo 40 must be in 0..24 for 64-pixel tiles"),
 ]

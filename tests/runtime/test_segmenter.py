@@ -221,7 +221,8 @@ def test_rgb_input_becomes_gray_with_a_warning(rng: np.random.Generator) -> None
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"tile_size": 40}, "tile size 40 must be 0 (whole image) or a positive multiple of 16"),
+    [({"tile_size": 40}, "tile size 40 (tile_size, --tile) must be 0 (whole image) or a positive multiple of 16, "
+                         "e.g. 32 or 48"),
      ({"halo": 40}, "halo 40 must be in 0..24 for 64-pixel tiles"),
      ({"blend": "box"}, "unknown blend 'box'; choose one of gaussian, ramp"),
      ({"batch_size": 0}, "batch size must be >= 1, got 0")],

@@ -1,6 +1,6 @@
 """Evaluation scores for membrane segmentation: the seed's pixel scores and the ISBI 2012 scores.
 
-Pixel scores (MSE, pixel error, membrane F1 and IoU) come from :mod:`runtime.scores`. This module
+Pixel scores (MSE, pixel error, membrane F1 and IoU) come from :mod:`seg.runtime.scores`. This module
 adds the two scores the ISBI 2012 challenge ranks by, **V_rand** and **V_info**, "foreground-restricted
 scores after border thinning", as defined in
 

@@ -4,9 +4,9 @@ Every ``plot_*`` function takes numpy arrays and an output path, draws with matp
 (no display, no global pyplot state, safe in threads and on servers), writes the file atomically
 and returns its path. The file format follows the suffix (``.png`` unless another is given).
 
-Array conventions (see ``runtime``): images and interior probabilities are ``(H, W) float32 in [0, 1]``;
+Array conventions (see ``seg.runtime``): images and interior probabilities are ``(H, W) float32 in [0, 1]``;
 labels are ``(H, W) float32`` with 1.0 = interior (white) and 0.0 = membrane (black). A pixel is
-*predicted membrane* when ``prob < threshold``, as in :mod:`runtime.scores`.
+*predicted membrane* when ``prob < threshold``, as in :mod:`seg.runtime.scores`.
 """
 
 from __future__ import annotations
