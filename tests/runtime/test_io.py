@@ -11,7 +11,7 @@ from PIL import Image
 from seg.runtime.atomic import atomic_path, is_temporary
 from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.io import list_images, read_image, read_pages, write_image, write_pages
-from seg.runtime.preprocess import binarize_label, normalize, to_mask, to_prob_image
+from seg.runtime.preprocess import binarize_label, normalize, to_mask
 
 
 @pytest.mark.parametrize(
@@ -189,7 +189,6 @@ def test_normalize_rejects_nan_and_inf(bad: float) -> None:
 def test_label_mask_and_prob_conversions() -> None:
     np.testing.assert_array_equal(binarize_label(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
     np.testing.assert_array_equal(to_mask(np.array([[0.2, 0.5, 0.9]], np.float32)), [[0, 255, 255]])
-    assert to_prob_image(np.array([[0.0, 1.0]], np.float32)).tolist() == [[0, 65535]]
 
 
 def test_a_dataset_root_given_as_image_folder_gets_a_hint(tmp_path: Path) -> None:
