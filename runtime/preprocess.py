@@ -110,6 +110,10 @@ def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.where(prob >= threshold, np.uint8(255), np.uint8(0))
 
 
+OVERLAY_RGB = (230, 30, 30)
+"""Colour of predicted membrane drawn over an image."""
+
+
 def overlay_rgb(image: np.ndarray, prob: np.ndarray, threshold: float = 0.5, alpha: float = 0.5) -> np.ndarray:
     """Gray ``image`` ``(H, W) float32 in [0, 1]`` with predicted membrane (``prob < threshold``) tinted
     ``OVERLAY_RGB`` at opacity ``alpha`` -> ``(H, W, 3) uint8``."""
