@@ -73,6 +73,7 @@ def to_onnx(
     """
     out = _check_out(Path(out))
     _check_numbers(opset, atol, min_agreement)
+    use_tensorflow_backend()
     source = load_source(weights)
     data_dir = _data_dir(data, source)
     image_set = parity.load_images(data_dir, source.config, max_images)
@@ -117,6 +118,24 @@ def _gate_fp32(source: Source, proto: onnx.ModelProto, out: Path, image_set: par
         raise GateError(f"{out}: parity gate FAILED ({report.reason}); model not written, see {parity_path}")
     write_bytes_atomic(out, model_bytes)
     return ExportReport(out, len(model_bytes), info, report, parity_path)
+
+
+def use_tensorflow_backend() -> None:
+    """Make Keras load models on TensorFlow, the backend tf2onnx converts from, whatever ``KERAS_BACKEND``
+    says (a model trained on JAX or PyTorch is the same ``.keras`` file). Raises ``InputError`` when this
+    process already runs Keras on another backend (it cannot change once Keras is imported)."""
+    import os
+    import sys
+
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+        return
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise InputError(f"export converts with TensorFlow, but this process runs Keras on "
+                         f"{keras.backend.backend()}; export in a new process (seg export does) with "
+                         "KERAS_BACKEND=tensorflow or unset")
 
 
 MIN_OPSET = 13  # Keras 3 graphs need opset 13 operators (Squeeze/Unsqueeze axes as inputs)

@@ -17,7 +17,7 @@ import numpy as np
 from seg.runtime.atomic import remove_temporaries, write_json_atomic
 from seg.runtime.errors import InputError
 from seg.runtime.preprocess import DTYPE_RANGE
-from seg.train import runs
+from seg.train import backend, runs
 from seg.train.augment import sample_batch
 from seg.train.data import Slice, dataset_summary, load_split, split_by_slice
 from seg.train.losses import LOSSES
@@ -142,15 +142,8 @@ def _config_record(config: TrainConfig, train_set: list[Slice], val_set: list[Sl
                  "summary": dataset_summary(Path(config.data).resolve(), train_set, val_set)},
         "normalization": DTYPE_RANGE,
         "threshold": 0.5,
-        "versions": _versions(),
+        "versions": backend.versions(),
     }
-
-
-def _versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
@@ -185,30 +178,26 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
     return CropBatches()
 
 
-def _setup_device(config: TrainConfig) -> str:
-    """Use the GPU when TensorFlow sees one (memory growth on); ``--amp`` only there. Returns a label."""
+def _setup_device(config: TrainConfig) -> tuple[str, bool]:
+    """``(label, on_gpu)``: the GPUs the Keras backend really sees (``--amp`` only there)."""
     import warnings
 
     import keras
-    import tensorflow as tf
 
     from seg.runtime.errors import SegWarning
 
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
+    gpus = backend.accelerators()
     if config.amp and gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
     elif config.amp:
         warnings.warn("--amp needs a GPU; training in float32 on the CPU", SegWarning, stacklevel=2)
-    return f"GPU x{len(gpus)}" if gpus else "CPU"
+    return backend.device_label(gpus), bool(gpus)
 
 
 def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any], on_gpu: bool) -> Any:
     """A fresh compiled model, or the run's ``last.keras`` (with optimizer state) when resuming.
 
-    XLA (``jit_compile``) only on the GPU; on the CPU, TensorFlow's oneDNN kernels train the U-Net faster
-    than XLA's (a run's ``crops_per_s`` records the rate it reached).
+    Whether the train step is compiled depends on the backend (``backend.jit_compile``).
     """
     import keras
 
@@ -220,7 +209,7 @@ def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any], on_gpu
     else:
         model = build_model(config.model)
         model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=get_loss(config.loss))
-    model.jit_compile = on_gpu
+    model.jit_compile = backend.jit_compile(on_gpu)
     return model
 
 
@@ -231,9 +220,9 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
     from seg.train.callbacks import Checkpoints, RichProgress, ScheduleAndBudget, ValidationScores
     from seg.train.losses import get_loss
 
-    device = _setup_device(config)
+    device, on_gpu = _setup_device(config)
     keras.utils.set_random_seed(config.seed + int(state["epoch"]))
-    model = _model_for(config, run_dir, state, on_gpu=device.startswith("GPU"))
+    model = _model_for(config, run_dir, state, on_gpu=on_gpu)
     state["_started"] = time.monotonic()
     total_steps = config.epochs * config.steps_per_epoch
     schedule = ScheduleAndBudget(config.lr, total_steps, config.time_budget, state)

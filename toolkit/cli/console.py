@@ -27,8 +27,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def quiet_tensorflow() -> None:
     """Import TensorFlow (and probe its GPUs) with the native stderr silenced: TensorFlow's C++ start-up
     lines (oneDNN notes, CUDA probing on machines without a GPU) ignore TF_CPP_MIN_LOG_LEVEL and would
-    drown the progress bar. Kept when ``--debug`` is on; a failing import still raises normally."""
-    if _state["debug"] or "tensorflow" in sys.modules:
+    drown the progress bar. Kept when ``--debug`` is on; a failing import still raises normally. Nothing to
+    do when Keras runs on another backend (``KERAS_BACKEND=jax`` or ``torch``)."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if _state["debug"] or "tensorflow" in sys.modules or backend != "tensorflow":
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()

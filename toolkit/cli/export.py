@@ -31,8 +31,10 @@ def export(
 ) -> None:
     """Export a trained Keras model to ONNX; fails (exit 1, nothing written) unless ONNX matches Keras."""
     from seg.export import to_onnx
+    from seg.export.convert import use_tensorflow_backend
     from seg.train.runs import resolve_model
 
+    use_tensorflow_backend()  # before Keras loads: models trained on JAX or PyTorch convert through TensorFlow
     quiet_tensorflow()
 
     report = to_onnx(resolve_model(weights), out, data=data, opset=opset, atol=atol, fp16=fp16, int8=int8,
