@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from seg.runtime.errors import InputError
 from seg.toolkit.cli.console import command, console, err_console, plural
 
 HELP = (
@@ -24,7 +26,13 @@ HELP = (
     "threshold, tiling or input redoes them (OUTPUT/.seg-infer.json records what made them; an unreadable "
     "record redoes them all, with a warning). "
     "Exits 1 if any file failed, "
-    "2 if the input or the model is unusable (then nothing is written)."
+    "2 if the input or the model is unusable (then nothing is written).\n\n"
+    "Volumes: a (Z, Y, X) --input (vol.zarr, OME-Zarr, file.h5:/dataset) or a .zarr --output segments block by "
+    "block on Dask, on worker processes started here (--workers, --threads-per-worker) or on a running cluster "
+    "(--scheduler tcp://HOST:8786; workers must see the same paths). OUTPUT.zarr is an OME-Zarr of the "
+    "probability (--prob-dtype) and the mask at every level; the answer does not depend on --block. Blocks "
+    "marked done are skipped on a rerun (resume after a kill) unless --overwrite; an output of another shape, "
+    "model or settings is refused (exit 2)."
 )
 Opt = typer.Option
 
@@ -56,7 +64,36 @@ def infer(
     halo: Annotated[int | None, Opt("--halo", help="Tile overlap margin, pixels (default: the model's).")] = None,
     batch: Annotated[int, Opt("--batch", help="Tiles per onnxruntime call.")] = 4,
     tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
+    workers: Annotated[int | None, Opt("--workers", help="Volumes: Dask worker processes on this machine "
+                                       "(default: one per CPU; one per GPU with --provider cuda).")] = None,
+    threads_per_worker: Annotated[int | None, Opt("--threads-per-worker", help="Volumes: threads per worker "
+                                                  "(= onnxruntime intra-op threads; default 1, 2 on CUDA).")] = None,
+    scheduler: Annotated[str | None, Opt("--scheduler", metavar="ADDRESS", help="Volumes: a running Dask "
+                                         "scheduler (tcp://HOST:8786) instead of workers on this machine.")] = None,
+    block: Annotated[int | None, Opt("--block", help="Volumes: block side in pixels, a multiple of 512 "
+                                     "(default 4096).", show_default=False)] = None,
+    prob_dtype: Annotated[str | None, Opt("--prob-dtype", metavar="uint8|float16|float32", help="Volumes: "
+                                          "probability dtype in the output (default uint8).")] = None,
 ) -> None:
+    texts = [*(input or []), *(paths or [])]
+    volume = dict(workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler, block=block,
+                  prob_dtype=prob_dtype)
+    if _is_volume_run(texts, output):
+        if overlay:
+            raise InputError("--overlay is for images; a volume's output holds the probability and the mask")
+        _infer_volume(texts, model, output, provider=provider, threshold=threshold, overwrite=overwrite,
+                      tile_size=tile, halo=halo, batch_size=batch, tta=tta, **volume)
+        return
+    given = [f"--{name.replace('_', '-')}" for name, value in volume.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: only for volumes (a .zarr or .h5:/dataset --input, or a .zarr "
+                         "--output)")
+    _infer_images(texts, model, output, provider=provider, threshold=threshold, save_prob=save_prob,
+                  overlay=overlay, overwrite=overwrite, tile_size=tile, halo=halo, batch_size=batch, tta=tta)
+
+
+def _infer_images(texts: list[str], model: Path, output: Path | None, **options: Any) -> None:
+    """Folder/file mode: ``segment_paths``, a progress bar over images, one summary line; exit 1 on failures."""
     from seg.runtime.folders import segment_paths
 
     bar = Progress(
@@ -72,9 +109,7 @@ def infer(
 
     try:
         summary = segment_paths(
-            [*(input or []), *(paths or [])], model, output, provider=provider, threshold=threshold,
-            save_prob=save_prob, overlay=overlay, overwrite=overwrite, tile_size=tile, halo=halo, batch_size=batch,
-            tta=tta,
+            texts, model, output, **options,
             progress=progress, on_error=lambda line: bar.console.print(f"[red]failed:[/] {line}", soft_wrap=True),
         )
     finally:
@@ -91,3 +126,55 @@ def infer(
         for line in summary.failures:
             err_console.print(f"  [red]-[/] {line}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _is_volume_run(texts: list[str], output: Path | None) -> bool:
+    """Volume mode: one input that ``is_volume_spec`` accepts (``*.zarr``, ``*.h5:/dataset`` ...), or a
+    ``.zarr`` output."""
+    from seg.runtime.volume.sources import is_volume_spec
+
+    return any(is_volume_spec(text) for text in texts) or (output is not None and output.suffix == ".zarr")
+
+
+def _infer_volume(texts: list[str], model: Path, output: Path | None, *, block: int | None,
+                  prob_dtype: str | None, **options: Any) -> None:
+    """Volume mode: ``segment_volume`` with a progress bar over blocks (voxels/s, ETA), one summary line."""
+    from seg.runtime.volume.dask_run import segment_volume
+
+    if len(texts) != 1:
+        raise InputError(f"a volume run takes one --input, got {len(texts)}: {' '.join(texts) or 'none'}")
+    if output is None or output.suffix != ".zarr":
+        raise InputError(f"{output or 'no --output'}: a volume is written to an OME-Zarr; give --output OUT.zarr")
+    bar = Progress(
+        TextColumn("[bold]segmenting blocks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(), console=err_console, transient=True,
+    )
+    task = bar.add_task("volume", total=None, rate="")
+    start = time.perf_counter()
+
+    def progress(done: int, total: int, voxels: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        rate = voxels / max(time.perf_counter() - start, 1e-9)
+        bar.update(task, completed=done, total=total, rate=f"{_mega(rate)} voxels/s")
+
+    try:
+        summary = segment_volume(texts[0], model, output, block=block or 4096, prob_dtype=prob_dtype or "uint8",
+                                 progress=progress, log=lambda line: err_console.print(line, soft_wrap=True),
+                                 **options)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
+    console.print(
+        f"{summary.computed} of {plural(summary.blocks, 'block')} ({_mega(summary.voxels)} voxels) -> "
+        f"{summary.output} in {summary.seconds:.1f} s ({_mega(summary.voxels_per_s)} voxels/s){skipped}",
+        soft_wrap=True,
+    )
+
+
+def _mega(count: float) -> str:
+    """``12.3M`` for 12.3 million, ``45.6k`` for 45,600; plain below a thousand."""
+    if count >= 1e6:
+        return f"{count / 1e6:.1f}M"
+    return f"{count / 1e3:.1f}k" if count >= 1e3 else f"{count:.0f}"
