@@ -165,3 +165,28 @@ def test_an_hdf5_dataset_is_read_on_the_workers(dask_client: object, volume_mode
                              client=dask_client, block=512, prob_dtype="float32")
     assert summary.computed == 8
     assert_matches(tmp_path / "out.zarr", reference(volume_model, volume))
+
+
+@pytest.mark.slow
+def test_sixteen_slices_of_2048_give_the_whole_slice_answer_for_every_block_size(
+        dask_client: object, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The acceptance case at full size: a 16 x 2048 x 2048 uint8 volume on 2 workers with blocks of 512, 1024
+    and 2048 against ``predict`` on each whole slice (one worker: ``test_one_worker_of_its_own_cluster...``).
+    A 9x9 convolution (receptive field 9) keeps it affordable on 2 cores; its context still crosses every
+    block edge."""
+    import shutil
+
+    from tests.runtime.test_segmenter import wide_model
+
+    root = tmp_path_factory.mktemp("big")
+    model = root / "wide9.onnx"
+    model.write_bytes(wide_model(9))
+    volume = np.random.default_rng(16).integers(0, 256, (16, 2048, 2048), dtype=np.uint8)
+    path = write_zarr(root / "big.zarr", volume, chunks=(1, 512, 512))
+    expected = reference(model, volume)
+    for block in (512, 1024, 2048):
+        out = root / f"block-{block}.zarr"
+        summary = segment_volume(path, model, out, client=dask_client, block=block, prob_dtype="float32")
+        assert summary.computed == 16 * (2048 // block) ** 2
+        assert_matches(out, expected)
+        shutil.rmtree(out)
