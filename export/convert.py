@@ -44,6 +44,7 @@ class ExportReport:
     parity_path: Path
     variants: list[variants.VariantReport] = field(default_factory=list)
     cleanups: dict[str, int] = field(default_factory=dict)
+    package: Path | None = None  # the bioimage.io package (``bioimageio=True``), else None
 
 
 def to_onnx(
@@ -62,17 +63,24 @@ def to_onnx(
     max_images: int = 8,
     timing_runs: int = 3,
     transform: Transform | None = None,
+    bioimageio: bool = False,
 ) -> ExportReport:
     """Export a Keras run/model to ``out`` (``.onnx``) behind the parity gate; optional FP16/INT8 variants.
 
     ``data``: dataset folder (``DIR/train/image`` layout) or image folder for the gate; default the run's
     ``config.json`` ``data.dir``. ``transform`` edits the converted model before the gate (a test seam that
-    proves the gate gates). Raises ``InputError`` (exit 2) for unusable input (checked before any file is
+    proves the gate gates). ``bioimageio``: also write ``OUT.bioimageio.zip`` (``seg.export.bioimageio``, needs the
+    ``zoo`` extra) once the gate passed. Raises ``InputError`` (exit 2) for unusable input (checked before any file is
     written) and ``GateError`` (exit 1) when a gate fails, in which case the gated file is not written.
-    Warns (``SegWarning``) when a tidy rewrite was undone or the variant gates have no labels to score on.
+    Warns (``SegWarning``) when a tidy rewrite was undone, the variant gates have no labels to score on, or a
+    variant or package beside ``out`` is an earlier export's.
     """
     out = _check_out(Path(out))
     _check_numbers(opset, atol, min_agreement)
+    if bioimageio:
+        from seg.export import bioimageio as zoo
+
+        zoo.check_available()
     use_tensorflow_backend()
     source = load_source(weights)
     data_dir = _data_dir(data, source)
@@ -94,6 +102,11 @@ def to_onnx(
     if calib_set is not None:
         result.variants.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
     _warn_stale_variants(out, {"fp16": fp16, "int8": int8})
+    if bioimageio:
+        result.package = zoo.write_package(out, result, image_set, run_dir=source.weights.parent)
+    elif (stale := out.with_name(out.stem + ".bioimageio.zip")).exists():
+        warnings.warn(f"{stale}: left by an earlier export, not made from these weights; delete it or export with "
+                      "--bioimageio", SegWarning, stacklevel=2)
     return result
 
 

@@ -24,6 +24,7 @@ from seg.runtime import binding, tiling
 from seg.runtime.errors import InputError, SegError, SegWarning
 from seg.runtime.inputs import OnError, Report, is_stack, prepare_image, reporter
 from seg.runtime.metadata import ModelInfo
+from seg.runtime.package import is_package, open_package
 from seg.runtime.plan import TilePlan
 from seg.runtime.preprocess import scale_small_integers
 from seg.runtime.providers import check_device_id, make_session, session_providers
@@ -103,10 +104,12 @@ class Segmenter:
     ) -> None:
         self.name = "model (bytes)" if isinstance(model, bytes | bytearray) else str(model)
         self.device_id = check_device_id(device_id)
-        self._session: ort.InferenceSession | None = make_session(
-            model, provider, threads, options=session_options, provider_options=provider_options,
-            device_id=device_id)
-        self.info = _read_info(self._session, self.name)
+        package = open_package(model) if is_package(model) else None  # a bioimage.io zip: its checked ONNX
+        options: dict[str, Any] = dict(options=session_options, provider_options=provider_options, device_id=device_id)
+        self._session: ort.InferenceSession | None = (
+            make_session(model, provider, threads, **options) if package is None
+            else package.session(provider, threads, **options))
+        self.info = _read_info(self._session, self.name) if package is None else package.model_info(self._session)
         self.providers: list[str] = session_providers(self._session)
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name

@@ -28,6 +28,8 @@ def export(
     int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx (static QDQ, per-channel).")] = False,
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="Calibration images for --int8 (default: dataset images the gate does not use).")] = None,
+    bioimageio: Annotated[bool, typer.Option("--bioimageio", help="Also write OUT.bioimageio.zip, a bioimage.io "
+                                             "model package (needs the zoo extra of seg-toolkit).")] = False,
 ) -> None:
     """Export a trained Keras model to ONNX; fails (exit 1, nothing written) unless ONNX matches Keras."""
     from seg.export import to_onnx
@@ -38,7 +40,7 @@ def export(
     quiet_tensorflow()
 
     report = to_onnx(resolve_model(weights), out, data=data, opset=opset, atol=atol, fp16=fp16, int8=int8,
-                     calib=calib)
+                     calib=calib, bioimageio=bioimageio)
     for line in _lines(report):
         console.print(line, soft_wrap=True)
 
@@ -60,7 +62,11 @@ def _lines(report: Any) -> list[str]:
                      f"{_size(variant.size_bytes)} "
                      f"({variant.size_ratio:.2f}x FP32)  CPU {variant.ms_variant:.1f} ms/img "
                      f"(FP32 {variant.ms_fp32:.1f})  [bold green]PASS[/]{_advice(variant)}")
+    if report.package is not None:
+        lines.append(f"{report.package.name}: bioimage.io model package (ONNX weights, test tensors, cover, README); "
+                     f"check it with: bioimageio test {report.package}")
     written = [report.out.name, report.parity_path.name] + [v.path.name for v in report.variants]
+    written += [report.package.name] if report.package is not None else []
     lines.append(f"wrote {', '.join(written)} in {report.out.parent}")
     return lines
 
