@@ -30,8 +30,12 @@ def test_demo_on_a_tiny_budget_writes_a_complete_report(tmp_path: Path) -> None:
     assert stages[:2] == ["data", "train"] and "export" in stages and "evaluate (test, 2 held-out slices)" in stages
     assert report.numbers["export"]["passed"] is True
     assert report.numbers["infer"]["images"] == 1
+    volume = report.numbers["volume"]  # the 2 test slices as a Zarr volume on a 2-worker Dask cluster
+    assert volume["shape"] == "2 x 256 x 256" and volume["blocks"] == 2 and volume["workers"] == 2
+    assert volume["same_as_segmenter_predict"] is True and volume["max_abs_diff"] <= 1e-5
+    assert stages.index("infer") < stages.index("volume") < stages.index("evaluate (test, 2 held-out slices)")
     text = (tmp_path / "demo" / "report.md").read_text()
-    assert "max_abs_diff" in text and "v_rand" in text
+    assert "max_abs_diff" in text and "v_rand" in text and "## volume" in text and "same_as_segmenter_predict" in text
     for figure in report.figures:
         assert figure.is_file(), figure
         with Image.open(figure) as img:

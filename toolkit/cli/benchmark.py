@@ -1,4 +1,5 @@
-"""``seg benchmark --model model.onnx``: ORT variants x providers x batches (and Keras) in one table."""
+"""``seg benchmark --model model.onnx``: ORT variants x providers x batches (and Keras) in one table; with
+``--volume``, a Segmenter loop against ``segment_volume`` on Dask over one Zarr volume (``bench.volume``)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,25 @@ def benchmark(
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")] = None,
     cpu_fp16: Annotated[bool, typer.Option("--cpu-fp16", help="Measure FP16 on the CPU too (slow there).")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON here.")] = None,
+    volume: Annotated[bool, typer.Option(
+        "--volume", help="Volume mode: a Segmenter loop vs segment_volume on Dask (2x1, 1x2 workers x threads) "
+                         "over one Zarr volume, and one worker's peak memory on a 4096 block; only --model, "
+                         "--data, --rounds, --json and the options below apply.")] = False,
+    volume_size: Annotated[int | None, typer.Option(
+        "--volume-size", help="--volume: side of each slice in pixels (default 2048).", show_default=False)] = None,
+    volume_slices: Annotated[int | None, typer.Option(
+        "--volume-slices", help="--volume: number of slices (default 4).", show_default=False)] = None,
+    block: Annotated[int | None, typer.Option(
+        "--block", help="--volume: Dask block side, a multiple of 512 (default 1024).", show_default=False)] = None,
 ) -> None:
     """Measure speed, memory and accuracy of every configuration on the same images; print a markdown table."""
+    if volume:
+        _volume(model, data, keras, rounds, json_out, size=volume_size, slices=volume_slices, block=block)
+        return
+    given = [name for name, value in (("--volume-size", volume_size), ("--volume-slices", volume_slices),
+                                      ("--block", block)) if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: only with --volume")
     from seg.runtime.atomic import write_json_atomic
     from seg.toolkit.bench.benchmark import run_benchmark
 
@@ -64,6 +82,23 @@ def benchmark(
     if report.profile_table:
         console.print("\nper-operator kernel time, FP32 vs INT8 (onnxruntime profiler, CPU):", markup=False)
         console.print("\n".join(report.profile_table), markup=False, soft_wrap=True)
+    if json_out is not None:
+        write_json_atomic(json_out, report.to_dict())
+        console.print(f"wrote {json_out}", markup=False)
+
+
+def _volume(model: Path, data: Path | None, keras: Path | None, rounds: int, json_out: Path | None,
+            size: int | None, slices: int | None, block: int | None) -> None:
+    """``seg benchmark --volume``: ``run_volume_benchmark``, its table, optionally its JSON."""
+    from seg.runtime.atomic import write_json_atomic
+    from seg.toolkit.bench.volume import run_volume_benchmark
+
+    if keras is not None:
+        raise InputError("--keras: not with --volume (the volume benchmark runs the ONNX model only)")
+    report = run_volume_benchmark(model, data=data, size=2048 if size is None else size,
+                                  slices=4 if slices is None else slices, block=1024 if block is None else block,
+                                  rounds=rounds, progress=lambda line: err_console.print(f"[dim]measuring {line}[/]"))
+    console.print("\n".join(report.table()), markup=False, soft_wrap=True)
     if json_out is not None:
         write_json_atomic(json_out, report.to_dict())
         console.print(f"wrote {json_out}", markup=False)

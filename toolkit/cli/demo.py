@@ -20,7 +20,8 @@ def demo_command(
     seed: Annotated[int, Opt("--seed", help="Seed for the data, the split and the weights.")] = 0,
     width: Annotated[int, Opt("--width", min=1, max=256, help="U-Net base filters.")] = 16,
 ) -> None:
-    """Train, export with parity, infer tiled on a large mosaic, evaluate, and write report.md — on synthetic
+    """Train, export with parity, infer tiled on a large mosaic, segment the test slices as a volume on a
+    2-worker Dask cluster (checked against Segmenter.predict), evaluate, and write report.md — on synthetic
     data when no --data is given. Rerunning continues from what is already complete."""
     quiet_tensorflow()
     from seg.toolkit.demo import run_demo
