@@ -237,13 +237,14 @@ class Segmenter:
                    region.cols, len(self.transforms))
         for batch in tiling.batched(self._job_tiles(job), self.batch_for(job.tile)):
             self._run_tiles(batch)
-        out = job.out[region.core_rows, region.core_cols]
+        out = job.out[region.core_rows, region.core_cols]  # a view: normalised and clipped in place
         if not job.single:
             row_weight = tiling.weight_sum_1d(region.size[0], job.rows)[region.core_rows]
             col_weight = tiling.weight_sum_1d(region.size[1], job.cols)[region.core_cols]
-            out = out / np.outer(row_weight, col_weight)
+            tiling.normalize_weights(out, row_weight, col_weight)
         self.stats.add(images=1)
-        return np.clip(out, 0.0, 1.0, out=np.ascontiguousarray(out, np.float32))
+        np.clip(out, 0.0, 1.0, out=out)
+        return np.ascontiguousarray(out)
 
     # -- tiled mode -------------------------------------------------------------------------------
 

@@ -121,10 +121,10 @@ def segment_volume(
     Y and X, one slice per block. ``workers``/``threads_per_worker`` size seg's own ``LocalCluster`` (default:
     one single-threaded worker per usable CPU; with ``provider="cuda"`` one worker per visible GPU from
     ``device_id`` on, worker i on device ``device_id + i``, 2 threads each). Each worker process holds one
-    onnxruntime session with ``threads_per_worker`` intra-op threads. ``provider``: "cpu" | "cuda" (strict) |
-    "auto". ``threshold`` defaults to the model's. ``tile_size``/``halo``/``batch_size``/``tta`` as for
-    ``Segmenter``. ``progress(done, total, voxels)`` is called on the client as blocks finish; ``log(line)``
-    gets the dashboard address and the resume count.
+    onnxruntime session; on the CPU each of its threads runs one block at a time on one core. ``provider``:
+    "cpu" | "cuda" (strict) | "auto". ``threshold`` defaults to the model's. ``tile_size``/``halo``/
+    ``batch_size``/``tta`` as for ``Segmenter``. ``progress(done, total, voxels)`` is called on the client as
+    blocks finish; ``log(line)`` gets the dashboard address and the resume count.
 
     Raises ``InputError``/``ProviderError`` (one line, nothing written) for a bad input, model, option or output,
     or an unreachable scheduler; an error inside a task is raised here after the remaining tasks are cancelled

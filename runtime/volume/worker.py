@@ -59,8 +59,8 @@ _lock = threading.Lock()
 
 
 def worker_segmenter(spec: ModelSpec) -> Segmenter:
-    """This process's ``Segmenter`` for ``spec``, built on first use: intra-op threads = the worker's thread
-    count (its share of the cores), device = ``placement``. ``InputError`` when the model file changed since
+    """This process's ``Segmenter`` for ``spec``, built on first use, with ``placement``'s device and intra-op
+    threads. ``InputError`` when the model file changed since
     the client validated it (its SHA-256 differs) or cannot be read; ``ProviderError`` when CUDA cannot load."""
     device, threads = placement(spec)
     with _lock:
@@ -81,9 +81,11 @@ def _cached_segmenter(spec: ModelSpec, device: int, threads: int) -> Segmenter:
 
 
 def placement(spec: ModelSpec) -> tuple[int, int]:
-    """``(device_id, intra-op threads)`` for this worker: threads = the Dask worker's ``nthreads`` (1 outside
-    a worker); device = ``spec.device_id``, plus the worker's index when ``spec.spread_gpus`` and the worker
-    is named by an int (as ``LocalCluster`` names them)."""
+    """``(device_id, intra-op threads)`` for this worker. Threads: 1 on the CPU, where each of the worker's
+    threads runs one block at a time, so T threads keep T cores busy (T intra-op threads per block would put
+    T x T threads on them); on CUDA the Dask worker's ``nthreads`` (1 outside a worker). Device:
+    ``spec.device_id``, plus the worker's index when ``spec.spread_gpus`` and the worker is named by an int
+    (as ``LocalCluster`` names them)."""
     from distributed import get_worker
 
     try:
@@ -91,7 +93,8 @@ def placement(spec: ModelSpec) -> tuple[int, int]:
     except ValueError:  # called outside a worker (tests, a synchronous scheduler)
         return spec.device_id, 1
     index = worker.name if spec.spread_gpus and isinstance(worker.name, int) else 0
-    return spec.device_id + index, max(1, int(worker.state.nthreads))
+    threads = max(1, int(worker.state.nthreads)) if spec.provider == "cuda" else 1
+    return spec.device_id + index, threads
 
 
 def dask_setup(worker: Any) -> None:

@@ -8,9 +8,10 @@ image z, so no two slices are alike. Written to a temporary Zarr v3 array, chunk
 Configurations, each timed ``rounds`` times, interleaved (loop, dask 2x1, dask 1x2, loop, ...); the rate is
 voxels over the median wall time:
 
-- ``loop``: this process, ``Segmenter(threads=2)`` on the CPU: read slice z from the Zarr, ``predict``,
-  ``to_mask``; what a user without Dask writes. The session is opened inside the timed span (each Dask
-  worker opens its own in its first task). Nothing is written.
+- ``loop``: this process, ``Segmenter(threads=2)`` on the CPU: read slice z from the Zarr, ``predict``, and
+  write the same OME-Zarr output as the Dask path (``VolumeOutput``: probability and mask at every level):
+  the same job without Dask. The session is opened inside the timed span (each Dask worker opens its own in
+  its first task).
 - ``dask W x T``: ``segment_volume(client=...)`` on a fresh ``LocalCluster`` of W worker processes with T
   threads each, started before and closed after the timed span (start-up reported apart). The span holds the
   client-side validation and the OME-Zarr output (uint8 probability and mask at every level) written to a
@@ -174,7 +175,7 @@ def _timed_rounds(model: Path, volume: Path, voxels: int, block: int, rounds: in
     dask = [VolumeRow("dask", workers, threads, voxels) for workers, threads in DASK_LAYOUTS]
     for round_ in range(rounds):
         say(f"round {round_ + 1}/{rounds}: {loop.label}")
-        seconds, masks = _loop(model, volume, LOOP_THREADS, keep=round_ == 0)
+        seconds, masks = _loop(model, volume, LOOP_THREADS, keep=round_ == 0, work=work)
         loop.seconds.append(seconds)
         for row in dask:
             say(f"round {round_ + 1}/{rounds}: {row.label}")
@@ -209,23 +210,27 @@ def _uint8(image: np.ndarray) -> np.ndarray:
     return np.rint((image - low) / max(high - low, 1e-12) * 255).astype(np.uint8)
 
 
-def _loop(model: Path, volume: Path, threads: int, keep: bool) -> tuple[float, np.ndarray | None]:
+def _loop(model: Path, volume: Path, threads: int, keep: bool, work: Path) -> tuple[float, np.ndarray | None]:
     """``(wall seconds, (Z, Y, X) uint8 masks when keep)``: open a CPU ``Segmenter``, then read, predict and
-    threshold every slice of ``volume`` in turn."""
+    write every slice of ``volume`` in turn into the same kind of output ``segment_volume`` writes (probability
+    and mask at every level, through ``VolumeOutput``), so both sides do the same job."""
     import zarr
 
-    from seg.runtime.preprocess import to_mask
     from seg.runtime.segmenter import Segmenter
+    from seg.runtime.volume.blocks import Block
+    from seg.runtime.volume.store import VolumeOutput
 
     array = zarr.open_array(str(volume), mode="r")
-    masks = np.empty(array.shape, np.uint8) if keep else None
+    output = work / f"loop-{uuid.uuid4().hex[:8]}.zarr"
     start = time.perf_counter()
     with Segmenter(model, provider="cpu", threads=threads) as seg:
+        out = VolumeOutput.create_or_resume(output, array.shape, {"threshold": seg.info.threshold, "loop": True})
         for z in range(array.shape[0]):
-            mask = to_mask(seg.predict(array[z]), seg.info.threshold)
-            if masks is not None:
-                masks[z] = mask
-    return time.perf_counter() - start, masks
+            out.write(Block(z, slice(0, array.shape[1]), slice(0, array.shape[2])), seg.predict(array[z]))
+    seconds = time.perf_counter() - start
+    masks = _level0_mask(output) if keep else None
+    shutil.rmtree(output, ignore_errors=True)
+    return seconds, masks
 
 
 def _dask_round(row: VolumeRow, model: Path, volume: Path, block: int, work: Path,
