@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -96,25 +98,12 @@ def _infer_images(texts: list[str], model: Path, output: Path | None, **options:
     """Folder/file mode: ``segment_paths``, a progress bar over images, one summary line; exit 1 on failures."""
     from seg.runtime.folders import segment_paths
 
-    bar = Progress(
-        TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
-    )
-    task = bar.add_task("infer", total=None)
-
-    def progress(done: int, total: int) -> None:
-        if not bar.live.is_started:  # started on the first image: early errors leave no empty bar behind
-            bar.start()
-        bar.update(task, completed=done, total=total)
-
-    try:
+    with _lazy_bar(TextColumn("[bold]segmenting")) as update:
         summary = segment_paths(
             texts, model, output, **options,
-            progress=progress, on_error=lambda line: bar.console.print(f"[red]failed:[/] {line}", soft_wrap=True),
+            progress=lambda done, total: update(completed=done, total=total),
+            on_error=lambda line: err_console.print(f"[red]failed:[/] {line}", soft_wrap=True),
         )
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
     console.print(
         f"{plural(summary.images, 'image')} -> {summary.output_dir} on [bold]{summary.provider.upper()}[/] "
@@ -145,32 +134,42 @@ def _infer_volume(texts: list[str], model: Path, output: Path | None, *, block: 
         raise InputError(f"a volume run takes one --input, got {len(texts)}: {' '.join(texts) or 'none'}")
     if output is None or output.suffix != ".zarr":
         raise InputError(f"{output or 'no --output'}: a volume is written to an OME-Zarr; give --output OUT.zarr")
-    bar = Progress(
-        TextColumn("[bold]segmenting blocks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(), console=err_console, transient=True,
-    )
-    task = bar.add_task("volume", total=None, rate="")
     start = time.perf_counter()
+    with _lazy_bar(TextColumn("[bold]segmenting blocks"), TextColumn("{task.fields[rate]}")) as update:
 
-    def progress(done: int, total: int, voxels: int) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        rate = voxels / max(time.perf_counter() - start, 1e-9)
-        bar.update(task, completed=done, total=total, rate=f"{_mega(rate)} voxels/s")
+        def progress(done: int, total: int, voxels: int) -> None:
+            rate = voxels / max(time.perf_counter() - start, 1e-9)
+            update(completed=done, total=total, rate=f"{_mega(rate)} voxels/s")
 
-    try:
         summary = segment_volume(texts[0], model, output, block=block or 4096, prob_dtype=prob_dtype or "uint8",
                                  progress=progress, log=lambda line: err_console.print(line, soft_wrap=True),
                                  **options)
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
     console.print(
         f"{summary.computed} of {plural(summary.blocks, 'block')} ({_mega(summary.voxels)} voxels) -> "
         f"{summary.output} in {summary.seconds:.1f} s ({_mega(summary.voxels_per_s)} voxels/s){skipped}",
         soft_wrap=True,
     )
+
+
+@contextlib.contextmanager
+def _lazy_bar(label: TextColumn, *extra: TextColumn) -> Iterator[Callable[..., None]]:
+    """A transient rich progress bar on stderr, started by its first update (so an early error leaves no empty
+    bar behind) and stopped on the way out; yields ``update(completed=, total=, **fields)``."""
+    bar = Progress(label, BarColumn(), MofNCompleteColumn(), *extra, TimeRemainingColumn(), console=err_console,
+                   transient=True)
+    task = bar.add_task("seg", total=None, rate="")
+
+    def update(**fields: Any) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, **fields)
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def _mega(count: float) -> str:
