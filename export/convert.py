@@ -57,6 +57,7 @@ def to_onnx(
     min_agreement: float = 0.9999,
     fp16: bool = False,
     int8: bool = False,
+    uint8: bool = False,
     calib: str | Path | None = None,
     variant_agreement: float = 0.99,
     max_delta_f1: float = 0.01,
@@ -65,7 +66,8 @@ def to_onnx(
     transform: Transform | None = None,
     bioimageio: bool = False,
 ) -> ExportReport:
-    """Export a Keras run/model to ``out`` (``.onnx``) behind the parity gate; optional FP16/INT8 variants.
+    """Export a Keras run/model to ``out`` (``.onnx``) behind the parity gate; optional FP16/INT8 variants, and
+    with ``uint8`` the ``OUT.u8.onnx`` variant that takes raw 8-bit pixels and normalises inside its graph.
 
     ``data``: dataset folder (``DIR/train/image`` layout) or image folder for the gate; default the run's
     ``config.json`` ``data.dir``. ``transform`` edits the converted model before the gate (a test seam that
@@ -101,7 +103,9 @@ def to_onnx(
         result.variants.append(variants.export_fp16(proto, out, image_set, info, options))
     if calib_set is not None:
         result.variants.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
-    _warn_stale_variants(out, {"fp16": fp16, "int8": int8})
+    if uint8:
+        result.variants.append(variants.export_uint8(proto, out, image_set, info, options))
+    _warn_stale_variants(out, {"fp16": fp16, "int8": int8, "u8": uint8})
     if bioimageio:
         result.package = zoo.write_package(out, result, image_set, run_dir=source.weights.parent)
     elif (stale := out.with_name(out.stem + ".bioimageio.zip")).exists():

@@ -170,9 +170,12 @@ def _mosaic(image_set: ImageSet) -> tuple[str, np.ndarray, np.ndarray | None]:
 
 
 def run_onnx(session: Any, batch: np.ndarray) -> np.ndarray:
-    """``(N, H, W, 1) float32`` through an onnxruntime session -> ``(N, H, W, 1) float32``."""
-    name = session.get_inputs()[0].name
-    return np.asarray(session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
+    """``(N, H, W, 1) float32`` in [0, 1] through an onnxruntime session -> ``(N, H, W, 1) float32``. A model
+    that takes uint8 pixels (the ``u8`` variant) gets ``round(batch * 255)``: exact for 8-bit images."""
+    first = session.get_inputs()[0]
+    if first.type == "tensor(uint8)":
+        batch = np.rint(np.asarray(batch, np.float32) * 255.0).astype(np.uint8)
+    return np.asarray(session.run(None, {first.name: np.ascontiguousarray(batch)})[0], np.float32)
 
 
 def predict_pairs(reference: Any, candidate: Any, images: list[np.ndarray], multiple: int

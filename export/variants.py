@@ -77,7 +77,7 @@ class VariantReport:
 
 
 def variant_path(out: Path, kind: str) -> Path:
-    """``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx``."""
+    """``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx`` / ``model.u8.onnx``."""
     return out.with_name(f"{out.stem}.{kind}{out.suffix}")
 
 
@@ -91,6 +91,38 @@ def export_fp16(proto: onnx.ModelProto, out: Path, image_set: ImageSet, info: Mo
     _copy_metadata(proto, half, "fp16")
     return _gate_and_write("fp16", proto, half.SerializeToString(), out, image_set, info, options,
                            {"clamped_extremes": clamped})
+
+
+def export_uint8(proto: onnx.ModelProto, out: Path, image_set: ImageSet, info: ModelInfo,
+                 options: VariantOptions) -> VariantReport:
+    """The FP32 model taking ``(N, H, W, 1) uint8`` pixels and normalising them inside the graph (Cast, then
+    Div by 255: exactly the runtime's dtype-range division), so a host feeds raw 8-bit tiles (a quarter of
+    the bytes to copy to a GPU, no float conversion on the host); gated against FP32 like the others."""
+    fed = uint8_input(proto)
+    _copy_metadata(proto, fed, "fp32")
+    fed.metadata_props.add(key="seg.input_dtype", value="uint8")
+    return _gate_and_write("u8", proto, fed.SerializeToString(), out, image_set, info, options, {})
+
+
+def uint8_input(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` whose first input takes uint8 (same name and shape), cast to float32 and divided by
+    255 before the original graph."""
+    fed = copy.deepcopy(proto)
+    graph = fed.graph
+    name = graph.input[0].name
+    inner = f"{name}_float"
+    for node in graph.node:
+        node.input[:] = [inner if value == name else value for value in node.input]
+    scale = onnx.helper.make_tensor(f"{name}_range", onnx.TensorProto.FLOAT, [], [255.0])
+    graph.initializer.append(scale)
+    normalise = [onnx.helper.make_node("Cast", [name], [f"{name}_cast"], to=onnx.TensorProto.FLOAT),
+                 onnx.helper.make_node("Div", [f"{name}_cast", scale.name], [inner])]
+    nodes = [*normalise, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    onnx.checker.check_model(fed, full_check=True)
+    return fed
 
 
 def _to_float16(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -19,27 +19,29 @@ from seg.runtime.errors import SegError, SegWarning
 
 
 class CudaBinding:
-    """Device buffers for one ``(B, T, T, 1)`` float32 input shape on CUDA device ``device_id``, bound once.
+    """Device buffers for one ``(B, T, T, 1)`` input shape and dtype (float32, or uint8 for a model that
+    normalises in its graph) on CUDA device ``device_id``, bound once; the output is float32.
 
     Not thread-safe on its own (its buffers are shared by every ``run``): ``CudaRunner`` serialises it.
     Raises whatever onnxruntime raises when device ``OrtValue`` s or IO binding are unavailable.
     """
 
     def __init__(self, session: Any, input_name: str, output_name: str, shape: tuple[int, ...],
-                 device_id: int = 0) -> None:
+                 device_id: int = 0, dtype: type = np.float32) -> None:
         import onnxruntime as ort
 
         self.shape = shape
+        self.dtype = np.dtype(dtype)
         self.session = session
-        self.input = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", device_id)
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype.type, "cuda", device_id)
         self.output = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", device_id)
         self.binding = session.io_binding()
         self.binding.bind_ortvalue_input(input_name, self.input)
         self.binding.bind_ortvalue_output(output_name, self.output)
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        """``(B, T, T, 1) float32`` host -> device -> model -> a new host ``(B, T, T, 1) float32`` array."""
-        self.input.update_inplace(np.ascontiguousarray(inputs, np.float32))
+        """``(B, T, T, 1)`` host pixels -> device -> model -> a new host ``(B, T, T, 1) float32`` array."""
+        self.input.update_inplace(np.ascontiguousarray(inputs, self.dtype))
         self.session.run_with_iobinding(self.binding)
         return self.output.numpy()
 
@@ -73,11 +75,12 @@ class CudaRunner:
                 raise SegError(f"{self.name}: this Segmenter is closed; make a new one to predict again")
             if self.failed is not None:
                 return None
-            if self._binding is None or self._binding.shape != inputs.shape:
+            binding = self._binding
+            if binding is None or binding.shape != inputs.shape or binding.dtype != inputs.dtype:
                 self._binding = None  # release the old buffers before allocating new ones
                 try:
                     self._binding = CudaBinding(self.session, self.input_name, self.output_name,
-                                                tuple(inputs.shape), self.device_id)
+                                                tuple(inputs.shape), self.device_id, inputs.dtype.type)
                 except Exception as exc:  # onnxruntime raises its own types; plain session.run still works
                     self._give_up(exc)
                     return None

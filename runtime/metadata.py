@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
-from seg.runtime.errors import InputError
+from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.preprocess import DTYPE_RANGE
 
 PREFIX = "seg."
@@ -80,3 +82,18 @@ def _parse(item: dataclasses.Field, text: str, source: str) -> object:
         return kind(text) if kind else text
     except (ValueError, TypeError) as exc:
         raise InputError(f"{source}: bad metadata seg.{item.name}={text!r} ({exc})") from None
+
+
+def read_model_info(session: Any, name: str) -> ModelInfo:
+    """The ``seg.`` metadata of an onnxruntime session's model; a model without any warns once
+    (``SegWarning``, naming ``name``) and gets the documented defaults."""
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    info = ModelInfo.from_props(props, source=name)
+    if info.from_defaults:
+        warnings.warn(
+            f"{name}: no seg metadata; using defaults (tile {info.tile_size}, halo {info.halo}, "
+            f"threshold {info.threshold}, {info.normalization} normalisation)",
+            SegWarning,
+            stacklevel=3,
+        )
+    return info

@@ -159,13 +159,15 @@ def physical_cores() -> int:
 
 
 def check_model_io(session: ort.InferenceSession, name: str) -> None:
-    """``InputError`` unless the model has one input ``(N, H, W, 1) float32`` and a matching output."""
+    """``InputError`` unless the model has one input ``(N, H, W, 1)`` float32 (or uint8: the ``u8`` variant,
+    which normalises inside the graph) and a matching float32 output."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
         raise InputError(f"{name}: expected a model with 1 input, got {len(inputs)}; not a seg model")
     for kind, arg in (("input", inputs[0]), ("output", outputs[0])):
         shape = list(arg.shape)
-        if arg.type != "tensor(float)":
+        allowed = ("tensor(float)", "tensor(uint8)") if kind == "input" else ("tensor(float)",)
+        if arg.type not in allowed:
             raise InputError(f"{name}: model {kind} {arg.name!r} is {arg.type}; expected float32 (N, H, W, 1)")
         channels_ok = shape[-1] == 1 or not isinstance(shape[-1], int) if shape else False
         if len(shape) != 4 or not channels_ok:

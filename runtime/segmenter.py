@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -21,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from seg.runtime import binding, tiling
-from seg.runtime.errors import InputError, SegError, SegWarning
+from seg.runtime.errors import InputError, SegError
 from seg.runtime.inputs import OnError, Report, is_stack, prepare_image, reporter
-from seg.runtime.metadata import ModelInfo
+from seg.runtime.metadata import read_model_info
 from seg.runtime.package import is_package, open_package
 from seg.runtime.plan import TilePlan
 from seg.runtime.preprocess import scale_small_integers
@@ -109,9 +108,10 @@ class Segmenter:
         self._session: ort.InferenceSession | None = (
             make_session(model, provider, threads, **options) if package is None
             else package.session(provider, threads, **options))
-        self.info = _read_info(self._session, self.name) if package is None else package.model_info(self._session)
+        self.info = read_model_info(self._session, self.name) if package is None else package.model_info(self._session)
         self.providers: list[str] = session_providers(self._session)
         self._input = self._session.get_inputs()[0].name
+        self.uint8_input = self._session.get_inputs()[0].type == "tensor(uint8)"  # normalises in its graph
         self._output = self._session.get_outputs()[0].name
         shape = list(self._session.get_inputs()[0].shape)
         self.plan = TilePlan.resolve(self.info, shape, self.name, tile_size, halo, batch_size, blend)
@@ -232,7 +232,7 @@ class Segmenter:
                 np.nanmax(pixels)) <= 1.0:
             raise InputError(f"{name}: float pixels outside [0, 1]; scale the image to [0, 1] (or give integers) "
                              "so that every region is normalised alike")
-        pixels, lazy = prepare_image(pixels, self.info.normalization, name)
+        pixels, lazy = self._prepared(pixels, name)
         job = _Job(*region.size, tiling.reflect_pad(pixels, *region.size), lazy, region.tile, region.rows,
                    region.cols, len(self.transforms))
         for batch in tiling.batched(self._job_tiles(job), self.batch_for(job.tile)):
@@ -279,12 +279,20 @@ class Segmenter:
     def _prepare(self, image: np.ndarray, index: int, report: Report) -> tuple[np.ndarray, bool] | None:
         """``prepare_image``'d pixels of image ``index``, or None after ``report`` took its ``InputError``."""
         try:
-            return prepare_image(image, self.info.normalization, f"image {index}")
+            return self._prepared(image, f"image {index}")
         except InputError as exc:
             if report is None:
                 raise
             report(index, exc)
             return None
+
+    def _prepared(self, image: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+        """``prepare_image``; a model that takes uint8 pixels (``uint8_input``) accepts 8-bit images only."""
+        pixels, lazy = prepare_image(image, self.info.normalization, name)
+        if self.uint8_input and not (lazy and pixels.dtype == np.uint8):
+            raise InputError(f"{name}: {self.name} takes 8-bit pixels, this image is {np.asarray(image).dtype}; "
+                             "convert it to uint8 or use the float32 model")
+        return pixels, lazy
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile side used for an ``(height, width)`` image (0 = whole image); see ``TilePlan.tile_for``."""
@@ -306,10 +314,11 @@ class Segmenter:
 
     def _run_tiles(self, batch: list[_Tile]) -> None:
         tile = batch[0][0].tile
-        inputs = np.empty((len(batch), tile, tile, 1), np.float32)  # (B, T, T, 1) float32 in [0, 1]
+        feed = np.uint8 if self.uint8_input else np.float32  # (B, T, T, 1) raw uint8, or float32 in [0, 1]
+        inputs = np.empty((len(batch), tile, tile, 1), feed)
         for i, (job, (y, _), (x, _), k) in enumerate(batch):
             crop = job.pixels[y : y + tile, x : x + tile]
-            crop = scale_small_integers(crop) if job.lazy else crop
+            crop = scale_small_integers(crop) if job.lazy and not self.uint8_input else crop
             inputs[i, :, :, 0] = tiling.dihedral(crop, k)
         preds = self._run(inputs)  # (B, T, T) float32 in [0, 1]
         scale = np.float32(1.0 / len(self.transforms))
@@ -340,7 +349,7 @@ class Segmenter:
 
     def _predict_whole(self, pixels: np.ndarray, lazy: bool) -> np.ndarray:
         height, width = pixels.shape
-        if lazy:
+        if lazy and not self.uint8_input:
             pixels = scale_small_integers(pixels)
         padded = tiling.pad_to_multiple(pixels, self.plan.multiple)
         out = np.zeros(padded.shape, np.float32)
@@ -362,26 +371,13 @@ class Segmenter:
         count = inputs.shape[0]
         fixed = self.plan.static_batch
         if fixed and count < fixed:
-            inputs = np.concatenate([inputs, np.zeros((fixed - count, *inputs.shape[1:]), np.float32)])
+            inputs = np.concatenate([inputs, np.zeros((fixed - count, *inputs.shape[1:]), inputs.dtype)])
         start = time.perf_counter()
         outputs = self._cuda.run(inputs) if self._cuda is not None else None
         if outputs is None:
             (outputs,) = session.run([self._output], {self._input: inputs})
         self.stats.add(batches=1, seconds=time.perf_counter() - start)
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
-
-
-def _read_info(session: object, name: str) -> ModelInfo:
-    props = dict(session.get_modelmeta().custom_metadata_map)  # type: ignore[attr-defined]
-    info = ModelInfo.from_props(props, source=name)
-    if info.from_defaults:
-        warnings.warn(
-            f"{name}: no seg metadata; using defaults (tile {info.tile_size}, halo {info.halo}, "
-            f"threshold {info.threshold}, {info.normalization} normalisation)",
-            SegWarning,
-            stacklevel=3,
-        )
-    return info
 
 
 def _crop_clip(out: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -115,3 +115,25 @@ def test_a_variant_left_by_an_earlier_export_is_named(edge_run: Path, labelled_d
                                         r"delete it or export with --int8"):
         to_onnx(edge_run, out, data=labelled_dir, max_images=1, timing_runs=1)
     assert (tmp_path / "model.int8.onnx").read_bytes() == b"an earlier export's"  # named, never deleted
+
+
+def test_the_u8_variant_takes_raw_pixels_and_gives_the_float_models_masks(edge_run: Path, labelled_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """``--uint8``: Cast and Div by 255 in front of the graph; fed uint8 tiles, it equals the float32 model fed
+    normalised ones (the runtime's division, done in the graph), and it refuses images that are not 8-bit."""
+    from seg.export import to_onnx
+    from seg.runtime import InputError, Segmenter, read_image
+
+    out = tmp_path / "model.onnx"
+    report = to_onnx(edge_run, out, data=labelled_dir, uint8=True, max_images=2, timing_runs=1)
+    (variant,) = report.variants
+    assert variant.kind == "u8" and variant.passed and variant.mask_agreement == 1.0
+    image = read_image(sorted((labelled_dir / "train" / "image").iterdir())[0])
+    assert image.dtype == np.uint8
+    with Segmenter(out, "cpu") as floats, Segmenter(tmp_path / "model.u8.onnx", "cpu") as raw:
+        assert raw.uint8_input and not floats.uint8_input
+        np.testing.assert_array_equal(raw.predict(image), floats.predict(image))
+        with pytest.raises(InputError, match=r"model.u8.onnx takes 8-bit pixels, this image is uint16; convert it"):
+            raw.predict(image.astype(np.uint16) * 257)
+        with pytest.raises(InputError, match=r"takes 8-bit pixels, this image is float32"):
+            raw.predict(image.astype(np.float32) / 255)

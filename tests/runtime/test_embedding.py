@@ -256,9 +256,10 @@ class _RacyBinding:
     between filling it and running, so unserialised threads would overwrite each other's tiles."""
 
     def __init__(self, session: Any, input_name: str, output_name: str, shape: tuple[int, ...],
-                 device_id: int = 0) -> None:
+                 device_id: int = 0, dtype: type = np.float32) -> None:
         self.shape, self.session, self.names = shape, session, (input_name, output_name)
-        self.buffer = np.empty(shape, np.float32)
+        self.dtype = np.dtype(dtype)
+        self.buffer = np.empty(shape, self.dtype)
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         self.buffer[...] = inputs
@@ -293,7 +294,7 @@ def test_io_binding_failure_warns_once_and_never_retries(monkeypatch: pytest.Mon
     attempts: list[tuple[int, ...]] = []
 
     def unavailable(session: Any, input_name: str, output_name: str, shape: tuple[int, ...],
-                    device_id: int = 0) -> None:
+                    device_id: int = 0, dtype: type = np.float32) -> None:
         attempts.append(shape)
         raise RuntimeError("no device OrtValues in this build\n(second line of detail)")
 

@@ -32,7 +32,7 @@ from seg.toolkit.bench.flops import achieved, count_flops, cpu_peak, sgemm_gflop
 from seg.toolkit.bench.report import BenchReport, BenchRow, add_ratios, int8_verdict
 from seg.toolkit.bench.worker import Spec
 
-VARIANTS = ("fp32", "fp16", "int8")
+VARIANTS = ("fp32", "fp16", "int8", "u8")
 PROVIDERS = ("cpu", "cuda")
 CPU_FP16 = ("not recommended on CPU: onnxruntime's CPU provider has few FP16 kernels, so FP16 runs through "
             "Casts and is slower than FP32; use FP16 on CUDA (cpu_fp16=True measures it anyway)")

@@ -38,7 +38,8 @@ def benchmark(
         "--data", help="Dataset (DIR/train/image+label: timed and scored) or image folder (default: synthetic).")
     ] = None,
     providers: Annotated[str, typer.Option("--providers", help="Comma-separated: cpu,cuda.")] = "cpu,cuda",
-    variants: Annotated[str, typer.Option("--variants", help="Comma-separated: fp32,fp16,int8.")] = "fp32,fp16,int8",
+    variants: Annotated[str, typer.Option(
+        "--variants", help="Comma-separated: fp32,fp16,int8,u8 (u8: raw 8-bit input).")] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,4,8",
     images: Annotated[int, typer.Option("--images", help="Images per timed pass.")] = 8,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed passes per measurement (median).")] = 3,

@@ -26,6 +26,8 @@ def export(
     atol: Annotated[float, typer.Option("--atol", help="Largest allowed |Keras - ONNX| probability.")] = 1e-4,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write OUT.fp16.onnx (fp16 weights, fp32 IO).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx (static QDQ, per-channel).")] = False,
+    uint8: Annotated[bool, typer.Option("--uint8", help="Also write OUT.u8.onnx: takes raw 8-bit pixels and "
+                                        "normalises inside the graph (less host work and GPU upload).")] = False,
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="Calibration images for --int8 (default: dataset images the gate does not use).")] = None,
     bioimageio: Annotated[bool, typer.Option("--bioimageio", help="Also write OUT.bioimageio.zip, a bioimage.io "
@@ -40,7 +42,7 @@ def export(
     quiet_tensorflow()
 
     report = to_onnx(resolve_model(weights), out, data=data, opset=opset, atol=atol, fp16=fp16, int8=int8,
-                     calib=calib, bioimageio=bioimageio)
+                     uint8=uint8, calib=calib, bioimageio=bioimageio)
     for line in _lines(report):
         console.print(line, soft_wrap=True)
 
