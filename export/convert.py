@@ -78,12 +78,12 @@ def to_onnx(
     variant or package beside ``out`` is an earlier export's.
     """
     out = _check_out(Path(out))
+    use_tensorflow_backend()  # before tf2onnx (and Keras with it) is first imported
     _check_numbers(opset, atol, min_agreement)
     if bioimageio:
         from seg.export import bioimageio as zoo
 
         zoo.check_available()
-    use_tensorflow_backend()
     source = load_source(weights)
     data_dir = _data_dir(data, source)
     image_set = parity.load_images(data_dir, source.config, max_images)

@@ -113,28 +113,30 @@ def segment_paths(
     single = len(texts) == 1 and Path(texts[0]).is_file()  # one file is the main input: its failure is an InputError
     out_dir = Path(output_dir) if output_dir is not None else default_output(texts)
     _check_output_dir(out_dir, files)
-    seg = segmenter or Segmenter(model, provider=provider, **segmenter_options)  # type: ignore[arg-type]
-    cut = seg.info.threshold if threshold is None else float(threshold)
-    if not 0.0 <= cut <= 1.0:
-        raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
-    items, failures = plan_outputs(files, out_dir, save_prob, overlay)
-    summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
-    settings = record_settings(texts, model, seg, cut)
-    todo = outputs_to_do(items, out_dir, settings, seg.name, overwrite)
-    summary.skipped = len(items) - len(todo)
-    new_folders = _prepare_folders(out_dir, items, todo)
-    new_record = not (out_dir / SETTINGS_FILE).exists()
-    write_record(out_dir, settings)
-    report = _reporter(summary, None if single else on_error)
-    compute_before, start = seg.stats.compute_s, time.perf_counter()
-    summary.images = run_pipeline(seg, todo, cut, report, progress)
-    summary.seconds = time.perf_counter() - start
-    summary.compute_s = seg.stats.compute_s - compute_before
-    if summary.images == 0 and summary.skipped == 0:  # nothing written: leave nothing behind
-        _remove_new(out_dir / SETTINGS_FILE if new_record else None, new_folders)
-    if single and summary.failures:
-        raise InputError(summary.failures[0])
-    return summary
+    with contextlib.ExitStack() as owned:  # a Segmenter made here is closed here
+        seg = segmenter or owned.enter_context(
+            Segmenter(model, provider=provider, **segmenter_options))  # type: ignore[arg-type]
+        cut = seg.info.threshold if threshold is None else float(threshold)
+        if not 0.0 <= cut <= 1.0:
+            raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
+        items, failures = plan_outputs(files, out_dir, save_prob, overlay)
+        summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
+        settings = record_settings(texts, model, seg, cut)
+        todo = outputs_to_do(items, out_dir, settings, seg.name, overwrite)
+        summary.skipped = len(items) - len(todo)
+        new_folders = _prepare_folders(out_dir, items, todo)
+        new_record = not (out_dir / SETTINGS_FILE).exists()
+        write_record(out_dir, settings)
+        report = _reporter(summary, None if single else on_error)
+        compute_before, start = seg.stats.compute_s, time.perf_counter()
+        summary.images = run_pipeline(seg, todo, cut, report, progress)
+        summary.seconds = time.perf_counter() - start
+        summary.compute_s = seg.stats.compute_s - compute_before
+        if summary.images == 0 and summary.skipped == 0:  # nothing written: leave nothing behind
+            _remove_new(out_dir / SETTINGS_FILE if new_record else None, new_folders)
+        if single and summary.failures:
+            raise InputError(summary.failures[0])
+        return summary
 
 
 def input_texts(inputs: Inputs) -> list[str]:

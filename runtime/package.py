@@ -84,6 +84,9 @@ def open_package(path: str | os.PathLike[str]) -> Package:
         return Package(path, onnx, rdf_model_info(rdf))
     except Refused as exc:
         raise InputError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a field of the wrong type or form
+        raise InputError(f"{path}: rdf.yaml has a field seg cannot read ({type(exc).__name__}: {exc}); fix the "
+                         "package's rdf.yaml") from None
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:

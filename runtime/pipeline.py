@@ -4,7 +4,6 @@ finished in input order. ``io_threads`` sizes the pools by provider."""
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +15,7 @@ import numpy as np
 from seg.runtime.errors import SegError
 from seg.runtime.io import read_pages, write_pages
 from seg.runtime.preprocess import normalize, overlay_rgb, to_mask
+from seg.runtime.providers import usable_cpus
 from seg.runtime.segmenter import Segmenter
 
 Progress = Callable[[int, int], None]  # (images done, images to do)
@@ -67,17 +67,9 @@ def io_threads(providers: list[str]) -> tuple[int, int]:
     threads need the cores; beside CUDA the cores are free and PNG decoding/encoding, which costs more per
     image than the GPU's work, is the bottleneck, so half the CPUs each, 2 to 8."""
     if providers and providers[0] == "cuda":
-        count = max(2, min(8, _usable_cpus() // 2))
+        count = max(2, min(8, usable_cpus() // 2))
         return count, count
     return 2, 1
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, which containers narrow), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 2
 
 
 def run_pipeline(seg: Segmenter, todo: list[Item], threshold: float, report: OnError,

@@ -158,6 +158,15 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, which containers narrow), else ``os.cpu_count()`` (1 if
+    unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def check_model_io(session: ort.InferenceSession, name: str) -> None:
     """``InputError`` unless the model has one input ``(N, H, W, 1)`` float32 (or uint8: the ``u8`` variant,
     which normalises inside the graph) and a matching float32 output."""

@@ -25,7 +25,7 @@ SETTINGS_FILE = ".seg-infer.json"
 def record_settings(texts: list[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
     """The record of what makes the outputs. ``inputs`` is one string for one input (a resolved path, or the
     glob as given) and a sorted list of them for several."""
-    digest = model_digest(model if isinstance(model, bytes) else Path(seg.name))
+    digest = model_digest(bytes(model) if isinstance(model, bytes | bytearray) else Path(seg.name))
     named = sorted(text if any(c in text for c in GLOB_CHARS) else str(Path(text).resolve()) for text in texts)
     return {"inputs": named[0] if len(named) == 1 else named, "model_sha256": digest, "threshold": threshold,
             "tile": seg.tile_size, "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend,

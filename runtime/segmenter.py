@@ -228,13 +228,18 @@ class Segmenter:
         region = region_tiles(self.plan, shape, rows, cols)
         name = f"region {rows.start}:{rows.stop}, {cols.start}:{cols.stop}"
         pixels = np.asarray(read(region.read_rows, region.read_cols))
+        wanted = (region.read_rows.stop - region.read_rows.start, region.read_cols.stop - region.read_cols.start)
+        if pixels.shape[:2] != wanted:
+            raise InputError(f"{name}: read() returned {pixels.shape[:2]} pixels for {wanted}; it must return "
+                             "image[row_slice, col_slice]")
         if pixels.dtype.kind == "f" and pixels.size and not 0.0 <= float(np.nanmin(pixels)) <= float(
                 np.nanmax(pixels)) <= 1.0:
             raise InputError(f"{name}: float pixels outside [0, 1]; scale the image to [0, 1] (or give integers) "
                              "so that every region is normalised alike")
         pixels, lazy = self._prepared(pixels, name)
-        job = _Job(*region.size, tiling.reflect_pad(pixels, *region.size), lazy, region.tile, region.rows,
-                   region.cols, len(self.transforms))
+        (down, right), (height, width) = region.read_offset, region.size
+        padded = tiling.reflect_pad(pixels, down + height, right + width)[down:, right:]
+        job = _Job(height, width, padded, lazy, region.tile, region.rows, region.cols, len(self.transforms))
         for batch in tiling.batched(self._job_tiles(job), self.batch_for(job.tile)):
             self._run_tiles(batch)
         out = job.out[region.core_rows, region.core_cols]  # a view: normalised and clipped in place

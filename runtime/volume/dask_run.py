@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seg.runtime.errors import InputError, ProviderError
-from seg.runtime.providers import CUDA_FIX, check_provider, cuda_problem
+from seg.runtime.providers import CUDA_FIX, check_provider, cuda_problem, usable_cpus
 from seg.runtime.segmenter import Segmenter
 from seg.runtime.volume import worker
 from seg.runtime.volume.worker import ModelSpec, run_block
@@ -172,6 +172,7 @@ def _prepare(input: str | os.PathLike[str], model: str | os.PathLike[str], outpu
         raise InputError(f"--prob-dtype {prob_dtype!r} is not one of {', '.join(PROB_DTYPES)}")
     check_device_id(device_id)
     source = open_volume(input)
+    _check_float_range(source)
     path, digest = _model_file(model)
     with Segmenter(path, provider="cpu", tile_size=tile_size, halo=halo, batch_size=batch_size, tta=tta,
                    threads=1) as seg:
@@ -187,6 +188,18 @@ def _prepare(input: str | os.PathLike[str], model: str | os.PathLike[str], outpu
         blocks = plan_blocks(source.shape, block, seg.halo, name="--block")
     spec = ModelSpec(path, digest, provider, device_id, spread_gpus, tile_size, halo, batch_size, tta)
     return _Job(source, blocks, spec, settings)
+
+
+def _check_float_range(source: VolumeSource) -> None:
+    """``InputError`` for a float volume whose first slice leaves [0, 1]: each block would be normalised by its
+    own range, so seg takes floats in [0, 1] only (integers are scaled by their dtype's range)."""
+    if source.dtype.kind != "f":
+        return
+    first = source.read(0, slice(0, source.shape[1]), slice(0, source.shape[2]))
+    low, high = float(first.min()), float(first.max())
+    if not 0.0 <= low <= high <= 1.0:
+        raise InputError(f"{source.spec}: float pixels span [{low:g}, {high:g}] in slice 0, outside [0, 1]; scale the "
+                         "volume to [0, 1] (or store it as uint8/uint16)")
 
 
 def _model_file(model: str | os.PathLike[str]) -> tuple[str, str]:
@@ -209,7 +222,7 @@ def _resolve_provider(provider: str, local: bool) -> str:
     problem = cuda_problem()
     if provider == "cuda" and problem is not None:
         raise ProviderError(f"CUDA provider cannot load: {problem}; fix: {CUDA_FIX}")
-    return "cpu" if problem is not None else "cuda"
+    return "cuda" if problem is None and visible_gpus() > 0 else "cpu"  # "auto": CUDA libraries and a GPU
 
 
 def _cluster_size(workers: int | None, threads: int | None, spec: ModelSpec, local: bool) -> tuple[int, int]:
@@ -228,14 +241,6 @@ def _cluster_size(workers: int | None, threads: int | None, spec: ModelSpec, loc
         return workers or max(1, visible_gpus() - spec.device_id), threads
     threads = threads or 1
     return workers or max(1, usable_cpus() // threads), threads
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, which containers narrow), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> int:

@@ -176,7 +176,7 @@ def test_io_threads_widen_beside_cuda_only(monkeypatch: pytest.MonkeyPatch, cpus
                                            cuda_threads: int) -> None:
     from seg.runtime import pipeline
 
-    monkeypatch.setattr(pipeline, "_usable_cpus", lambda: cpus or 2)
+    monkeypatch.setattr(pipeline, "usable_cpus", lambda: cpus or 2)
     assert pipeline.io_threads(["cpu"]) == (2, 1)  # the CPU provider's threads need the cores
     assert pipeline.io_threads(["cuda", "cpu"]) == (cuda_threads, cuda_threads)
 

@@ -97,6 +97,9 @@ def _broken(kind: str, package: Path, folder: Path) -> Path:
     rdf = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
     if kind == "broken rdf.yaml":
         return _rewrite(package, folder / "x.bioimageio.zip", {"rdf.yaml": b"type: model\ninputs: [\n  - {id: x\n"})
+    if kind == "a number that is not one":
+        rdf["outputs"][0]["axes"][1]["halo"] = "wide"
+        return _rewrite(package, folder / "x.bioimageio.zip", {"rdf.yaml": yaml.safe_dump(rdf).encode()})
     if kind == "missing weights":
         return _rewrite(package, folder / "x.bioimageio.zip", {rdf["weights"]["onnx"]["source"]: None})
     weights = bytearray(zipfile.ZipFile(package).read(rdf["weights"]["onnx"]["source"]))
@@ -107,6 +110,7 @@ def _broken(kind: str, package: Path, folder: Path) -> Path:
 @pytest.mark.parametrize(("kind", "message"), [
     ("broken rdf.yaml", r"x.bioimageio.zip: rdf.yaml is not valid YAML at line \d+"),
     ("missing weights", r"x.bioimageio.zip: weights model.onnx named in rdf.yaml are missing from the package"),
+    ("a number that is not one", r"x.bioimageio.zip: rdf.yaml has a field seg cannot read \(ValueError: "),
     ("bad checksum", r"x.bioimageio.zip: weights model.onnx have sha256 [0-9a-f]{12}\.\.\., rdf.yaml says "
                      r"[0-9a-f]{12}\.\.\.: the package is corrupt or was edited"),
 ])

@@ -60,3 +60,22 @@ def test_bad_regions_and_floats_outside_the_unit_range_are_refused(rng: np.rando
         seg.predict_region(lambda rows, cols: 3 * image[rows, cols], image.shape, slice(0, 10), slice(0, 10))
     with pytest.raises(InputError, match=r"a region needs tiled prediction"):
         Segmenter(wide_model(33), "cpu", tile_size=0).predict_region(read, image.shape, slice(0, 9), slice(0, 9))
+
+
+@pytest.mark.parametrize("width", [22, 23, 36, 37, 41])
+def test_blocks_at_the_right_edge_mirror_the_images_own_pixels(width: int, rng: np.random.Generator) -> None:
+    """Tiles as small as the size multiple (halo 0): the last block may hold fewer columns than the image's
+    right-edge reflection needs; it reads further back so the padding is the whole image's."""
+    image = rng.integers(0, 256, (30, width), dtype=np.uint8)
+    seg = Segmenter(wide_model(9), "cpu", tile_size=16, halo=0)
+    np.testing.assert_array_equal(_by_blocks(seg, image, 16), seg.predict(image))
+
+
+def test_open_ended_slices_and_a_wrong_read_are_handled(rng: np.random.Generator) -> None:
+    image = rng.integers(0, 256, (200, 150), dtype=np.uint8)
+    seg = Segmenter(wide_model(33), "cpu")
+    whole = seg.predict(image)
+    np.testing.assert_allclose(seg.predict_region(lambda r, c: image[r, c], image.shape, slice(100, None),
+                                                  slice(None, 64)), whole[100:, :64], atol=1e-6)
+    with pytest.raises(InputError, match=r"read\(\) returned \(10, 10\) pixels for"):
+        seg.predict_region(lambda r, c: image[:10, :10], image.shape, slice(0, 50), slice(0, 50))

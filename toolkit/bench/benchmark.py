@@ -212,8 +212,8 @@ class _Runner:
         return row
 
     def paired(self, model: Path, rows: list[BenchRow], pairs: int) -> dict[str, Any] | None:
-        """FP32 and INT8 alternating in one CPU worker at INT8's fastest batch (``bench_worker.measure_paired``);
-        None unless both measured on the CPU."""
+        """FP32 and INT8 alternating in one CPU worker at INT8's fastest batch
+        (``seg.toolkit.bench.worker.measure_paired``); None unless both measured on the CPU."""
         cpu = {(r.variant, r.batch): r for r in rows if r.ok and r.provider == "cpu" and r.engine == "onnxruntime"}
         int8 = [r for (variant, batch), r in cpu.items() if variant == "int8" and ("fp32", batch) in cpu]
         if not int8:
@@ -238,8 +238,7 @@ class _Runner:
         spec_path.write_text(json.dumps(asdict(spec)), encoding="utf-8")
         command = [sys.executable, "-m", "seg.toolkit.bench.worker", str(spec_path), str(out_path)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s,
-                                  cwd=Path(__file__).resolve().parents[1], check=False)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {self.timeout_s:.0f} s"}
         if not out_path.is_file():

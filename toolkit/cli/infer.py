@@ -69,7 +69,7 @@ def infer(
     workers: Annotated[int | None, Opt("--workers", help="Volumes: Dask worker processes on this machine "
                                        "(default: one per CPU; one per GPU with --provider cuda).")] = None,
     threads_per_worker: Annotated[int | None, Opt("--threads-per-worker", help="Volumes: threads per worker "
-                                                  "(= onnxruntime intra-op threads; default 1, 2 on CUDA).")] = None,
+                                                  "(each runs one block at a time; default 1, 2 on CUDA).")] = None,
     scheduler: Annotated[str | None, Opt("--scheduler", metavar="ADDRESS", help="Volumes: a running Dask "
                                          "scheduler (tcp://HOST:8786) instead of workers on this machine.")] = None,
     block: Annotated[int | None, Opt("--block", help="Volumes: block side in pixels, a multiple of 512 "
@@ -122,7 +122,7 @@ def _is_volume_run(texts: list[str], output: Path | None) -> bool:
     ``.zarr`` output."""
     from seg.runtime.volume.sources import is_volume_spec
 
-    return any(is_volume_spec(text) for text in texts) or (output is not None and output.suffix == ".zarr")
+    return any(is_volume_spec(text) for text in texts) or (output is not None and output.suffix.lower() == ".zarr")
 
 
 def _infer_volume(texts: list[str], model: Path, output: Path | None, *, block: int | None,
@@ -132,7 +132,7 @@ def _infer_volume(texts: list[str], model: Path, output: Path | None, *, block: 
 
     if len(texts) != 1:
         raise InputError(f"a volume run takes one --input, got {len(texts)}: {' '.join(texts) or 'none'}")
-    if output is None or output.suffix != ".zarr":
+    if output is None or output.suffix.lower() != ".zarr":
         raise InputError(f"{output or 'no --output'}: a volume is written to an OME-Zarr; give --output OUT.zarr")
     start = time.perf_counter()
     with _lazy_bar(TextColumn("[bold]segmenting blocks"), TextColumn("{task.fields[rate]}")) as update:
@@ -141,7 +141,8 @@ def _infer_volume(texts: list[str], model: Path, output: Path | None, *, block: 
             rate = voxels / max(time.perf_counter() - start, 1e-9)
             update(completed=done, total=total, rate=f"{_mega(rate)} voxels/s")
 
-        summary = segment_volume(texts[0], model, output, block=block or 4096, prob_dtype=prob_dtype or "uint8",
+        summary = segment_volume(texts[0], model, output, block=4096 if block is None else block,
+                                 prob_dtype="uint8" if prob_dtype is None else prob_dtype,
                                  progress=progress, log=lambda line: err_console.print(line, soft_wrap=True),
                                  **options)
     skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""

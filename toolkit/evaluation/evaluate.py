@@ -101,8 +101,8 @@ def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu")
     if model.suffix == ".onnx":
         from seg.runtime import Segmenter
 
-        segmenter = Segmenter(model, provider=provider)
-        return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)})"
+        with Segmenter(model, provider=provider) as segmenter:
+            return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)})"
     if model.suffix == ".keras":
         return keras_predict(model, images), "keras"
     raise InputError(f"{model}: unknown model type {model.suffix!r}; give a .onnx or .keras file")

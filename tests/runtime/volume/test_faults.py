@@ -118,10 +118,19 @@ def test_keyboard_interrupt_shuts_down_segs_own_cluster(volume_model: Path, synt
 
 def test_an_error_inside_a_task_stops_the_run_with_that_error(dask_client: object, volume_model: Path,
                                                              tmp_path: Path) -> None:
-    """Float pixels outside [0, 1] are refused by ``predict_region`` on the worker: the run raises that
-    ``InputError`` (after its retries) and the block stays unmarked, so it is never taken as done."""
-    volume = np.full((1, 600, 600), 200.0, np.float32)
+    """Float pixels outside [0, 1] in a later slice (the client checks slice 0 only) are refused by
+    ``predict_region`` on the worker: the run raises that ``InputError`` (after its retries) and the failing
+    block stays unmarked, so it is never taken as done."""
+    volume = np.stack([np.full((600, 600), 0.5, np.float32), np.full((600, 600), 200.0, np.float32)])
     path = write_zarr(tmp_path / "float.zarr", volume)
     with pytest.raises(InputError, match="float pixels outside"):
         segment_volume(path, volume_model, tmp_path / "out.zarr", client=dask_client, block=512, retries=0)
-    assert _markers(tmp_path / "out.zarr") == 0
+    assert not list((tmp_path / "out.zarr" / MARKERS).glob("z1_*"))
+
+
+def test_a_float_volume_outside_the_unit_range_is_refused_before_anything_is_written(
+        volume_model: Path, tmp_path: Path) -> None:
+    path = write_zarr(tmp_path / "float.zarr", np.full((1, 600, 600), 200.0, np.float32))
+    with pytest.raises(InputError, match=r"float.zarr: float pixels span \[200, 200\] in slice 0, outside \[0, 1\]"):
+        segment_volume(path, volume_model, tmp_path / "out.zarr", block=512)
+    assert not (tmp_path / "out.zarr").exists()
