@@ -33,3 +33,12 @@ class GateError(SegError):
 
 class SegWarning(UserWarning):
     """Something was converted or assumed on the user's behalf (RGB to gray, missing metadata)."""
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-blank line of an error's text (its type name when it has none): for one-line messages."""
+    text = str(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines:
+        return lines[0]
+    return type(error).__name__ if isinstance(error, BaseException) else "unknown error"

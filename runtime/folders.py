@@ -41,6 +41,7 @@ from seg.runtime.atomic import remove_temporaries
 from seg.runtime.errors import InputError
 from seg.runtime.io import TIFF_SUFFIXES, is_image_file, list_images
 from seg.runtime.pipeline import Item, OnError, Progress, run_pipeline
+from seg.runtime.preprocess import check_threshold
 from seg.runtime.resume import GLOB_CHARS as _GLOB_CHARS
 from seg.runtime.resume import SETTINGS_FILE, outputs_to_do, record_settings, write_record
 from seg.runtime.segmenter import Segmenter
@@ -116,9 +117,7 @@ def segment_paths(
     with contextlib.ExitStack() as owned:  # a Segmenter made here is closed here
         seg = segmenter or owned.enter_context(
             Segmenter(model, provider=provider, **segmenter_options))  # type: ignore[arg-type]
-        cut = seg.info.threshold if threshold is None else float(threshold)
-        if not 0.0 <= cut <= 1.0:
-            raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
+        cut = check_threshold(seg.info.threshold if threshold is None else threshold)
         items, failures = plan_outputs(files, out_dir, save_prob, overlay)
         summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
         settings = record_settings(texts, model, seg, cut)

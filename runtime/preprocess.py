@@ -105,6 +105,14 @@ def binarize_label(label: np.ndarray, name: str = "label") -> np.ndarray:
     return (values >= 0.5).astype(np.float32)
 
 
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float; ``InputError`` unless it is in [0, 1] (it cuts the interior probability)."""
+    cut = float(threshold)
+    if not 0.0 <= cut <= 1.0:
+        raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
+    return cut
+
+
 def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Interior probability ``(H, W) float32 in [0, 1]`` -> ``(H, W) uint8`` mask, 255 = interior."""
     return np.where(prob >= threshold, np.uint8(255), np.uint8(0))

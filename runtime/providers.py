@@ -29,7 +29,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from seg.runtime.errors import InputError, ProviderError
+from seg.runtime.errors import InputError, ProviderError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def cuda_problem() -> str | None:
     try:
         ctypes.CDLL(str(library))
     except OSError as exc:
-        return f"{_first_line(str(exc))} ({_ort_build()} needs CUDA {_cuda_version()} and cuDNN 9)"
+        return f"{first_line(str(exc))} ({_ort_build()} needs CUDA {_cuda_version()} and cuDNN 9)"
     return None
 
 
@@ -193,7 +193,7 @@ def _create(
     try:
         return ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise InputError(f"{name}: not a loadable ONNX model ({_first_line(str(exc))})") from None
+        raise InputError(f"{name}: not a loadable ONNX model ({first_line(str(exc))})") from None
     finally:
         ort.set_default_logger_severity(_ORT_WARNING)
 
@@ -268,8 +268,3 @@ def _cuda_version() -> str:
         return re.sub(r"\..*", ".x", str(cuda_version))
     except ImportError:
         return "12.x or newer"
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "unknown error"

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seg.runtime.errors import InputError, ProviderError
+from seg.runtime.errors import InputError, ProviderError, first_line
+from seg.runtime.preprocess import check_threshold
 from seg.runtime.providers import CUDA_FIX, check_provider, cuda_problem, usable_cpus
 from seg.runtime.segmenter import Segmenter
 from seg.runtime.volume import worker
@@ -178,9 +179,7 @@ def _prepare(input: str | os.PathLike[str], model: str | os.PathLike[str], outpu
                    threads=1) as seg:
         if not seg.tile_size:
             raise InputError("volumes are segmented tile by tile; --tile 0 (whole images) is not supported")
-        cut = seg.info.threshold if threshold is None else float(threshold)
-        if not 0.0 <= cut <= 1.0:
-            raise InputError(f"threshold {cut:g} is outside [0, 1]; masks cut the interior probability, e.g. 0.5")
+        cut = check_threshold(seg.info.threshold if threshold is None else threshold)
         _, height, width = source.shape
         settings: dict[str, object] = {
             "model_sha256": digest, "threshold": cut, "block": int(block), "tile": seg.tile_for(height, width),
@@ -268,7 +267,7 @@ def _remote_client(address: str) -> Iterator[Client]:
     try:
         client = Client(address, timeout="10s")
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
-        raise InputError(f"{address}: cannot reach the Dask scheduler ({_first_line(exc)}); start one with "
+        raise InputError(f"{address}: cannot reach the Dask scheduler ({first_line(exc)}); start one with "
                          "`dask scheduler` (and workers), or leave --scheduler out to run on this machine") from None
     with client:
         yield client
@@ -323,8 +322,3 @@ def _run_blocks(client: Client, job: _Job, out: VolumeOutput, todo: Sequence[Blo
         if done < len(todo):
             client.cancel(futures)
     return done, voxels
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -41,6 +41,7 @@ from seg.runtime.io import read_image
 from seg.toolkit.bench.benchmark import _check_model
 from seg.toolkit.bench.data import bench_images
 from seg.toolkit.bench.report import LARGE_RSS_LIMIT_MB
+from seg.toolkit.bench.worker import peak_rss_mb
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -246,7 +247,7 @@ def _dask_round(row: VolumeRow, model: Path, volume: Path, block: int, work: Pat
         ready = time.perf_counter()
         _segment(client, model, volume, output, block, row.voxels)
         row.seconds.append(time.perf_counter() - ready)
-        peaks = [mb for mb in client.run(vm_hwm_mb).values() if mb is not None]
+        peaks = [mb for mb in client.run(peak_rss_mb).values() if mb is not None]
     row.startup_s.append(ready - start)
     if peaks:
         row.peak_rss_mb = max(row.peak_rss_mb or 0.0, *peaks)
@@ -271,18 +272,6 @@ def _level0_mask(output: Path) -> np.ndarray:
     return zarr.open_array(str(output / "labels" / "mask" / "0"), mode="r")[...]
 
 
-def vm_hwm_mb() -> float | None:
-    """This process's peak resident memory (``VmHWM``, since exec) in MB; None where /proc has no such line."""
-    try:
-        text = Path("/proc/self/status").read_text(encoding="utf-8")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0  # kB -> MB
-    return None
-
-
 def _peak(model: Path, images: list[np.ndarray], size: int, work: Path) -> dict[str, Any]:
     """One ``(1, size, size)`` volume as one block on a fresh 1-worker, 1-thread cluster: the worker's
     ``VmHWM`` (MB) before and after, against ``PEAK_BUDGET_MB``."""
@@ -292,9 +281,9 @@ def _peak(model: Path, images: list[np.ndarray], size: int, work: Path) -> dict[
     output = work / "peak-out.zarr"
     with _local_client(1, 1) as client:
         client.wait_for_workers(1)
-        idle = max(client.run(vm_hwm_mb).values(), key=lambda mb: mb or 0.0)
+        idle = max(client.run(peak_rss_mb).values(), key=lambda mb: mb or 0.0)
         summary = _segment(client, model, volume, output, size, size * size)
-        peak = max(client.run(vm_hwm_mb).values(), key=lambda mb: mb or 0.0)
+        peak = max(client.run(peak_rss_mb).values(), key=lambda mb: mb or 0.0)
     shutil.rmtree(output, ignore_errors=True)
     return {"shape": [1, size, size], "block": size, "workers": 1, "threads": 1, "seconds": summary.seconds,
             "idle_mb": idle, "peak_mb": peak, "budget_mb": PEAK_BUDGET_MB,

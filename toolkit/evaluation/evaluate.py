@@ -104,11 +104,11 @@ def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu")
         with Segmenter(model, provider=provider) as segmenter:
             return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)})"
     if model.suffix == ".keras":
-        return keras_predict(model, images), "keras"
+        return keras_predict_file(model, images), "keras"
     raise InputError(f"{model}: unknown model type {model.suffix!r}; give a .onnx or .keras file")
 
 
-def keras_predict(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+def keras_predict_file(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     """Whole-image Keras predictions ``(H, W) float32 in [0, 1]`` of the ``.keras`` file at ``model_path``
     (loaded with ``safe_mode=True``; padding as the runtime's whole-image rule)."""
     from seg.export import keras_predict as predict

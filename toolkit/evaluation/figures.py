@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seg.toolkit.evaluation.evaluate import keras_predict
+from seg.toolkit.evaluation.evaluate import keras_predict_file
 from seg.train import runs
 from seg.train.data import Slice, load_split
 
@@ -17,7 +17,7 @@ def write_run_figures(run_dir: Path, n_samples: int = 2) -> list[Path]:
     written = [plots.plot_loss_curve(run_dir / runs.HISTORY, run_dir / "loss.png", title=run_dir.name)]
     samples = _validation_samples(run_dir, n_samples)
     if samples:
-        probs = keras_predict(run_dir / runs.BEST_MODEL, [s.image for s in samples])
+        probs = keras_predict_file(run_dir / runs.BEST_MODEL, [s.image for s in samples])
         written.append(plots.plot_predictions([s.image for s in samples], [s.label for s in samples], probs,
                                               run_dir / "samples.png", title=f"{run_dir.name}: validation"))
     return written
