@@ -57,6 +57,18 @@ class _Job:
         self.single = self.pending == 1
         self.out = np.empty((0, 0), np.float32) if self.single else np.zeros(self.pixels.shape, np.float32)
 
+    def blended(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """``out[rows, cols]`` (``out`` itself for the whole image, else a view) divided in place by the
+        summed weights of the tiles: the blend of their predictions, ``float32``. One tile covering the image
+        needs no division."""
+        whole = rows == slice(None) and cols == slice(None)
+        out = self.out if whole else self.out[rows, cols]  # the whole accumulator is returned as itself
+        if len(self.rows) * len(self.cols) > 1:
+            row_weight = tiling.weight_sum_1d(self.out.shape[0], self.rows)[rows]
+            col_weight = tiling.weight_sum_1d(self.out.shape[1], self.cols)[cols]
+            tiling.normalize_weights(out, row_weight, col_weight)
+        return out
+
 
 _Tile = tuple[_Job, _Window, _Window, int]  # job, row window, column window, dihedral transform
 
@@ -242,11 +254,7 @@ class Segmenter:
         job = _Job(height, width, padded, lazy, region.tile, region.rows, region.cols, len(self.transforms))
         for batch in tiling.batched(self._job_tiles(job), self.batch_for(job.tile)):
             self._run_tiles(batch)
-        out = job.out[region.core_rows, region.core_cols]  # a view: normalised and clipped in place
-        if not job.single:
-            row_weight = tiling.weight_sum_1d(region.size[0], job.rows)[region.core_rows]
-            col_weight = tiling.weight_sum_1d(region.size[1], job.cols)[region.core_cols]
-            tiling.normalize_weights(out, row_weight, col_weight)
+        out = job.blended(region.core_rows, region.core_cols)  # a view: clipped in place below
         self.stats.add(images=1)
         np.clip(out, 0.0, 1.0, out=out)
         return np.ascontiguousarray(out)
@@ -336,11 +344,7 @@ class Segmenter:
         self.stats.add(tiles=len(batch))
 
     def _finish(self, job: _Job) -> np.ndarray:
-        out = job.out
-        if len(job.rows) * len(job.cols) > 1:
-            row_weight = tiling.weight_sum_1d(out.shape[0], job.rows)
-            col_weight = tiling.weight_sum_1d(out.shape[1], job.cols)
-            tiling.normalize_weights(out, row_weight, col_weight)
+        out = job.blended()
         job.pixels = job.out = np.empty((0, 0), np.float32)  # drop references early
         self.stats.add(images=1)
         return _crop_clip(out, job.height, job.width)

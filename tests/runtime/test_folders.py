@@ -12,19 +12,8 @@ from PIL import Image
 from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.folders import default_output, resolve_inputs, segment_paths
 from seg.runtime.io import read_image, read_pages
-from seg.runtime.metadata import ModelInfo
 from seg.runtime.preprocess import to_mask
 from seg.runtime.segmenter import Segmenter
-from tests.runtime.test_providers import tiny_model
-
-META = ModelInfo(tile_size=64, halo=16, size_multiple=16).to_props()
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    path = tmp_path / "model.onnx"
-    path.write_bytes(tiny_model(metadata=META))
-    return path
 
 
 @pytest.fixture

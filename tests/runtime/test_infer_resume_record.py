@@ -14,13 +14,12 @@ from PIL import Image
 from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.folders import segment_paths
 from seg.runtime.io import read_image
-from seg.runtime.metadata import ModelInfo
 from seg.runtime.preprocess import to_mask
 from seg.runtime.resume import SETTINGS_FILE
 from seg.runtime.segmenter import Segmenter
+from tests.runtime.conftest import FOLDER_META
 from tests.runtime.test_providers import tiny_model
 
-META = ModelInfo(tile_size=64, halo=16, size_multiple=16).to_props()
 SENTINEL = 7  # a pixel value no mask holds (masks are 0 or 255)
 
 
@@ -29,7 +28,7 @@ def done(tmp_path: Path) -> tuple[Path, Path, Path]:
     """``(images, model, out)``: two images already segmented into ``out``, each mask then replaced by a
     sentinel image (so a mask that is trusted instead of redone shows up)."""
     model = tmp_path / "model.onnx"
-    model.write_bytes(tiny_model(metadata=META))
+    model.write_bytes(tiny_model(metadata=FOLDER_META))
     images, out = tmp_path / "images", tmp_path / "out"
     images.mkdir()
     rng = np.random.default_rng(0)
