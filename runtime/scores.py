@@ -46,3 +46,20 @@ def membrane_iou(prob: np.ndarray, label: np.ndarray, threshold: float = 0.5) ->
 def mask_agreement(prob_a: np.ndarray, prob_b: np.ndarray, threshold: float = 0.5) -> float:
     """Fraction of pixels on which two probability maps give the same class at ``threshold``."""
     return float(np.mean((prob_a >= threshold) == (prob_b >= threshold)))
+
+
+THRESHOLD_CANDIDATES: tuple[float, ...] = tuple(round(0.3 + 0.05 * k, 2) for k in range(9))
+"""Thresholds training tries on the validation slices (0.30 to 0.70 in steps of 0.05)."""
+
+
+def best_pixel_threshold(
+    probs: list[np.ndarray], labels: list[np.ndarray], candidates: tuple[float, ...] = THRESHOLD_CANDIDATES
+) -> tuple[float, float]:
+    """``(threshold, pixel_error)``: the candidate threshold with the lowest pixel error pooled over all
+    pixels of ``probs`` and ``labels`` (lists of ``(H, W)`` arrays as above); the one nearest 0.5 on ties."""
+    prob = np.concatenate([np.ravel(p) for p in probs])
+    interior = np.concatenate([np.ravel(y) for y in labels]) >= 0.5
+    by_closeness = sorted(candidates, key=lambda t: abs(t - 0.5))
+    errors = [float(np.mean((prob >= t) != interior)) for t in by_closeness]
+    best = int(np.argmin(errors))
+    return float(by_closeness[best]), errors[best]

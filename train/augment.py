@@ -1,4 +1,4 @@
-"""Training augmentation in numpy: random crops, the 8 flips/rotations, optional elastic deformation and
+"""Training augmentation in numpy (OpenCV for the warps): random crops, the 8 flips/rotations, elastic deformation and
 mild intensity jitter. Geometric transforms are applied identically to image and label.
 
 Arrays: image ``(H, W) float32 in [0, 1]``; label ``(H, W) float32`` in {0, 1}.
@@ -14,40 +14,60 @@ from seg.runtime.tiling import dihedral  # the same 8 transforms serve test-time
 from seg.train.data import Slice
 
 N_DIHEDRAL = 8
-__all__ = ["N_DIHEDRAL", "augmented_pair", "dihedral", "elastic", "jitter_intensity", "random_crop",
-           "sample_batch"]
+ELASTIC_GRID = 3
+"""Control points per side of the elastic deformation's coarse lattice (the U-Net paper's 3 x 3)."""
+ELASTIC_STD = 10.0
+"""Standard deviation in pixels of the control points' random displacements (the U-Net paper's 10)."""
+__all__ = ["N_DIHEDRAL", "augmented_pair", "dihedral", "elastic", "elastic_coordinates", "jitter_intensity",
+           "random_crop", "sample_batch"]
 
 
 def random_crop(
-    image: np.ndarray, label: np.ndarray, crop: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """The same random ``(crop, crop)`` window of ``image`` and ``label``."""
+    image: np.ndarray, label: np.ndarray, crop: int, rng: np.random.Generator, *others: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The same random ``(crop, crop)`` window of ``image``, ``label`` and each of ``others``."""
     height, width = image.shape
     if crop > min(height, width):
         raise ValueError(f"crop {crop} is larger than a {width}x{height} slice; use --crop {min(height, width)}")
     top = int(rng.integers(0, height - crop + 1))
     left = int(rng.integers(0, width - crop + 1))
     window = (slice(top, top + crop), slice(left, left + crop))
-    return image[window], label[window]
+    return tuple(a[window] for a in (image, label, *others))
+
+
+def elastic_coordinates(shape: tuple[int, int], rng: np.random.Generator, grid: int = ELASTIC_GRID,
+                        std: float = ELASTIC_STD) -> tuple[np.ndarray, np.ndarray]:
+    """Source ``(rows, cols)``, each ``(H, W) float32``, of a smooth random deformation (the U-Net paper's):
+    random displacements drawn from N(0, ``std`` px) on a coarse ``grid`` x ``grid`` lattice over the array,
+    interpolated bicubically to every pixel."""
+    import cv2
+
+    height, width = shape
+    coarse = rng.normal(0.0, std, (grid, grid, 2)).astype(np.float32)
+    shifts = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    return rows + shifts[..., 0], cols + shifts[..., 1]
 
 
 def elastic(
-    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, alpha: float = 30.0, sigma: float = 6.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth random displacement (Simard et al. 2003): ``alpha`` px amplitude, ``sigma`` px smoothness.
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, weight: np.ndarray | None = None,
+    std: float = ELASTIC_STD,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Warp ``image``, ``label`` (and ``weight``) with one smooth random deformation (``elastic_coordinates``).
 
-    The image is resampled bilinearly, the label with nearest neighbour so it stays binary.
+    The image and the weights are resampled bilinearly, the label with nearest neighbour so it stays
+    in {0, 1}; outside the array the content is mirrored. Returns float32 arrays of the input shape.
     """
-    from scipy.ndimage import gaussian_filter, map_coordinates
+    import cv2
 
-    shape = image.shape
-    shifts = [gaussian_filter(rng.uniform(-1, 1, shape), sigma) for _ in range(2)]
-    scale = alpha / max(float(np.abs(shifts[0]).max()), float(np.abs(shifts[1]).max()), 1e-6)
-    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    coords = [rows + shifts[0] * scale, cols + shifts[1] * scale]
-    warped_image = map_coordinates(image, coords, order=1, mode="reflect").astype(np.float32)
-    warped_label = map_coordinates(label, coords, order=0, mode="reflect").astype(np.float32)
-    return warped_image, warped_label
+    rows, cols = elastic_coordinates(image.shape, rng, std=std)
+
+    def warp(array: np.ndarray, interpolation: int) -> np.ndarray:
+        source = np.ascontiguousarray(array, np.float32)
+        return cv2.remap(source, cols, rows, interpolation, borderMode=cv2.BORDER_REFLECT_101)
+
+    warped_weight = None if weight is None else warp(weight, cv2.INTER_LINEAR)
+    return warp(image, cv2.INTER_LINEAR), warp(label, cv2.INTER_NEAREST), warped_weight
 
 
 def jitter_intensity(image: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
@@ -61,29 +81,33 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator, strength: floa
 
 
 def augmented_pair(
-    item: Slice, crop: int, rng: np.random.Generator, use_elastic: bool = False, use_intensity: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented ``(crop, crop)`` image/label pair from ``item``."""
+    item: Slice, crop: int, rng: np.random.Generator, use_elastic: bool = True, use_intensity: bool = True,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented ``(crop, crop)`` triple from ``item``: image, label and loss weight (``weight`` is the
+    slice's ``(H, W)`` weight map, ones when None). Every geometric transform moves all three alike."""
     assert item.label is not None, f"{item.source}: training needs a label"
-    image, label = random_crop(item.image, item.label, crop, rng)
+    full_weight = np.ones_like(item.label) if weight is None else weight
+    image, label, crop_weight = random_crop(item.image, item.label, crop, rng, full_weight)
     k = int(rng.integers(N_DIHEDRAL))
-    image, label = dihedral(image, k), dihedral(label, k)
+    image, label, crop_weight = dihedral(image, k), dihedral(label, k), dihedral(crop_weight, k)
     if use_elastic:
-        image, label = elastic(image, label, rng)
+        image, label, crop_weight = elastic(image, label, rng, crop_weight)
     if use_intensity:
         image = jitter_intensity(image, rng)
-    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(label, np.float32)
+    return tuple(np.ascontiguousarray(a, np.float32) for a in (image, label, crop_weight))  # type: ignore[return-value]
 
 
 def sample_batch(
-    slices: Sequence[Slice], batch: int, crop: int, rng: np.random.Generator, use_elastic: bool = False,
-    use_intensity: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A training batch: ``x`` ``(batch, crop, crop, 1) float32 in [0, 1]`` and ``y`` the same shape in {0, 1}."""
-    pairs = [
-        augmented_pair(slices[int(rng.integers(len(slices)))], crop, rng, use_elastic, use_intensity)
-        for _ in range(batch)
-    ]
-    x = np.stack([p[0] for p in pairs])[..., None]
-    y = np.stack([p[1] for p in pairs])[..., None]
-    return x, y
+    slices: Sequence[Slice], batch: int, crop: int, rng: np.random.Generator, use_elastic: bool = True,
+    use_intensity: bool = True, weights: Sequence[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A training batch: ``x`` ``(batch, crop, crop, 1) float32 in [0, 1]``, ``y`` the same shape in {0, 1}
+    and per-pixel loss weights ``(batch, crop, crop) float32`` (ones unless ``weights``, one map per slice)."""
+    triples = []
+    for _ in range(batch):
+        index = int(rng.integers(len(slices)))
+        weight = None if weights is None else weights[index]
+        triples.append(augmented_pair(slices[index], crop, rng, use_elastic, use_intensity, weight))
+    x, y, w = (np.stack([t[i] for t in triples]) for i in range(3))
+    return x[..., None], y[..., None], w

@@ -14,13 +14,15 @@ import keras
 import numpy as np
 
 from seg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
-from seg.runtime.scores import membrane_f1, mse
+from seg.runtime.scores import best_pixel_threshold, membrane_f1, mse
+from seg.train import runs
 from seg.train.data import Slice
 
 
 class ValidationScores(keras.callbacks.Callback):
     """Adds ``val_loss`` (the training loss), ``val_mse`` and ``val_f1`` (membrane F1 at 0.5), each the mean
-    over the whole validation slices, to the logs."""
+    over the whole validation slices, and ``val_threshold`` with its ``val_pixel_error`` (the threshold with
+    the fewest wrong pixels, ``seg.runtime.scores.best_pixel_threshold``) to the logs."""
 
     def __init__(self, slices: list[Slice], loss: Any) -> None:
         super().__init__()
@@ -33,6 +35,8 @@ class ValidationScores(keras.callbacks.Callback):
         logs["val_loss"] = float(np.mean([self._loss(prob, label) for prob, label in pairs]))
         logs["val_mse"] = float(np.mean([mse(prob, label) for prob, label in pairs]))
         logs["val_f1"] = float(np.mean([membrane_f1(prob, label) for prob, label in pairs]))
+        probs, labels = [prob for prob, _ in pairs], [label for _, label in pairs]
+        logs["val_threshold"], logs["val_pixel_error"] = best_pixel_threshold(probs, labels)
 
     def _loss(self, prob: np.ndarray, label: np.ndarray) -> float:
         value = self.loss(label[None, :, :, None], prob[None, :, :, None])
@@ -44,7 +48,8 @@ class ValidationScores(keras.callbacks.Callback):
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Saves the best model (by ``monitor``, higher is better) and, every epoch, the last model with
+    """Saves the best model (by ``monitor``, higher is better), writing its ``val_threshold`` into
+    ``config.json`` (export carries it into the model's metadata), and, every epoch, the last model with
     ``state.json`` so ``--resume`` continues where a killed run stopped. Also rewrites ``history.csv``."""
 
     def __init__(self, run_dir: Path, state: dict[str, Any], history: list[dict[str, float]],
@@ -62,10 +67,18 @@ class Checkpoints(keras.callbacks.Callback):
         if score > self.state["best_score"]:
             self.state.update(best_score=float(score), best_epoch=epoch + 1, best_logs=row)
             self._save(self.run_dir / "model.keras")
+            self._record_threshold(logs.get("val_threshold"))
         self._save(self.run_dir / "last.keras")
         write_text_atomic(self.run_dir / "history.csv", _history_csv(self.history))
         self.state["epoch"] = epoch + 1
         write_json_atomic(self.run_dir / "state.json", _public_state(self.state, row["elapsed_s"]))
+
+    def _record_threshold(self, threshold: float | None) -> None:
+        if threshold is None:
+            return
+        config = runs.read_json(self.run_dir / runs.CONFIG)
+        config["threshold"] = float(threshold)
+        write_json_atomic(self.run_dir / runs.CONFIG, config)
 
     def _save(self, path: Path) -> None:
         with atomic_path(path) as tmp:

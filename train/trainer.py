@@ -22,6 +22,7 @@ from seg.train.augment import sample_batch
 from seg.train.data import Slice, dataset_summary, load_split, split_by_slice
 from seg.train.losses import LOSSES
 from seg.train.models import ModelSpec
+from seg.train.weights import BORDER_W0, border_weights
 
 
 @dataclass
@@ -40,7 +41,8 @@ class TrainConfig:
     seed: int = 0
     time_budget: float | None = None
     patience: int = 0
-    elastic: bool = False
+    elastic: bool = True
+    border_weight: float = BORDER_W0
     amp: bool = False
     name: str | None = None
     runs_root: str = str(runs.RUNS_ROOT)
@@ -56,6 +58,8 @@ class TrainConfig:
         if self.crop % self.model.size_multiple or self.crop < self.model.size_multiple:
             raise InputError(f"--crop {self.crop}: must be a positive multiple of {self.model.size_multiple} "
                              f"({_multiple_reason(self.model)})")
+        if not self.border_weight >= 0:
+            raise InputError(f"--border-weight {self.border_weight}: must be 0 (off) or positive, e.g. {BORDER_W0:g}")
         if not self.lr > 0:
             raise InputError(f"--lr {self.lr}: must be positive, e.g. 3e-3")
 
@@ -67,6 +71,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
         kwargs["model"] = ModelSpec.from_dict(values["model"])
+        kwargs.setdefault("border_weight", 0.0)  # runs recorded before the weighting existed trained without it
         return cls(**kwargs)
 
 
@@ -158,8 +163,13 @@ def _read_history(path: Path) -> list[dict[str, float]]:
 def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int) -> Any:
     import keras
 
+    weights = [border_weights(s.label, config.border_weight) for s in train_set]  # type: ignore[arg-type]
+    mean_weight = float(np.mean([w.mean() for w in weights]))
+    weights = [w / mean_weight for w in weights]  # mean 1: the weighted loss stays on the MSE's scale
+
     class CropBatches(keras.utils.PyDataset):
-        """``steps_per_epoch`` augmented batches per epoch, reproducible from (seed, epoch, step)."""
+        """``steps_per_epoch`` augmented batches per epoch, reproducible from (seed, epoch, step): ``(x, y,
+        per-pixel loss weights)``."""
 
         def __init__(self) -> None:
             super().__init__(workers=1, use_multiprocessing=False)
@@ -168,9 +178,10 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
         def __len__(self) -> int:
             return config.steps_per_epoch
 
-        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             rng = np.random.default_rng([config.seed, self.epoch, index])
-            return sample_batch(train_set, config.batch, config.crop, rng, use_elastic=config.elastic)
+            return sample_batch(train_set, config.batch, config.crop, rng, use_elastic=config.elastic,
+                                weights=weights)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

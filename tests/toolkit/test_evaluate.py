@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from seg.toolkit.cli import app
-from seg.toolkit.evaluation.evaluate import SCORE_ROWS, evaluate, select_split
+from seg.toolkit.evaluation.evaluate import SCORE_ROWS, evaluate, predict_slices, select_split
 from tests.helpers import make_dataset
 
 runner = CliRunner()
@@ -104,3 +104,23 @@ def test_image_folder_as_data_and_bad_threshold_are_explained(tmp_path: Path) ->
     result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path),
                                  "--threshold", "1.5"])
     assert result.exit_code == 2 and "--threshold 1.5: outside [0, 1]" in result.output
+
+
+def test_pixel_scores_cut_at_the_models_own_threshold_unless_one_is_given(tmp_path: Path) -> None:
+    """An identity model (probability = normalised image) whose metadata carries threshold 0.75: the
+    default report cuts there, ``threshold=0.3`` overrides it, and the pixel errors differ accordingly."""
+    from seg.runtime.metadata import ModelInfo
+    from tests.runtime.test_providers import tiny_model
+
+    make_dataset(tmp_path / "data", n=2, size=32)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_model("identity", metadata=ModelInfo(threshold=0.75, size_multiple=1).to_props()))
+    slices = select_split(tmp_path / "data", "train", 0.2, 0)  # what evaluate scores
+    probs, _ = predict_slices(model, [s.image for s in slices])
+    image = np.concatenate([p.ravel() for p in probs])
+    interior = np.concatenate([s.label.ravel() for s in slices]) >= 0.5
+    for given, cut in ((None, 0.75), (0.3, 0.3)):
+        report = evaluate(model, tmp_path / "data", "train", threshold=given)
+        assert report.scores["threshold"] == cut
+        assert report.scores["pixel_error"] == pytest.approx(np.mean((image >= cut) != interior))
+    assert np.mean((image >= 0.75) != interior) > np.mean((image >= 0.3) != interior)  # the cut mattered

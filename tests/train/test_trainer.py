@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from seg import train
+from seg.runtime.errors import InputError
+from seg.runtime.scores import THRESHOLD_CANDIDATES
 from seg.train.models import ModelSpec
+from seg.train.weights import BORDER_W0
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +44,18 @@ def test_loss_falls_and_run_folder_is_complete(isbi_dir: Path, tmp_path: Path) -
         assert float(row["val_loss"]) == pytest.approx(float(row["val_mse"]), rel=1e-4)
     best = max(float(r["val_f1"]) for r in rows)
     assert result.val_f1 == pytest.approx(best)
+    best_row = next(r for r in rows if float(r["val_f1"]) == best)  # its threshold went into config.json
+    assert config["threshold"] == pytest.approx(float(best_row["val_threshold"]))
+    assert config["threshold"] in THRESHOLD_CANDIDATES and 0.0 <= float(best_row["val_pixel_error"]) <= 1.0
+    assert config["train"]["elastic"] is True and config["train"]["border_weight"] == BORDER_W0
+
+
+def test_old_run_records_resume_without_border_weighting_and_bad_weights_are_refused(tmp_path: Path) -> None:
+    record = _config(Path("data"), tmp_path).to_dict()
+    del record["border_weight"]
+    assert train.TrainConfig.from_dict(record).border_weight == 0.0
+    with pytest.raises(InputError, match="--border-weight -1"):
+        _config(Path("data"), tmp_path, border_weight=-1.0).check()
 
 
 def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ def evaluate_command(
     provider: Annotated[str, Opt("--provider", help="For ONNX models: cpu, cuda or auto.")] = "cpu",
     val: Annotated[float, Opt("--val", help="Validation fraction used by training (for --split val).")] = 0.2,
     seed: Annotated[int, Opt("--seed", help="Seed used by training's split (for --split val).")] = 0,
-    threshold: Annotated[float, Opt("--threshold", help="Threshold for the pixel scores.")] = 0.5,
+    threshold: Annotated[float | None, Opt("--threshold", help="Threshold for the pixel scores [default: the "
+                                           "model's own, chosen on validation by training]")] = None,
 ) -> None:
     """Score a model with the seed's MSE and the ISBI 2012 scores (V_rand, V_info after thinning)."""
     from rich.table import Table

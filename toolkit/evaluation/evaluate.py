@@ -20,6 +20,7 @@ from seg.train.data import Slice, load_split, split_by_slice
 SPLITS = ("val", "test", "train")
 SCORE_ROWS = (
     ("mse", "MSE (seed metric)"),
+    ("threshold", "threshold (pixel scores)"),
     ("pixel_error", "pixel error"),
     ("membrane_f1", "membrane F1 (= Dice)"),
     ("membrane_iou", "membrane IoU"),
@@ -46,15 +47,17 @@ class EvalReport:
 
 
 def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | None = None, provider: str = "cpu",
-             val: float = 0.2, seed: int = 0, threshold: float = 0.5) -> EvalReport:
+             val: float = 0.2, seed: int = 0, threshold: float | None = None) -> EvalReport:
     """Score ``model`` (``.onnx`` or ``.keras``) on ``split``: ``val`` is the slices held out by training
-    with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder)."""
+    with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder).
+    The pixel scores cut at ``threshold``, by default the model's own (ONNX metadata or the run's
+    config.json, where training wrote the validation-chosen value; 0.5 when neither has one)."""
     from seg.toolkit.evaluation import metrics
 
     model = runs.resolve_model(model)
     if figures is not None and Path(figures).exists() and not Path(figures).is_dir():
         raise InputError(f"--figures {figures}: is a file; give a folder for the figures")
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
     slices = select_split(Path(data), split, *_split_options(model, val, seed))
     if split == "val" and model.suffix == ".onnx":
@@ -62,10 +65,28 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
                       "match training only if the run used the same values (evaluate its model.keras to be sure)",
                       SegWarning, stacklevel=2)
     probs, engine = predict_slices(model, [s.image for s in slices], provider)
+    threshold = model_threshold(model) if threshold is None else threshold
     labels = [s.label for s in slices]
     scores = metrics.score_slices(probs, labels, threshold=threshold)
     written = _figures(figures, model, slices, probs, threshold) if figures else []
     return EvalReport(str(model), engine, str(data), split, [s.name for s in slices], scores, written)
+
+
+def model_threshold(model: Path) -> float:
+    """The threshold ``model`` carries: its ONNX metadata, or its run's ``config.json``; else 0.5."""
+    from seg.runtime.metadata import DEFAULT_THRESHOLD, read_model_info
+
+    if model.suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        with warnings.catch_warnings():  # a model without metadata: the Segmenter that runs it says so
+            warnings.simplefilter("ignore", SegWarning)
+            return read_model_info(session, str(model)).threshold
+    config = model.parent / runs.CONFIG
+    if config.is_file():
+        return float(runs.read_json(config).get("threshold", DEFAULT_THRESHOLD))
+    return DEFAULT_THRESHOLD
 
 
 def _split_options(model: Path, val: float, seed: int) -> tuple[float, int]:
