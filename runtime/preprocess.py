@@ -7,6 +7,7 @@ ONNX metadata (``seg.normalization``) and ``Segmenter`` applies what the metadat
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -56,9 +57,20 @@ def _normalize_integer(image: np.ndarray, name: str) -> np.ndarray:
 
 def scale_small_integers(image: np.ndarray) -> np.ndarray:
     """8/16-bit integers (signed types shifted to start at 0) -> float32 in [0, 1] by the dtype's range.
-    Per pixel, so normalising tiles one by one equals normalising the whole image."""
-    info = np.iinfo(image.dtype)
-    return ((image.astype(np.float32) - np.float32(info.min)) / np.float32(info.max - info.min)).astype(np.float32)
+    Per pixel, so normalising tiles one by one equals normalising the whole image. One table lookup
+    per pixel (``_scale_table``), the same values as ``(x - min) / (max - min)`` in float32."""
+    table = _scale_table(np.dtype(image.dtype).str)
+    offset = -np.iinfo(image.dtype).min
+    indices = image if offset == 0 else image.astype(np.int32) + offset
+    return np.take(table, indices)
+
+
+@functools.lru_cache(maxsize=4)
+def _scale_table(dtype: str) -> np.ndarray:
+    """``(max - min + 1,) float32``: entry ``k`` is pixel value ``min + k`` scaled to [0, 1]."""
+    info = np.iinfo(np.dtype(dtype))
+    values = np.arange(info.min, info.max + 1, dtype=np.float32)
+    return ((values - np.float32(info.min)) / np.float32(info.max - info.min)).astype(np.float32)
 
 
 def warn_if_8_bit_in_16_bit(image: np.ndarray, name: str) -> None:
@@ -115,7 +127,7 @@ def check_threshold(threshold: float) -> float:
 
 def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Interior probability ``(H, W) float32 in [0, 1]`` -> ``(H, W) uint8`` mask, 255 = interior."""
-    return np.where(prob >= threshold, np.uint8(255), np.uint8(0))
+    return (np.asarray(prob) >= threshold).view(np.uint8) * np.uint8(255)
 
 
 OVERLAY_RGB = (230, 30, 30)

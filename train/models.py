@@ -3,6 +3,9 @@ and output ``(None, None, 1)`` interior probabilities (sigmoid), so exported ONN
 
 The default U-Net has a stride-2 stem (``stem=2``): a stride-2 3x3 convolution first, the U-Net's levels at
 half resolution, and a stride-2 2x2 transposed convolution back to full resolution as the sigmoid output.
+``head`` > 0 adds a small full-resolution head instead: the input image joins ``head`` upsampled feature
+maps and two 3x3 convolutions run at full resolution before a 1x1 sigmoid output (it did not pay for its
+cost on the ISBI slices, docs/accuracy.md, so it is off by default).
 Why: a classic U-Net's first level runs its thinnest layers (``width`` channels) at full resolution, where
 CPU kernels are memory-bound and wide SIMD blocks are partly empty, so that level takes a larger share of
 the run time than of the arithmetic; the stem moves it to half resolution (measurements: docs/design.md,
@@ -31,13 +34,16 @@ class ModelSpec:
     """Everything needed to rebuild a model. ``width`` = base filters, ``depth`` = poolings (U-Net), or the
     CNN's hidden conv layers minus one, ``stem`` = stride of the U-Net's first convolution (1: classic, full-resolution
     first level; 2: the levels run at half resolution; 0: the kind's default, 2 for the U-Net). The CNN has
-    no stem (always 1). The width and depth defaults are the U-Net's (the CLI gives the CNN 32 and 4)."""
+    no stem (always 1). ``head`` = channels of the optional full-resolution head of a stem U-Net (0: none,
+    the transposed convolution is the output). The width and depth
+    defaults are the U-Net's (the CLI gives the CNN 32 and 4)."""
 
     kind: str = "unet"
     width: int = 16
     depth: int = 3
     batch_norm: bool = True
     stem: int = 0
+    head: int = 0
 
     def __post_init__(self) -> None:
         if self.stem == 0:
@@ -52,6 +58,10 @@ class ModelSpec:
             raise ValueError(f"stem {self.stem!r} out of range; choose 1 or 2")
         if self.kind == "cnn" and self.stem != 1:
             raise ValueError(f"stem {self.stem}: the CNN has no stem; use stem 1 or the U-Net")
+        if self.head and (self.kind != "unet" or self.stem == 1):
+            raise ValueError(f"head {self.head}: only a U-Net with stem 2 has a full-resolution head; use head 0")
+        if not 0 <= self.head <= 64:
+            raise ValueError(f"head {self.head} out of range; choose 0 (none) to 64 channels")
         if self.size_multiple > MAX_SIZE_MULTIPLE:
             deepest = (MAX_SIZE_MULTIPLE // self.stem).bit_length() - 1
             raise ValueError(f"depth {self.depth} with stem {self.stem} makes inputs multiples of "
@@ -72,7 +82,9 @@ class ModelSpec:
     @property
     def receptive_field(self) -> int:
         """Theoretical receptive field in pixels (one side of the square context of one output pixel)."""
-        return _unet_receptive_field(self.depth, self.stem) if self.kind == "unet" else 1 + 2 * (self.depth + 2)
+        if self.kind != "unet":
+            return 1 + 2 * (self.depth + 2)
+        return _unet_receptive_field(self.depth, self.stem) + (4 if self.head else 0)  # head: two 3x3 convs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,12 +147,14 @@ def _build_unet(spec: ModelSpec) -> Any:
         x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_upconv")(x)
         x = layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
         x = _conv_block(x, filters, spec.batch_norm, f"up{level}")
-    if spec.stem == 1:
+    if spec.head:
+        x = _full_resolution_head(inputs, x, spec)
+    if spec.stem == 1 or spec.head:
         outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="prob")(x)
     else:
         outputs = layers.Conv2DTranspose(1, spec.stem, strides=spec.stem, activation="sigmoid", dtype="float32",
                                          name="prob")(x)
-    suffix = "" if spec.stem == 1 else f"_s{spec.stem}"
+    suffix = ("" if spec.stem == 1 else f"_s{spec.stem}") + (f"_h{spec.head}" if spec.head else "")
     return keras.Model(inputs, outputs, name=f"unet_w{spec.width}_d{spec.depth}{suffix}")
 
 
@@ -154,6 +168,20 @@ def _stem(inputs: Any, spec: ModelSpec) -> Any:
     if spec.batch_norm:
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     return layers.ReLU(name="stem_relu")(x)
+
+
+def _full_resolution_head(inputs: Any, x: Any, spec: ModelSpec) -> Any:
+    """Half-resolution features ``(N, H/stem, W/stem, width)`` -> ``(N, H, W, head)``: a stride-``stem``
+    transposed convolution, the input image concatenated, two 3x3 convolutions."""
+    from keras import layers
+
+    x = layers.Conv2DTranspose(spec.head, spec.stem, strides=spec.stem, use_bias=not spec.batch_norm,
+                               name="head_upconv")(x)
+    if spec.batch_norm:
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
+    x = layers.ReLU(name="head_relu")(x)
+    x = layers.Concatenate(name="head_concat")([inputs, x])
+    return _conv_block(x, spec.head, spec.batch_norm, "head")
 
 
 def _build_cnn(spec: ModelSpec) -> Any:

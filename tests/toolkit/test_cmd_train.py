@@ -55,7 +55,7 @@ def test_bad_options_exit_2(tmp_path: Path, monkeypatch) -> None:
     assert result.exit_code == 2 and "--stem 2: the cnn has no stem; leave --stem out" in result.output
     result = runner.invoke(app, ["train", "--data", str(data), "--depth", "7"])
     assert result.exit_code == 2
-    assert "--depth/--stem: depth 7 with stem 2 makes inputs multiples of 256" in result.output
+    assert "--depth/--stem/--head: depth 7 with stem 2 makes inputs multiples of 256" in result.output
     result = runner.invoke(app, ["train", "--data", str(data), "--depth", "4", "--crop", "48"])
     assert result.exit_code == 2 and "--crop 48: must be a positive multiple of 32 (stem 2 x 2^4" in result.output
     assert not (tmp_path / "runs").exists()
@@ -97,8 +97,9 @@ def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Recorder:
 
 @pytest.mark.parametrize(
     ("args", "want"),
-    [((), ("unet", 16, 3, 2, True)), (("--stem", "1", "--width", "8", "--depth", "4"), ("unet", 8, 4, 1, True)),
-     (("--model", "cnn"), ("cnn", 32, 4, 1, True)), (("--no-batch-norm",), ("unet", 16, 3, 2, False))],
+    [((), ("unet", 16, 3, 2, True, 0)), (("--stem", "1", "--width", "8", "--depth", "4"), ("unet", 8, 4, 1, True, 0)),
+     (("--model", "cnn"), ("cnn", 32, 4, 1, True, 0)), (("--no-batch-norm",), ("unet", 16, 3, 2, False, 0)),
+     (("--head", "8"), ("unet", 16, 3, 2, True, 8))],
 )
 def test_model_options_reach_the_training_config(recorder: _Recorder, tmp_path: Path, args: tuple[str, ...],
                                                  want: tuple) -> None:
@@ -107,7 +108,7 @@ def test_model_options_reach_the_training_config(recorder: _Recorder, tmp_path: 
     (kind, config, options), figures_call = recorder.calls
     assert kind == "fit" and options == {"progress": True} and figures_call == ("figures", recorder.run_dir, {})
     spec = config.model
-    assert (spec.kind, spec.width, spec.depth, spec.stem, spec.batch_norm) == want
+    assert (spec.kind, spec.width, spec.depth, spec.stem, spec.batch_norm, spec.head) == want
 
 
 def test_every_training_option_reaches_the_config_and_the_summary_is_printed(recorder: _Recorder,

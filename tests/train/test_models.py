@@ -21,6 +21,7 @@ def test_output_shape_and_range(spec: ModelSpec, shape: tuple[int, int, int]) ->
 
 
 @pytest.mark.parametrize("spec", [ModelSpec("unet", 2, 2, batch_norm=False),
+                                  ModelSpec("unet", 2, 2, batch_norm=False, head=4),
                                   ModelSpec("unet", 2, 2, batch_norm=False, stem=1), ModelSpec("cnn", 2, 2)])
 def test_receptive_field_bounds_the_influence_of_one_pixel(spec: ModelSpec) -> None:
     """Changing one input pixel changes outputs only within the claimed receptive field, and reaches
@@ -49,17 +50,27 @@ def test_input_size_must_be_a_multiple() -> None:
 def test_default_unet_has_a_stride_2_stem_and_a_full_resolution_output() -> None:
     spec = ModelSpec()
     model = build_model(spec)
-    assert (spec.stem, spec.size_multiple) == (2, 16)
-    stem, head = model.get_layer("stem_conv"), model.get_layer("prob")
-    assert stem.strides == (2, 2) and type(head).__name__ == "Conv2DTranspose" and head.strides == (2, 2)
+    assert (spec.stem, spec.size_multiple, spec.head) == (2, 16, 0)
+    stem, output = model.get_layer("stem_conv"), model.get_layer("prob")
+    assert stem.strides == (2, 2) and type(output).__name__ == "Conv2DTranspose" and output.strides == (2, 2)
     assert model.get_layer("down0_conv1").output.shape[-1] == spec.width
+    assert np.asarray(model(np.zeros((1, 48, 32, 1), np.float32))).shape == (1, 48, 32, 1)
+
+
+def test_the_optional_full_resolution_head_sees_the_image() -> None:
+    model = build_model(ModelSpec(head=8))
+    upconv, concat = model.get_layer("head_upconv"), model.get_layer("head_concat")
+    assert upconv.strides == (2, 2) and upconv.output.shape[-1] == 8
+    assert concat.input[0].name == model.input.name and concat.output.shape[-1] == 1 + 8
+    assert type(model.get_layer("prob")).__name__ == "Conv2D"
+    assert ModelSpec(head=8).receptive_field == ModelSpec().receptive_field + 4
     assert np.asarray(model(np.zeros((1, 48, 32, 1), np.float32))).shape == (1, 48, 32, 1)
 
 
 def test_spec_from_an_older_run_record_is_a_classic_unet() -> None:
     old = {"kind": "unet", "width": 8, "depth": 4, "batch_norm": True, "receptive_field": 215, "size_multiple": 16}
     spec = ModelSpec.from_dict(old)
-    assert (spec.stem, spec.receptive_field, spec.size_multiple) == (1, 215, 16)
+    assert (spec.stem, spec.receptive_field, spec.size_multiple, spec.head) == (1, 215, 16, 0)
     assert ModelSpec.from_dict(ModelSpec().to_dict()) == ModelSpec()
 
 
@@ -69,7 +80,8 @@ def test_spec_from_an_older_run_record_is_a_classic_unet() -> None:
      ({"depth": 9}, "depth 9 out of range"), ({"stem": 3}, "stem 3 out of range"),
      ({"stem": True}, "stem True out of range"), ({"kind": "cnn", "stem": 2}, "stem 2: the CNN has no stem"),
      ({"depth": 7}, "depth 7 with stem 2 makes inputs multiples of 256, .*choose depth <= 6"),
-     ({"depth": 8, "stem": 1}, "choose depth <= 7")],
+     ({"depth": 8, "stem": 1}, "choose depth <= 7"), ({"stem": 1, "head": 8}, "head 8: only a U-Net with stem 2"),
+     ({"kind": "cnn", "head": 4}, "head 4: only"), ({"head": 65}, "head 65 out of range")],
 )
 def test_bad_spec(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

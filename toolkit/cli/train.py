@@ -25,6 +25,8 @@ def train_command(
                                      "hidden conv layers minus one (default 4).")] = None,
     stem: Annotated[int | None, Opt("--stem", min=1, max=2, help="U-Net stem stride: 2 (default; levels at half "
                                     "resolution) or 1 (classic full-resolution first level).")] = None,
+    head: Annotated[int, Opt("--head", min=0, max=64, help="Channels of an optional full-resolution head of the "
+                             "stem U-Net (0 = none).")] = 0,
     batch_norm: Annotated[bool, Opt("--batch-norm/--no-batch-norm", help="Batch normalisation in the U-Net.")] = True,
     loss: Annotated[str, Opt("--loss", help="mse (default, the seed's), bce, dice or bce-dice.")] = "mse",
     epochs: Annotated[int, Opt("--epochs", help="Maximum epochs (an epoch = --steps-per-epoch batches).")] = 1000,
@@ -57,7 +59,7 @@ def train_command(
             from seg.runtime.errors import InputError
 
             raise InputError("give --data DIR (a dataset folder), or --resume RUN to continue a run")
-        spec = _model_spec(model, width, depth, stem, batch_norm)
+        spec = _model_spec(model, width, depth, stem, batch_norm, head)
         config = train.TrainConfig(
             data=str(data), model=spec, loss=loss, epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch,
             crop=crop, lr=lr, val=val, seed=seed, time_budget=time_budget, patience=patience, elastic=elastic,
@@ -75,7 +77,8 @@ def train_command(
     _write_figures(result.run_dir)
 
 
-def _model_spec(model: str, width: int | None, depth: int | None, stem: int | None, batch_norm: bool) -> ModelSpec:
+def _model_spec(model: str, width: int | None, depth: int | None, stem: int | None, batch_norm: bool,
+                head: int = 0) -> ModelSpec:
     """The options as a ``ModelSpec``; unset ones take the kind's defaults."""
     from seg.runtime.errors import InputError
     from seg.train.models import ModelSpec
@@ -88,9 +91,9 @@ def _model_spec(model: str, width: int | None, depth: int | None, stem: int | No
     try:
         return ModelSpec(kind=model, width=default.width if width is None else width,
                          depth=default.depth if depth is None else depth, batch_norm=batch_norm,
-                         stem=0 if stem is None else stem)
+                         stem=0 if stem is None else stem, head=head)
     except ValueError as exc:
-        raise InputError(f"--depth/--stem: {exc}") from None
+        raise InputError(f"--depth/--stem/--head: {exc}") from None
 
 
 def _write_figures(run_dir: Path) -> None:
