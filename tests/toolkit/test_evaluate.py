@@ -124,3 +124,36 @@ def test_pixel_scores_cut_at_the_models_own_threshold_unless_one_is_given(tmp_pa
         assert report.scores["threshold"] == cut
         assert report.scores["pixel_error"] == pytest.approx(np.mean((image >= cut) != interior))
     assert np.mean((image >= 0.75) != interior) > np.mean((image >= 0.3) != interior)  # the cut mattered
+
+
+@pytest.mark.slow
+def test_keras_tta_output_turns_with_its_input(tmp_path: Path) -> None:
+    """Averaged over the 8 flips/rotations, the prediction of a turned image is the turned prediction
+    (each transform is mapped back correctly), which a plain untrained U-Net's is not."""
+    import keras
+
+    from seg.runtime.tiling import dihedral
+    from seg.toolkit.evaluation.evaluate import keras_predict_file
+    from seg.train.models import ModelSpec, build_model
+
+    keras.utils.set_random_seed(0)
+    build_model(ModelSpec("unet", 4, 2)).save(tmp_path / "m.keras")
+    image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    turned = dihedral(image, 5)
+    plain, plain_turned = keras_predict_file(tmp_path / "m.keras", [image, turned])
+    tta, tta_turned = keras_predict_file(tmp_path / "m.keras", [image, turned], tta=True)
+    np.testing.assert_allclose(tta_turned, dihedral(tta, 5), atol=1e-5)
+    assert np.abs(plain_turned - dihedral(plain, 5)).max() > 1e-3
+
+
+def test_onnx_tta_is_reported_and_changes_an_asymmetric_models_scores(tmp_path: Path) -> None:
+    from seg.runtime.metadata import ModelInfo
+    from tests.runtime.test_providers import tiny_model
+
+    make_dataset(tmp_path / "data", n=2, size=32)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_model("conv", metadata=ModelInfo(size_multiple=1, halo=0, tile_size=32).to_props()))
+    plain = evaluate(model, tmp_path / "data", "train")
+    tta = evaluate(model, tmp_path / "data", "train", tta=True)
+    assert tta.engine.endswith("+ TTA") and not plain.engine.endswith("+ TTA")
+    assert tta.scores["mse"] != pytest.approx(plain.scores["mse"])

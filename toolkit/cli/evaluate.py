@@ -24,6 +24,7 @@ def evaluate_command(
     seed: Annotated[int, Opt("--seed", help="Seed used by training's split (for --split val).")] = 0,
     threshold: Annotated[float | None, Opt("--threshold", help="Threshold for the pixel scores [default: the "
                                            "model's own, chosen on validation by training]")] = None,
+    tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
 ) -> None:
     """Score a model with the seed's MSE and the ISBI 2012 scores (V_rand, V_info after thinning)."""
     from rich.table import Table
@@ -34,7 +35,7 @@ def evaluate_command(
     if model.suffix != ".onnx":
         quiet_tensorflow()
     report = evaluate(model, data, split, figures=figures, provider=provider, val=val, seed=seed,
-                      threshold=threshold)
+                      threshold=threshold, tta=tta)
     table = Table(title=f"{Path(report.model).name} on {split} ({plural(len(report.slice_names), 'slice')}, "
                         f"{report.engine})")
     table.add_column("score")

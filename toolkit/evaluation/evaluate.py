@@ -47,11 +47,12 @@ class EvalReport:
 
 
 def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | None = None, provider: str = "cpu",
-             val: float = 0.2, seed: int = 0, threshold: float | None = None) -> EvalReport:
+             val: float = 0.2, seed: int = 0, threshold: float | None = None, tta: bool = False) -> EvalReport:
     """Score ``model`` (``.onnx`` or ``.keras``) on ``split``: ``val`` is the slices held out by training
     with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder).
     The pixel scores cut at ``threshold``, by default the model's own (ONNX metadata or the run's
-    config.json, where training wrote the validation-chosen value; 0.5 when neither has one)."""
+    config.json, where training wrote the validation-chosen value; 0.5 when neither has one). ``tta``
+    averages the 8 flips/rotations (8x the model runs)."""
     from seg.toolkit.evaluation import metrics
 
     model = runs.resolve_model(model)
@@ -64,7 +65,7 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
         warnings.warn(f"{model}: --split val rebuilds the held-out slices from --val {val:g} --seed {seed}; they "
                       "match training only if the run used the same values (evaluate its model.keras to be sure)",
                       SegWarning, stacklevel=2)
-    probs, engine = predict_slices(model, [s.image for s in slices], provider)
+    probs, engine = predict_slices(model, [s.image for s in slices], provider, tta)
     threshold = model_threshold(model) if threshold is None else threshold
     labels = [s.label for s in slices]
     scores = metrics.score_slices(probs, labels, threshold=threshold)
@@ -117,25 +118,37 @@ def select_split(data: Path, split: str, val: float, seed: int) -> list[Slice]:
     return chosen
 
 
-def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu") -> tuple[list[np.ndarray], str]:
-    """Probabilities ``(H, W) float32 in [0, 1]`` for each image, and a label for the engine used."""
+def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu",
+                   tta: bool = False) -> tuple[list[np.ndarray], str]:
+    """Probabilities ``(H, W) float32 in [0, 1]`` for each image, and a label for the engine used. ``tta``
+    averages the predictions of the 8 flips/rotations (``seg.runtime.tiling.dihedral``)."""
+    suffix = " + TTA" if tta else ""
     if model.suffix == ".onnx":
         from seg.runtime import Segmenter
 
-        with Segmenter(model, provider=provider) as segmenter:
-            return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)})"
+        with Segmenter(model, provider=provider, tta=tta) as segmenter:
+            return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)}){suffix}"
     if model.suffix == ".keras":
-        return keras_predict_file(model, images), "keras"
+        return keras_predict_file(model, images, tta), f"keras{suffix}"
     raise InputError(f"{model}: unknown model type {model.suffix!r}; give a .onnx or .keras file")
 
 
-def keras_predict_file(model_path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+def keras_predict_file(model_path: Path, images: list[np.ndarray], tta: bool = False) -> list[np.ndarray]:
     """Whole-image Keras predictions ``(H, W) float32 in [0, 1]`` of the ``.keras`` file at ``model_path``
-    (loaded with ``safe_mode=True``; padding as the runtime's whole-image rule)."""
+    (loaded with ``safe_mode=True``; padding as the runtime's whole-image rule); ``tta``: the mean over the
+    8 flips/rotations, each mapped back."""
     from seg.export import keras_predict as predict
     from seg.export import load_keras
+    from seg.runtime.tiling import DIHEDRAL, dihedral, dihedral_inverse
 
-    return predict(load_keras(model_path), images)
+    keras_model = load_keras(model_path)
+    if not tta:
+        return predict(keras_model, images)
+    total = [np.zeros(image.shape, np.float64) for image in images]
+    for k in DIHEDRAL:
+        for sum_, prob in zip(total, predict(keras_model, [dihedral(image, k) for image in images]), strict=True):
+            sum_ += dihedral_inverse(prob, k)
+    return [(sum_ / len(DIHEDRAL)).astype(np.float32) for sum_ in total]
 
 
 def _figures(folder: Path, model: Path, slices: list[Slice], probs: list[np.ndarray], threshold: float) -> list[str]:
