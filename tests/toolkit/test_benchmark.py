@@ -357,3 +357,13 @@ def test_int8_speed_up_is_paired_in_one_process(bench_dir: Path, tmp_path: Path)
     assert paired["fp32_ips"] > 0 and paired["other_ips"] > 0 and paired["ratio"] > 0
     assert f"{paired['ratio']:.2f}x (paired in one process at batch {paired['batch']}" in report.int8_verdict
     assert report.to_dict()["paired"] == paired
+
+
+@pytest.mark.parametrize(("given", "expected"), [(1, 32), (5, 32), (32, 32), (40, 40)])
+def test_end_to_end_folder_repeats_the_timed_images_to_at_least_32_files(given: int, expected: int) -> None:
+    from seg.toolkit.bench.worker import E2E_FILES, folder_of
+
+    paths = [f"{i}.png" for i in range(given)]
+    files = folder_of(paths)
+    assert E2E_FILES == 32 and len(files) == expected
+    assert files[:given] == paths and all(f == paths[i % given] for i, f in enumerate(files))  # in order, cycled
