@@ -137,9 +137,9 @@ def _recipe(config: dict[str, Any]) -> list[str]:
     settings = ", ".join(f"{key} {train[key]}" for key in keys if train.get(key) is not None)
     return [f"- `seg train` with {settings}.",
             "- Adam; random crops, each in one of the 8 flips/rotations, with mild intensity jitter (and elastic "
-            "deformation when `elastic` is true); the loss is weighted per pixel to stress thin borders between "
-            "cells (U-Net weight map, w0 = `border_weight`); the checkpoint kept is the epoch with the best "
-            "validation membrane F1, and the threshold is the one with the fewest wrong validation pixels."]
+            "deformation when `elastic` is true; the loss weighted per pixel to stress thin borders between cells "
+            "when `border_weight`, the U-Net weight map's w0, is above 0); the checkpoint kept is the epoch with "
+            "the best validation membrane F1, and the threshold is the one with the fewest wrong validation pixels."]
 
 
 def _scores(state: dict[str, Any]) -> list[str]:
