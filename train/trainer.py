@@ -41,8 +41,8 @@ class TrainConfig:
     seed: int = 0
     time_budget: float | None = None
     patience: int = 0
-    elastic: bool = False
-    border_weight: float = 0.0
+    elastic: bool = True
+    border_weight: float = BORDER_W0
     amp: bool = False
     name: str | None = None
     runs_root: str = str(runs.RUNS_ROOT)
@@ -71,6 +71,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
         kwargs["model"] = ModelSpec.from_dict(values["model"])
+        kwargs.setdefault("border_weight", 0.0)  # runs recorded before the weighting existed trained without it
         return cls(**kwargs)
 
 

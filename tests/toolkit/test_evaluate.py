@@ -75,8 +75,10 @@ def test_cli_prints_all_scores_and_json(exported_model: Path, isbi_dir: Path, tm
     slices = select_split(isbi_dir, "val", 0.2, 0)
     with Segmenter(exported_model, provider="cpu") as seg:
         prob = np.concatenate([seg.predict(s.image).ravel() for s in slices])
+        cut = seg.info.threshold  # the model's own, chosen on validation by training
+    assert scores["threshold"] == cut
     truth_membrane = np.concatenate([s.label.ravel() for s in slices]) < 0.5
-    said_membrane = prob < 0.5
+    said_membrane = prob < cut
     tp = np.sum(said_membrane & truth_membrane)
     f1 = 2 * tp / (2 * tp + np.sum(said_membrane & ~truth_membrane) + np.sum(~said_membrane & truth_membrane))
     assert scores["membrane_f1"] == pytest.approx(f1, abs=1e-9)

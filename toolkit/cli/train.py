@@ -38,9 +38,9 @@ def train_command(
     seed: Annotated[int, Opt("--seed", help="Seed for the split, the crops and the weights.")] = 0,
     time_budget: Annotated[float | None, Opt("--time-budget", help="Stop cleanly after this many seconds.")] = None,
     patience: Annotated[int, Opt("--patience", help="Stop after N epochs without better val F1.")] = 0,
-    elastic: Annotated[bool, Opt("--elastic/--no-elastic", help="Elastic deformation in the augmentation.")] = False,
+    elastic: Annotated[bool, Opt("--elastic/--no-elastic", help="Elastic deformation in the augmentation.")] = True,
     border_weight: Annotated[float, Opt("--border-weight", help="Extra loss weight of thin borders between cells "
-                                        "(U-Net w0, e.g. 10); 0 = plain MSE.")] = 0.0,
+                                        "(U-Net w0); 0 = plain MSE.")] = 10.0,
     amp: Annotated[bool, Opt("--amp", help="Mixed precision (GPU only).")] = False,
     name: Annotated[str | None, Opt("--name", help="Run folder name under runs/train (default: a timestamp).")] = None,
     resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
