@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -20,12 +21,15 @@ def test_output_shape_and_range(spec: ModelSpec, shape: tuple[int, int, int]) ->
     assert model.input_shape == (None, None, None, 1)
 
 
-@pytest.mark.parametrize("spec", [ModelSpec("unet", 2, 2, batch_norm=False),
-                                  ModelSpec("unet", 2, 2, batch_norm=False, head=4),
-                                  ModelSpec("unet", 2, 2, batch_norm=False, stem=1), ModelSpec("cnn", 2, 2)])
+# Width 4, seeded: with 2 channels per layer, about 1 random init in 10 leaves every ReLU path from the
+# centre pixel dead, so nothing changes and the test measured the draw, not the receptive field.
+@pytest.mark.parametrize("spec", [ModelSpec("unet", 4, 2, batch_norm=False),
+                                  ModelSpec("unet", 4, 2, batch_norm=False, head=4),
+                                  ModelSpec("unet", 4, 2, batch_norm=False, stem=1), ModelSpec("cnn", 4, 2)])
 def test_receptive_field_bounds_the_influence_of_one_pixel(spec: ModelSpec) -> None:
     """Changing one input pixel changes outputs only within the claimed receptive field, and reaches
     close to its edge (so the number is neither too small nor wildly too large)."""
+    keras.utils.set_random_seed(0)
     model = build_model(spec)
     size, centre = 128, 64
     x = np.random.default_rng(1).random((1, size, size, 1), dtype=np.float32)
