@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -202,7 +203,8 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
 def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray]) -> None:
     """Write ``(H, W)`` pages atomically; several pages need a TIFF (written as a multi-page stack).
 
-    Tuned for throughput: PNG at zlib level 1 (masks compress well anyway); float32 TIFF uncompressed
+    Tuned for throughput: PNG at zlib level 1 with the run-length strategy (faster than the default
+    strategy and, for masks and EM slices alike, smaller); float32 TIFF uncompressed
     (probabilities barely compress, and zlib would cost more than inference), integer TIFF zlib.
     """
     path = Path(path)
@@ -223,4 +225,7 @@ def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray]) -> No
     if pages[0].dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path}: {pages[0].dtype} pixels need a .tif/.tiff file; PNG/JPEG hold 8/16-bit")
     with atomic_path(path) as tmp:
-        Image.fromarray(pages[0]).save(tmp, format="PNG" if suffix == ".png" else None, compress_level=1)
+        if suffix == ".png":
+            Image.fromarray(pages[0]).save(tmp, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
+        else:
+            Image.fromarray(pages[0]).save(tmp)
