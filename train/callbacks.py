@@ -3,6 +3,7 @@ and a rich progress bar. Every file is written atomically (a killed run never le
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -16,6 +17,7 @@ import numpy as np
 from seg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from seg.runtime.scores import best_pixel_threshold, membrane_f1, mse
 from seg.train import runs
+from seg.train.averaging import WeightAverage
 from seg.train.data import Slice
 
 
@@ -50,12 +52,14 @@ class ValidationScores(keras.callbacks.Callback):
 class Checkpoints(keras.callbacks.Callback):
     """Saves the best model (by ``monitor``, higher is better), writing its ``val_threshold`` into
     ``config.json`` (export carries it into the model's metadata), and, every epoch, the last model with
-    ``state.json`` so ``--resume`` continues where a killed run stopped. Also rewrites ``history.csv``."""
+    ``state.json`` so ``--resume`` continues where a killed run stopped. Also rewrites ``history.csv``.
+    With a weight ``average``, the model holds the averaged weights here; ``last.keras`` gets the raw ones."""
 
     def __init__(self, run_dir: Path, state: dict[str, Any], history: list[dict[str, float]],
-                 monitor: str = "val_f1") -> None:
+                 monitor: str = "val_f1", average: WeightAverage | None = None) -> None:
         super().__init__()
         self.run_dir, self.state, self.history, self.monitor = run_dir, state, history, monitor
+        self.average = average
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
@@ -68,7 +72,8 @@ class Checkpoints(keras.callbacks.Callback):
             self.state.update(best_score=float(score), best_epoch=epoch + 1, best_logs=row)
             self._save(self.run_dir / "model.keras")
             self._record_threshold(logs.get("val_threshold"))
-        self._save(self.run_dir / "last.keras")
+        with self.average.raw() if self.average else contextlib.nullcontext():
+            self._save(self.run_dir / "last.keras")
         write_text_atomic(self.run_dir / "history.csv", _history_csv(self.history))
         self.state["epoch"] = epoch + 1
         write_json_atomic(self.run_dir / "state.json", _public_state(self.state, row["elapsed_s"]))

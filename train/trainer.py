@@ -43,6 +43,7 @@ class TrainConfig:
     patience: int = 0
     elastic: bool = True
     border_weight: float = BORDER_W0
+    ema: float = 0.0
     amp: bool = False
     name: str | None = None
     runs_root: str = str(runs.RUNS_ROOT)
@@ -58,6 +59,8 @@ class TrainConfig:
         if self.crop % self.model.size_multiple or self.crop < self.model.size_multiple:
             raise InputError(f"--crop {self.crop}: must be a positive multiple of {self.model.size_multiple} "
                              f"({_multiple_reason(self.model)})")
+        if not (self.ema == 0 or 0.5 <= self.ema < 1):
+            raise InputError(f"--ema {self.ema}: use 0 (off) or a momentum in [0.5, 1), e.g. 0.99")
         if not self.border_weight >= 0:
             raise InputError(f"--border-weight {self.border_weight}: must be 0 (off) or positive, e.g. {BORDER_W0:g}")
         if not self.lr > 0:
@@ -228,8 +231,7 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
          state: dict[str, Any], history: list[dict[str, float]], progress: bool) -> TrainResult:
     import keras
 
-    from seg.train.callbacks import Checkpoints, RichProgress, ScheduleAndBudget, ValidationScores
-    from seg.train.losses import get_loss
+    from seg.train.callbacks import RichProgress, ScheduleAndBudget
 
     device, on_gpu = _setup_device(config)
     keras.utils.set_random_seed(config.seed + int(state["epoch"]))
@@ -237,7 +239,7 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
     state["_started"] = time.monotonic()
     total_steps = config.epochs * config.steps_per_epoch
     schedule = ScheduleAndBudget(config.lr, total_steps, config.time_budget, state)
-    callbacks = [schedule, ValidationScores(val_set, get_loss(config.loss)), Checkpoints(run_dir, state, history)]
+    callbacks = _epoch_callbacks(config, run_dir, state, history, val_set, schedule)
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping("val_f1", mode="max", patience=config.patience))
     if progress:
@@ -248,6 +250,22 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
                   initial_epoch=int(state["epoch"]), callbacks=callbacks, verbose=0)
     seconds = max(time.monotonic() - started, 1e-9)
     return _result(config, run_dir, state, schedule, (int(state.get("steps", 0)) - first_step) / seconds, device)
+
+
+def _epoch_callbacks(config: TrainConfig, run_dir: Path, state: dict[str, Any], history: list[dict[str, float]],
+                     val_set: list[Slice], schedule: Any) -> list[Any]:
+    """Schedule, validation and checkpoints, in that order; with ``--ema`` the validation and the best
+    checkpoint see the averaged weights (swapped in before them and out after)."""
+    from seg.train.averaging import SwapAverage, WeightAverage
+    from seg.train.callbacks import Checkpoints, ValidationScores
+    from seg.train.losses import get_loss
+
+    validation = ValidationScores(val_set, get_loss(config.loss))
+    if not config.ema:
+        return [schedule, validation, Checkpoints(run_dir, state, history)]
+    average = WeightAverage(config.ema, run_dir, resuming=state["epoch"] > 0)
+    return [schedule, average, SwapAverage(average, into=True), validation,
+            Checkpoints(run_dir, state, history, average=average), SwapAverage(average, into=False)]
 
 
 def _budget_spent(config: TrainConfig, state: dict[str, Any]) -> bool:

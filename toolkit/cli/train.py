@@ -41,6 +41,8 @@ def train_command(
     elastic: Annotated[bool, Opt("--elastic/--no-elastic", help="Elastic deformation in the augmentation.")] = True,
     border_weight: Annotated[float, Opt("--border-weight", help="Extra loss weight of thin borders between cells "
                                         "(U-Net w0); 0 = plain MSE.")] = 10.0,
+    ema: Annotated[float, Opt("--ema", help="Validate and keep a moving average of the weights with this "
+                              "momentum, e.g. 0.99; 0 = off.")] = 0.0,
     amp: Annotated[bool, Opt("--amp", help="Mixed precision (GPU only).")] = False,
     name: Annotated[str | None, Opt("--name", help="Run folder name under runs/train (default: a timestamp).")] = None,
     resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
@@ -63,8 +65,7 @@ def train_command(
         config = train.TrainConfig(
             data=str(data), model=spec, loss=loss, epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch,
             crop=crop, lr=lr, val=val, seed=seed, time_budget=time_budget, patience=patience, elastic=elastic,
-            border_weight=border_weight,
-            amp=amp, name=name,
+            border_weight=border_weight, ema=ema, amp=amp, name=name,
         )
         result = train.fit(config, progress=not quiet)
     console.print(
