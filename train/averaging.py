@@ -8,6 +8,7 @@ average beside it in ``average.npz`` so a resumed run continues both.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import keras
 import numpy as np
 
 from seg.runtime.atomic import atomic_path
+from seg.runtime.errors import SegWarning
 
 AVERAGE_FILE = "average.npz"
 
@@ -26,23 +28,39 @@ class WeightAverage(keras.callbacks.Callback):
     the initial weights. Call :meth:`swap_in` first and :meth:`swap_out` last at epoch end (``SwapAverage``):
     in between, the model holds the averaged weights."""
 
-    def __init__(self, momentum: float, run_dir: Path, resuming: bool) -> None:
+    def __init__(self, momentum: float, run_dir: Path, resume_steps: int | None = None) -> None:
         super().__init__()
         if not 0 < momentum < 1:
             raise ValueError(f"momentum {momentum}: must be in (0, 1), e.g. 0.99")
-        self.momentum, self.path, self.resuming = momentum, run_dir / AVERAGE_FILE, resuming
+        self.momentum, self.path, self.resume_steps = momentum, run_dir / AVERAGE_FILE, resume_steps
         self.average: list[np.ndarray] = []
         self.raw_weights: list[np.ndarray] | None = None
         self.updates = 0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         weights = self.model.get_weights()
-        if self.resuming and self.path.is_file():
-            with np.load(self.path) as saved:
-                self.updates = int(saved["updates"])
-                self.average = [saved[f"w{i}"] for i in range(len(weights))]
-        else:
+        saved = self._load(weights) if self.resume_steps is not None else None
+        if saved is None:
             self.average = [w.astype(np.float64) if _averaged(w) else w for w in weights]
+        else:
+            self.average = saved
+
+    def _load(self, weights: list[np.ndarray]) -> list[np.ndarray] | None:
+        """The saved average when it belongs to the resume point (same step count and shapes), else None
+        with a warning: the average then starts again from the resumed weights."""
+        try:
+            with np.load(self.path) as saved:
+                updates, average = int(saved["updates"]), [saved[f"w{i}"] for i in range(len(weights))]
+        except (OSError, KeyError, ValueError) as exc:
+            problem = f"unreadable ({exc})"
+        else:
+            if updates == self.resume_steps and [a.shape for a in average] == [w.shape for w in weights]:
+                self.updates = updates
+                return average
+            problem = f"from step {updates}, the resume point is step {self.resume_steps}"
+        warnings.warn(f"{self.path}: weight average {problem}; averaging starts again from the resumed weights",
+                      SegWarning, stacklevel=2)
+        return None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         m = min(self.momentum, (1 + self.updates) / (10 + self.updates))
@@ -55,13 +73,17 @@ class WeightAverage(keras.callbacks.Callback):
     def swap_in(self) -> None:
         """Put the averaged weights into the model (the raw ones are kept for :meth:`swap_out`)."""
         self.raw_weights = self.model.get_weights()
-        self.model.set_weights([a.astype(w.dtype) for a, w in zip(self.average, self.raw_weights, strict=True)])
+        self.model.set_weights([a.astype(w.dtype) if _averaged(w) else w
+                                for a, w in zip(self.average, self.raw_weights, strict=True)])
 
     def swap_out(self) -> None:
-        """Put the raw weights back and save the average beside ``last.keras``."""
+        """Put the raw weights back."""
         if self.raw_weights is not None:
             self.model.set_weights(self.raw_weights)
             self.raw_weights = None
+
+    def save(self) -> None:
+        """Write the average (and its step count) to ``average.npz`` atomically, beside ``last.keras``."""
         with atomic_path(self.path) as tmp, open(tmp, "wb") as file:
             np.savez(file, updates=self.updates, **{f"w{i}": a for i, a in enumerate(self.average)})
 

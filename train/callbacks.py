@@ -74,6 +74,8 @@ class Checkpoints(keras.callbacks.Callback):
             self._record_threshold(logs.get("val_threshold"))
         with self.average.raw() if self.average else contextlib.nullcontext():
             self._save(self.run_dir / "last.keras")
+        if self.average:
+            self.average.save()  # before state.json: a resume point never comes with an older average
         write_text_atomic(self.run_dir / "history.csv", _history_csv(self.history))
         self.state["epoch"] = epoch + 1
         write_json_atomic(self.run_dir / "state.json", _public_state(self.state, row["elapsed_s"]))

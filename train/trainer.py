@@ -263,7 +263,7 @@ def _epoch_callbacks(config: TrainConfig, run_dir: Path, state: dict[str, Any], 
     validation = ValidationScores(val_set, get_loss(config.loss))
     if not config.ema:
         return [schedule, validation, Checkpoints(run_dir, state, history)]
-    average = WeightAverage(config.ema, run_dir, resuming=state["epoch"] > 0)
+    average = WeightAverage(config.ema, run_dir, resume_steps=int(state["steps"]) if state["epoch"] > 0 else None)
     return [schedule, average, SwapAverage(average, into=True), validation,
             Checkpoints(run_dir, state, history, average=average), SwapAverage(average, into=False)]
 

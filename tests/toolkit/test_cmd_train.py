@@ -115,17 +115,18 @@ def test_every_training_option_reaches_the_config_and_the_summary_is_printed(rec
                                                                              tmp_path: Path) -> None:
     args = ["--loss", "bce", "--epochs", "7", "--steps-per-epoch", "11", "--batch", "3", "--crop", "64",
             "--lr", "0.001", "--val", "0.3", "--seed", "5", "--time-budget", "90", "--patience", "4", "--no-elastic",
-            "--border-weight", "2.5", "--amp", "--name", "mine", "--quiet"]
+            "--border-weight", "2.5", "--ema", "0.99", "--amp", "--name", "mine", "--quiet"]
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), *args])
     assert result.exit_code == 0, result.output
     _, config, options = recorder.calls[0]
     assert options == {"progress": False}
     keys = ("data", "loss", "epochs", "steps_per_epoch", "batch", "crop", "lr", "val", "seed", "time_budget",
-            "patience", "elastic", "border_weight", "amp", "name")
+            "patience", "elastic", "border_weight", "ema", "amp", "name")
     got = {key: getattr(config, key) for key in keys}
     assert got == {"data": str(tmp_path / "data"), "loss": "bce", "epochs": 7, "steps_per_epoch": 11, "batch": 3,
                    "crop": 64, "lr": 0.001, "val": 0.3, "seed": 5, "time_budget": 90.0, "patience": 4,
-                   "elastic": False, "border_weight": 2.5, "amp": True, "name": "mine"}
+                   "elastic": False, "border_weight": 2.5, "ema": 0.99, "amp": True,
+                   "name": "mine"}
     assert "3 epochs on CPU (stopped: time budget), 12.5 crops/s; best epoch 2: val MSE 0.0512, " in result.output
     assert "val membrane F1 0.8123" in result.output
 
