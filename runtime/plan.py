@@ -7,6 +7,7 @@ image size, which tile side and how many tiles per onnxruntime call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,13 +82,24 @@ class TilePlan:
 
     def windows(self, length: int, tile: int) -> list[tuple[int, np.ndarray]]:
         """``(start, (tile,) float32 window)`` of each ``tile``-pixel tile along a padded axis of ``length``."""
-        return tiling.axis_windows(length, tile, self.halo, self.blend, self.multiple, self.context)
+        return list(_axis_windows(length, tile, self.halo, self.blend, self.multiple, self.context))
 
     def batch_for(self, tile: int) -> int:
         """Tiles per onnxruntime call for ``tile``-pixel tiles: ``batch_size`` tiles' worth of pixels."""
         if tile <= self.tile_size:
             return self.batch_size
         return max(1, self.batch_size * self.tile_size**2 // tile**2)
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_windows(length: int, tile: int, halo: int, blend: str, multiple: int,
+                  context: float) -> tuple[tuple[int, np.ndarray], ...]:
+    """``tiling.axis_windows``, made once per geometry (a folder of same-sized images asks again for every
+    image); the windows are read-only, as they are shared."""
+    windows = tiling.axis_windows(length, tile, halo, blend, multiple, context)
+    for _, window in windows:
+        window.flags.writeable = False
+    return tuple(windows)
 
 
 def _resolve_tile(info: ModelInfo, shape: Sequence[object], name: str, tile_size: int | None, multiple: int) -> int:

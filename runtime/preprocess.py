@@ -7,7 +7,6 @@ ONNX metadata (``seg.normalization``) and ``Segmenter`` applies what the metadat
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import numpy as np
@@ -55,22 +54,16 @@ def _normalize_integer(image: np.ndarray, name: str) -> np.ndarray:
     return image.astype(np.float32) / np.float32(scale)
 
 
-def scale_small_integers(image: np.ndarray) -> np.ndarray:
-    """8/16-bit integers (signed types shifted to start at 0) -> float32 in [0, 1] by the dtype's range.
-    Per pixel, so normalising tiles one by one equals normalising the whole image. One table lookup
-    per pixel (``_scale_table``), the same values as ``(x - min) / (max - min)`` in float32."""
-    table = _scale_table(np.dtype(image.dtype).str)
-    offset = -np.iinfo(image.dtype).min
-    indices = image if offset == 0 else image.astype(np.int32) + offset
-    return np.take(table, indices)
-
-
-@functools.lru_cache(maxsize=4)
-def _scale_table(dtype: str) -> np.ndarray:
-    """``(max - min + 1,) float32``: entry ``k`` is pixel value ``min + k`` scaled to [0, 1]."""
-    info = np.iinfo(np.dtype(dtype))
-    values = np.arange(info.min, info.max + 1, dtype=np.float32)
-    return ((values - np.float32(info.min)) / np.float32(info.max - info.min)).astype(np.float32)
+def scale_small_integers(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """8/16-bit integers (signed types shifted to start at 0) -> float32 in [0, 1] by the dtype's range:
+    ``(x - min) / (max - min)`` in float32, written into ``out`` (same shape, float32) when given. Per pixel,
+    so normalising tiles one by one equals normalising the whole image. Every 8/16-bit value is exact in
+    float32 and the division is correctly rounded, so this equals the float64 formula rounded to float32."""
+    info = np.iinfo(image.dtype)
+    if info.min == 0:
+        return np.divide(image, np.float32(info.max), out=out, dtype=np.float32)
+    shifted = np.subtract(image, np.float32(info.min), out=out, dtype=np.float32)
+    return np.divide(shifted, np.float32(info.max - info.min), out=shifted)
 
 
 def warn_if_8_bit_in_16_bit(image: np.ndarray, name: str) -> None:

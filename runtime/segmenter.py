@@ -331,6 +331,9 @@ class Segmenter:
         inputs = np.empty((len(batch), tile, tile, 1), feed)
         for i, (job, (y, _), (x, _), k) in enumerate(batch):
             crop = job.pixels[y : y + tile, x : x + tile]
+            if job.lazy and not self.uint8_input and k == 0:
+                scale_small_integers(crop, out=inputs[i, :, :, 0])  # normalised straight into the feed
+                continue
             crop = scale_small_integers(crop) if job.lazy and not self.uint8_input else crop
             inputs[i, :, :, 0] = tiling.dihedral(crop, k)
         preds = self._run(inputs)  # (B, T, T) float32 in [0, 1]

@@ -11,7 +11,7 @@ from PIL import Image
 from seg.runtime.atomic import atomic_path, is_temporary
 from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.io import list_images, read_image, read_pages, write_image, write_pages
-from seg.runtime.preprocess import binarize_label, normalize, to_mask
+from seg.runtime.preprocess import binarize_label, normalize, scale_small_integers, to_mask
 
 
 @pytest.mark.parametrize(
@@ -219,3 +219,14 @@ def test_concurrent_atomic_writes_keep_the_umask_and_usual_permissions(tmp_path:
     assert now == mask
     modes = {stat.S_IMODE((tmp_path / f"f{i}.bin").stat().st_mode) for i in range(400)}
     assert modes == {0o666 & ~mask}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8, np.int16])
+def test_every_small_integer_scales_to_the_float64_formula_rounded_to_float32(dtype: type) -> None:
+    info = np.iinfo(dtype)
+    values = np.arange(info.min, info.max + 1).astype(dtype)
+    expected = ((values.astype(np.float64) - info.min) / (info.max - info.min)).astype(np.float32)
+    np.testing.assert_array_equal(scale_small_integers(values), expected)  # bit-exact, every value
+    out = np.full((1, values.size, 1), np.nan, np.float32)
+    assert scale_small_integers(values[None, :], out=out[:, :, 0]).base is out  # written in place
+    np.testing.assert_array_equal(out[0, :, 0], expected)
