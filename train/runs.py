@@ -1,4 +1,4 @@
-"""Run folders: ``runs/train/<name>/`` holding model.keras (best), last.keras + state.json (resume),
+"""Run folders: ``runs/train/<name>/`` holding model.keras (best), last.keras + average.npz + state.json (resume),
 config.json, history.csv and figures. Later commands default to the newest run."""
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ from seg.train.losses import LOSSES
 from seg.train.models import ModelSpec
 from seg.train.weights import BORDER_W0, border_weights
 
+EMA_MOMENTUM = 0.995  # the weight average's default: a window of about 200 steps (5 epochs of 40)
+
 
 @dataclass
 class TrainConfig:
@@ -43,7 +45,7 @@ class TrainConfig:
     patience: int = 0
     elastic: bool = True
     border_weight: float = BORDER_W0
-    ema: float = 0.0
+    ema: float = EMA_MOMENTUM
     amp: bool = False
     name: str | None = None
     runs_root: str = str(runs.RUNS_ROOT)
@@ -75,6 +77,7 @@ class TrainConfig:
         kwargs = {k: v for k, v in values.items() if k in known}
         kwargs["model"] = ModelSpec.from_dict(values["model"])
         kwargs.setdefault("border_weight", 0.0)  # runs recorded before the weighting existed trained without it
+        kwargs.setdefault("ema", 0.0)  # and before the weight average, without it
         return cls(**kwargs)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from seg import train
 from seg.toolkit.cli import app
 from tests.helpers import make_dataset, write_png
 
@@ -109,6 +110,9 @@ def test_model_options_reach_the_training_config(recorder: _Recorder, tmp_path: 
     assert kind == "fit" and options == {"progress": True} and figures_call == ("figures", recorder.run_dir, {})
     spec = config.model
     assert (spec.kind, spec.width, spec.depth, spec.stem, spec.batch_norm, spec.head) == want
+    defaults = train.TrainConfig(data="d")  # the CLI repeats the recipe's defaults (it must not import scipy)
+    assert (config.elastic, config.border_weight, config.ema) == (defaults.elastic, defaults.border_weight,
+                                                                   defaults.ema)
 
 
 def test_every_training_option_reaches_the_config_and_the_summary_is_printed(recorder: _Recorder,

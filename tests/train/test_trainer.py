@@ -12,6 +12,7 @@ from seg import train
 from seg.runtime.errors import InputError
 from seg.runtime.scores import THRESHOLD_CANDIDATES
 from seg.train.models import ModelSpec
+from seg.train.trainer import EMA_MOMENTUM
 from seg.train.weights import BORDER_W0
 
 pytestmark = pytest.mark.slow
@@ -49,12 +50,14 @@ def test_loss_falls_and_run_folder_is_complete(isbi_dir: Path, tmp_path: Path) -
     assert config["threshold"] == pytest.approx(float(best_row["val_threshold"]))
     assert config["threshold"] in THRESHOLD_CANDIDATES and 0.0 <= float(best_row["val_pixel_error"]) <= 1.0
     assert config["train"]["elastic"] is True and config["train"]["border_weight"] == BORDER_W0
+    assert config["train"]["ema"] == EMA_MOMENTUM and (result.run_dir / "average.npz").is_file()
 
 
 def test_old_run_records_resume_without_border_weighting_and_bad_weights_are_refused(tmp_path: Path) -> None:
     record = _config(Path("data"), tmp_path).to_dict()
-    del record["border_weight"]
-    assert train.TrainConfig.from_dict(record).border_weight == 0.0
+    del record["border_weight"], record["ema"]
+    old = train.TrainConfig.from_dict(record)
+    assert old.border_weight == 0.0 and old.ema == 0.0
     with pytest.raises(InputError, match="--border-weight -1"):
         _config(Path("data"), tmp_path, border_weight=-1.0).check()
 

@@ -42,7 +42,7 @@ def train_command(
     border_weight: Annotated[float, Opt("--border-weight", help="Extra loss weight of thin borders between cells "
                                         "(U-Net w0); 0 = plain MSE.")] = 10.0,
     ema: Annotated[float, Opt("--ema", help="Validate and keep a moving average of the weights with this "
-                              "momentum, e.g. 0.99; 0 = off.")] = 0.0,
+                              "momentum; 0 = off.")] = 0.995,
     amp: Annotated[bool, Opt("--amp", help="Mixed precision (GPU only).")] = False,
     name: Annotated[str | None, Opt("--name", help="Run folder name under runs/train (default: a timestamp).")] = None,
     resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
