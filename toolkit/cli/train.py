@@ -48,9 +48,9 @@ def train_command(
     resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bar.")] = False,
 ) -> None:
-    """Train a segmentation model and write runs/train/<name>/: model.keras (best), last.keras + state.json
-    (resume), config.json, history.csv, loss.png, samples.png. --time-budget counts the run's total time,
-    also across --resume."""
+    """Train a segmentation model and write runs/train/<name>/: model.keras (best, of the weight average),
+    last.keras + average.npz + state.json (resume), config.json, history.csv, loss.png, samples.png.
+    --time-budget counts the run's total time, also across --resume."""
     quiet_tensorflow()
     from seg import train
 
