@@ -331,11 +331,11 @@ class Segmenter:
         inputs = np.empty((len(batch), tile, tile, 1), feed)
         for i, (job, (y, _), (x, _), k) in enumerate(batch):
             crop = job.pixels[y : y + tile, x : x + tile]
-            if job.lazy and not self.uint8_input and k == 0:
+            scale = job.lazy and not self.uint8_input
+            if scale and k == 0:
                 scale_small_integers(crop, out=inputs[i, :, :, 0])  # normalised straight into the feed
-                continue
-            crop = scale_small_integers(crop) if job.lazy and not self.uint8_input else crop
-            inputs[i, :, :, 0] = tiling.dihedral(crop, k)
+            else:
+                inputs[i, :, :, 0] = tiling.dihedral(scale_small_integers(crop) if scale else crop, k)
         preds = self._run(inputs)  # (B, T, T) float32 in [0, 1]
         scale = np.float32(1.0 / len(self.transforms))
         for (job, (y, wy), (x, wx), k), pred in zip(batch, preds, strict=True):

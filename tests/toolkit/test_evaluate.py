@@ -118,7 +118,7 @@ def test_pixel_scores_cut_at_the_models_own_threshold_unless_one_is_given(tmp_pa
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny_model("identity", metadata=ModelInfo(threshold=0.75, size_multiple=1).to_props()))
     slices = select_split(tmp_path / "data", "train", 0.2, 0)  # what evaluate scores
-    probs, _ = predict_slices(model, [s.image for s in slices])
+    probs, _, _ = predict_slices(model, [s.image for s in slices])
     image = np.concatenate([p.ravel() for p in probs])
     interior = np.concatenate([s.label.ravel() for s in slices]) >= 0.5
     for given, cut in ((None, 0.75), (0.3, 0.3)):

@@ -65,25 +65,18 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
         warnings.warn(f"{model}: --split val rebuilds the held-out slices from --val {val:g} --seed {seed}; they "
                       "match training only if the run used the same values (evaluate its model.keras to be sure)",
                       SegWarning, stacklevel=2)
-    probs, engine = predict_slices(model, [s.image for s in slices], provider, tta)
-    threshold = model_threshold(model) if threshold is None else threshold
+    probs, engine, own_threshold = predict_slices(model, [s.image for s in slices], provider, tta)
+    threshold = own_threshold if threshold is None else threshold
     labels = [s.label for s in slices]
     scores = metrics.score_slices(probs, labels, threshold=threshold)
     written = _figures(figures, model, slices, probs, threshold) if figures else []
     return EvalReport(str(model), engine, str(data), split, [s.name for s in slices], scores, written)
 
 
-def model_threshold(model: Path) -> float:
-    """The threshold ``model`` carries: its ONNX metadata, or its run's ``config.json``; else 0.5."""
-    from seg.runtime.metadata import DEFAULT_THRESHOLD, read_model_info
+def run_threshold(model: Path) -> float:
+    """The threshold a ``.keras`` model's run chose on validation (its ``config.json``); else 0.5."""
+    from seg.runtime.metadata import DEFAULT_THRESHOLD
 
-    if model.suffix == ".onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        with warnings.catch_warnings():  # a model without metadata: the Segmenter that runs it says so
-            warnings.simplefilter("ignore", SegWarning)
-            return read_model_info(session, str(model)).threshold
     config = model.parent / runs.CONFIG
     if config.is_file():
         return float(runs.read_json(config).get("threshold", DEFAULT_THRESHOLD))
@@ -119,17 +112,19 @@ def select_split(data: Path, split: str, val: float, seed: int) -> list[Slice]:
 
 
 def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu",
-                   tta: bool = False) -> tuple[list[np.ndarray], str]:
-    """Probabilities ``(H, W) float32 in [0, 1]`` for each image, and a label for the engine used. ``tta``
-    averages the predictions of the 8 flips/rotations (``seg.runtime.tiling.dihedral``)."""
+                   tta: bool = False) -> tuple[list[np.ndarray], str, float]:
+    """Probabilities ``(H, W) float32 in [0, 1]`` for each image, a label for the engine used and the
+    model's own threshold (ONNX metadata, or the run's ``config.json`` for Keras; 0.5 when neither has
+    one). ``tta`` averages the predictions of the 8 flips/rotations (``seg.runtime.tiling.dihedral``)."""
     suffix = " + TTA" if tta else ""
     if model.suffix == ".onnx":
         from seg.runtime import Segmenter
 
         with Segmenter(model, provider=provider, tta=tta) as segmenter:
-            return segmenter.predict_batch(images), f"onnxruntime ({', '.join(segmenter.providers)}){suffix}"
+            engine = f"onnxruntime ({', '.join(segmenter.providers)}){suffix}"
+            return segmenter.predict_batch(images), engine, segmenter.info.threshold
     if model.suffix == ".keras":
-        return keras_predict_file(model, images, tta), f"keras{suffix}"
+        return keras_predict_file(model, images, tta), f"keras{suffix}", run_threshold(model)
     raise InputError(f"{model}: unknown model type {model.suffix!r}; give a .onnx or .keras file")
 
 
