@@ -12,9 +12,7 @@ memory stays at the image, its output and a few batches of tiles, whatever the i
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -29,58 +27,23 @@ from seg.runtime.preprocess import scale_small_integers
 from seg.runtime.providers import check_device_id, make_session, session_providers
 from seg.runtime.region import region_tiles
 from seg.runtime.stats import RunStats
+from seg.runtime.streams import SessionPool, open_sessions, ordered_runs
+from seg.runtime.tiling import Tile, TiledImage
 
 if TYPE_CHECKING:
     import onnxruntime as ort
-
-_Window = tuple[int, np.ndarray]  # (start, (T,) float32 window) along one axis
-
-
-@dataclass
-class _Job:
-    """One image in flight: its padded pixels, float32 accumulator and the tiles still to come."""
-
-    height: int
-    width: int
-    pixels: np.ndarray  # (PH, PW) raw integers (normalised per tile) or float32 in [0, 1]
-    lazy: bool
-    tile: int  # this image's tile side: tile_size, or large_tile for an image larger than it both ways
-    rows: list[tuple[int, np.ndarray]]  # (start, (T,) window) per tile row, from tiling.axis_windows
-    cols: list[tuple[int, np.ndarray]]
-    transforms: int = 1  # dihedral transforms per tile (8 with TTA)
-    out: np.ndarray = field(init=False)
-    pending: int = field(init=False)
-    single: bool = field(init=False)  # one prediction covers the image: it is the output, nothing to blend
-
-    def __post_init__(self) -> None:
-        self.pending = len(self.rows) * len(self.cols) * self.transforms
-        self.single = self.pending == 1
-        self.out = np.empty((0, 0), np.float32) if self.single else np.zeros(self.pixels.shape, np.float32)
-
-    def blended(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """``out[rows, cols]`` (``out`` itself for the whole image, else a view) divided in place by the
-        summed weights of the tiles: the blend of their predictions, ``float32``. One tile covering the image
-        needs no division."""
-        whole = rows == slice(None) and cols == slice(None)
-        out = self.out if whole else self.out[rows, cols]  # the whole accumulator is returned as itself
-        if len(self.rows) * len(self.cols) > 1:
-            row_weight = tiling.weight_sum_1d(self.out.shape[0], self.rows)[rows]
-            col_weight = tiling.weight_sum_1d(self.out.shape[1], self.cols)[cols]
-            tiling.normalize_weights(out, row_weight, col_weight)
-        return out
-
-
-_Tile = tuple[_Job, _Window, _Window, int]  # job, row window, column window, dihedral transform
-
 
 class Segmenter:
     """Run a seg ONNX model (``(N, H, W, 1) float32`` in and out) on images of any size.
 
     ``provider``: ``"auto"`` | ``"cuda"`` (strict: ``ProviderError`` if CUDA cannot load) | ``"cpu"``;
     ``providers`` lists what onnxruntime really uses. ``device_id``: the CUDA device (int >= 0).
-    ``threads``: CPU intra-op threads (default: physical cores). ``session_options`` (an onnxruntime
-    ``SessionOptions``, ``threads`` still applied to it when given) and ``provider_options`` (merged into
-    the running provider's options) pass through to onnxruntime.
+    ``threads``: CPU intra-op threads of each stream (default: physical cores, split between streams).
+    ``streams``: onnxruntime runs at once on the CPU provider, each on its own session (``seg.runtime.streams``):
+    1 (default) gives one image the lowest latency, several (None: one per physical core, at most 4) give
+    more images per second over many images or tiles, with the same results; CUDA always runs one.
+    ``session_options`` (an onnxruntime ``SessionOptions``, ``threads`` still applied to it when given) and
+    ``provider_options`` (merged into the running provider's options) pass through to onnxruntime.
 
     ``tile_size``/``halo``: from the model's metadata when None; ``tile_size=0`` runs each image whole
     (reflect-padded to the size multiple). With the metadata's tile, an image larger than it in both
@@ -92,10 +55,11 @@ class Segmenter:
 
     Thread safety: one Segmenter may be shared by threads. Concurrent ``predict``/``predict_stack``/
     ``predict_batch`` calls, and separate ``predict_iter`` generators, give exactly what serial calls give:
-    onnxruntime runs one session from several threads, the CUDA IO-binding buffers serve one batch at a time
-    (under a lock) and ``stats`` is updated under a lock. One ``predict_iter`` generator must not be
+    onnxruntime runs one session from several threads (with several streams, each run takes a free stream's
+    session), the CUDA IO-binding buffers serve one batch at a time (under a lock) and ``stats`` is updated
+    under a lock. One ``predict_iter`` generator must not be
     advanced from two threads at once (no Python generator may). ``close`` (or leaving a ``with`` block)
-    releases the session and CUDA buffers; any later call, including batches still to come in other
+    releases the sessions and CUDA buffers; any later call, including batches still to come in other
     threads, raises ``SegError`` ("closed").
     """
 
@@ -109,6 +73,7 @@ class Segmenter:
         blend: str = "gaussian",
         tta: bool = False,
         threads: int | None = None,
+        streams: int | None = 1,
         device_id: int = 0,
         session_options: ort.SessionOptions | None = None,
         provider_options: Mapping[str, object] | None = None,
@@ -117,22 +82,26 @@ class Segmenter:
         self.device_id = check_device_id(device_id)
         package = open_package(model) if is_package(model) else None  # a bioimage.io zip: its checked ONNX
         options: dict[str, Any] = dict(options=session_options, provider_options=provider_options, device_id=device_id)
-        self._session: ort.InferenceSession | None = (
-            make_session(model, provider, threads, **options) if package is None
-            else package.session(provider, threads, **options))
-        self.info = read_model_info(self._session, self.name) if package is None else package.model_info(self._session)
-        self.providers: list[str] = session_providers(self._session)
-        self._input = self._session.get_inputs()[0].name
-        self.uint8_input = self._session.get_inputs()[0].type == "tensor(uint8)"  # normalises in its graph
-        self._output = self._session.get_outputs()[0].name
-        shape = list(self._session.get_inputs()[0].shape)
+        threads = threads or (session_options.intra_op_num_threads if session_options else 0) or None  # per stream
+        sessions = open_sessions(
+            lambda kind, count: make_session(model, kind, count, **options) if package is None
+            else package.session(kind, count, **options), provider, streams, threads)
+        self._pool: SessionPool | None = SessionPool(sessions)
+        session = sessions[0]
+        self.streams = len(sessions)
+        self.info = read_model_info(session, self.name) if package is None else package.model_info(session)
+        self.providers: list[str] = session_providers(session)
+        self._input = session.get_inputs()[0].name
+        self.uint8_input = session.get_inputs()[0].type == "tensor(uint8)"  # normalises in its graph
+        self._output = session.get_outputs()[0].name
+        shape = list(session.get_inputs()[0].shape)
         self.plan = TilePlan.resolve(self.info, shape, self.name, tile_size, halo, batch_size, blend)
         plan = self.plan  # its settings, copied as read-only attributes:
         self.tile_size, self.halo, self.batch_size, self.blend = plan.tile_size, plan.halo, plan.batch_size, blend
         self.large_tile, self.small_step, self.multiple = plan.large_tile, plan.small_step, plan.multiple
         self.transforms = tiling.DIHEDRAL if tta else (0,)
         self.stats = RunStats()
-        self._cuda = (binding.CudaRunner(self._session, self._input, self._output, self.device_id, self.name)
+        self._cuda = (binding.CudaRunner(session, self._input, self._output, self.device_id, self.name)
                       if self.providers[0] == "cuda" else None)
 
     def __repr__(self) -> str:
@@ -140,7 +109,8 @@ class Segmenter:
         return (
             f"Segmenter({self.name!r}, providers={self.providers}, tile_size={self.tile_size}, "
             f"large_tile={self.large_tile}, small_step={self.small_step}, "
-            f"halo={self.halo}, batch_size={self.batch_size}, tta={len(self.transforms) > 1}{state})"
+            f"halo={self.halo}, batch_size={self.batch_size}, streams={self.streams}, "
+            f"tta={len(self.transforms) > 1}{state})"
         )
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -152,26 +122,26 @@ class Segmenter:
         self.close()
 
     def close(self) -> None:
-        """Release the onnxruntime session and any CUDA buffers (idempotent). Later calls raise ``SegError``."""
+        """Release the onnxruntime sessions and any CUDA buffers (idempotent). Later calls raise ``SegError``."""
         if self._cuda is not None:
             self._cuda.close()
-        self._session = None
+        self._pool = None
 
     @property
     def closed(self) -> bool:
         """True once ``close`` ran."""
-        return self._session is None
+        return self._pool is None
 
     @property
     def session(self) -> ort.InferenceSession:
-        """The onnxruntime ``InferenceSession``; ``SegError`` once the Segmenter is closed."""
-        return self._open_session()
+        """The (first stream's) onnxruntime ``InferenceSession``; ``SegError`` once the Segmenter is closed."""
+        return self._open_pool().sessions[0]
 
-    def _open_session(self) -> ort.InferenceSession:
-        session = self._session
-        if session is None:
+    def _open_pool(self) -> SessionPool:
+        pool = self._pool
+        if pool is None:
             raise SegError(f"{self.name}: this Segmenter is closed; make a new one to predict again")
-        return session
+        return pool
 
     # -- public predictions -----------------------------------------------------------------------
 
@@ -214,7 +184,7 @@ class Segmenter:
 
     def predict_iter(self, images: Iterable[np.ndarray], on_error: OnError = "raise") -> Iterator[Any]:
         """Lazily yield one ``(H, W) float32 in [0, 1]`` map per image, in order; pulls images only as
-        batches need them.
+        batches need them (with ``streams`` > 1, enough for one batch per stream and one more).
 
         ``on_error`` decides what an image that fails preparation (``InputError``: wrong shape, NaN/inf
         pixels, unsupported dtype) does: ``"raise"`` (default) raises it; ``"skip"`` logs it and yields None
@@ -222,7 +192,7 @@ class Segmenter:
         callable may raise to stop). Outputs stay aligned with inputs either way. ``SegError`` once closed.
         """
         report = reporter(on_error)
-        self._open_session()  # a closed Segmenter raises here, not at the first next()
+        self._open_pool()  # a closed Segmenter raises here, not at the first next()
         if not self.plan.tile_size:
             return self._iter_whole(images, report)
         return self._iter_tiled(images, report)
@@ -236,7 +206,7 @@ class Segmenter:
         ``read(row_slice, col_slice)`` returns those pixels of the image (``(h, w)`` uint8/uint16/float in
         [0, 1]: a per-region min-max scaling of other floats would depend on the box, so they raise
         ``InputError``). Needs tiled mode (``tile_size`` > 0). ``SegError`` once closed."""
-        self._open_session()
+        self._open_pool()
         region = region_tiles(self.plan, shape, rows, cols)
         name = f"region {rows.start}:{rows.stop}, {cols.start}:{cols.stop}"
         pixels = np.asarray(read(region.read_rows, region.read_cols))
@@ -251,9 +221,9 @@ class Segmenter:
         pixels, lazy = self._prepared(pixels, name)
         (down, right), (height, width) = region.read_offset, region.size
         padded = tiling.reflect_pad(pixels, down + height, right + width)[down:, right:]
-        job = _Job(height, width, padded, lazy, region.tile, region.rows, region.cols, len(self.transforms))
-        for batch in tiling.batched(self._job_tiles(job), self.batch_for(job.tile)):
-            self._run_tiles(batch)
+        job = TiledImage(height, width, padded, lazy, region.tile, region.rows, region.cols, len(self.transforms))
+        for _ in self._run_batches(tiling.batched(self._job_tiles(job), self.batch_for(job.tile))):
+            pass
         out = job.blended(region.core_rows, region.core_cols)  # a view: clipped in place below
         self.stats.add(images=1)
         np.clip(out, 0.0, 1.0, out=out)
@@ -262,20 +232,29 @@ class Segmenter:
     # -- tiled mode -------------------------------------------------------------------------------
 
     def _iter_tiled(self, images: Iterable[np.ndarray], report: Report) -> Iterator[np.ndarray | None]:
-        jobs: list[_Job | None] = []  # None: an image that failed preparation and was reported
+        jobs: list[TiledImage | None] = []  # None: an image that failed preparation and was reported
         tiles = self._tile_stream(images, jobs, report)
-        for batch in tiling.batched(tiles, lambda tile: self.batch_for(tile[0].tile), key=lambda tile: tile[0].tile):
-            self._run_tiles(batch)
+        batches = tiling.batched(tiles, lambda tile: self.batch_for(tile[0].tile), key=lambda tile: tile[0].tile)
+        for _ in self._run_batches(batches):
             yield from self._ready(jobs)
         yield from self._ready(jobs)
 
-    def _ready(self, jobs: list[_Job | None]) -> Iterator[np.ndarray | None]:
+    def _run_batches(self, batches: Iterable[list[Tile]]) -> Iterator[None]:
+        """Run ``batches`` on the streams; each one's predictions are added to its images in batch order (as
+        serial runs would), after which this yields once."""
+        gathered = ((batch, self._gather(batch)) for batch in batches)
+        for (batch, _), preds in ordered_runs(gathered, lambda pair: self._run(pair[1]), self.streams):
+            self._scatter(batch, preds)
+            yield
+
+    def _ready(self, jobs: list[TiledImage | None]) -> Iterator[np.ndarray | None]:
         """Pop and finish the leading jobs that are complete (or failed: None), in input order."""
         while jobs and (jobs[0] is None or jobs[0].pending == 0):
             job = jobs.pop(0)
             yield None if job is None else self._finish(job)
 
-    def _tile_stream(self, images: Iterable[np.ndarray], jobs: list[_Job | None], report: Report) -> Iterator[_Tile]:
+    def _tile_stream(self, images: Iterable[np.ndarray], jobs: list[TiledImage | None],
+                     report: Report) -> Iterator[Tile]:
         for index, image in enumerate(images):
             prepared = self._prepare(image, index, report)
             job = None if prepared is None else self._start(*prepared)
@@ -283,7 +262,7 @@ class Segmenter:
             if job is not None:
                 yield from self._job_tiles(job)
 
-    def _job_tiles(self, job: _Job) -> Iterator[_Tile]:
+    def _job_tiles(self, job: TiledImage) -> Iterator[Tile]:
         for row in job.rows:
             for col in job.cols:
                 for k in self.transforms:
@@ -315,7 +294,7 @@ class Segmenter:
         """Tiles per onnxruntime call for ``tile``-pixel tiles; see ``TilePlan.batch_for``."""
         return self.plan.batch_for(tile)
 
-    def _start(self, pixels: np.ndarray, lazy: bool) -> _Job:
+    def _start(self, pixels: np.ndarray, lazy: bool) -> TiledImage:
         height, width = pixels.shape
         tile = self.tile_for(height, width)
         padded_h = tiling.padded_length(height, tile, self.plan.multiple)
@@ -323,9 +302,10 @@ class Segmenter:
         pixels = tiling.reflect_pad(pixels, padded_h, padded_w)
         rows = self.plan.windows(padded_h, tile)
         cols = self.plan.windows(padded_w, tile)
-        return _Job(height, width, pixels, lazy, tile, rows, cols, len(self.transforms))
+        return TiledImage(height, width, pixels, lazy, tile, rows, cols, len(self.transforms))
 
-    def _run_tiles(self, batch: list[_Tile]) -> None:
+    def _gather(self, batch: list[Tile]) -> np.ndarray:
+        """The model input of ``batch``: ``(B, T, T, 1)`` raw uint8, or float32 in [0, 1]."""
         tile = batch[0][0].tile
         feed = np.uint8 if self.uint8_input else np.float32  # (B, T, T, 1) raw uint8, or float32 in [0, 1]
         inputs = np.empty((len(batch), tile, tile, 1), feed)
@@ -336,7 +316,10 @@ class Segmenter:
                 scale_small_integers(crop, out=inputs[i, :, :, 0])  # normalised straight into the feed
             else:
                 inputs[i, :, :, 0] = tiling.dihedral(scale_small_integers(crop) if scale else crop, k)
-        preds = self._run(inputs)  # (B, T, T) float32 in [0, 1]
+        return inputs
+
+    def _scatter(self, batch: list[Tile], preds: np.ndarray) -> None:
+        """Add ``preds`` (``(B, T, T) float32 in [0, 1]``, one per tile of ``batch``) to their images."""
         scale = np.float32(1.0 / len(self.transforms))
         for (job, (y, wy), (x, wx), k), pred in zip(batch, preds, strict=True):
             if job.single:  # its one window is all ones (open at every edge): no blending
@@ -346,7 +329,7 @@ class Segmenter:
             job.pending -= 1
         self.stats.add(tiles=len(batch))
 
-    def _finish(self, job: _Job) -> np.ndarray:
+    def _finish(self, job: TiledImage) -> np.ndarray:
         out = job.blended()
         job.pixels = job.out = np.empty((0, 0), np.float32)  # drop references early
         self.stats.add(images=1)
@@ -355,9 +338,13 @@ class Segmenter:
     # -- whole-image mode -------------------------------------------------------------------------
 
     def _iter_whole(self, images: Iterable[np.ndarray], report: Report) -> Iterator[np.ndarray | None]:
-        for index, image in enumerate(images):
-            prepared = self._prepare(image, index, report)
-            yield None if prepared is None else self._predict_whole(*prepared)
+        prepared = (self._prepare(image, index, report) for index, image in enumerate(images))
+
+        def run(pixels: tuple[np.ndarray, bool] | None) -> np.ndarray | None:
+            return None if pixels is None else self._predict_whole(*pixels)
+
+        for _, prob in ordered_runs(prepared, run, self.streams):
+            yield prob
 
     def _predict_whole(self, pixels: np.ndarray, lazy: bool) -> np.ndarray:
         height, width = pixels.shape
@@ -379,16 +366,16 @@ class Segmenter:
 
         On CUDA the batch goes through IO binding (``binding.CudaRunner``) unless that proved unavailable.
         ``SegError`` once closed."""
-        session = self._open_session()
+        pool = self._open_pool()
         count = inputs.shape[0]
         fixed = self.plan.static_batch
         if fixed and count < fixed:
             inputs = np.concatenate([inputs, np.zeros((fixed - count, *inputs.shape[1:]), inputs.dtype)])
-        start = time.perf_counter()
-        outputs = self._cuda.run(inputs) if self._cuda is not None else None
-        if outputs is None:
-            (outputs,) = session.run([self._output], {self._input: inputs})
-        self.stats.add(batches=1, seconds=time.perf_counter() - start)
+        with pool.lend() as session, self.stats.run():
+            self._open_pool()  # closed while this run waited for a free stream
+            outputs = self._cuda.run(inputs) if self._cuda is not None else None
+            if outputs is None:
+                (outputs,) = session.run([self._output], {self._input: inputs})
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -231,3 +232,44 @@ def dihedral_inverse(array: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)
     if k // 4:
         array = np.flip(array, axis=axes[1])
     return array
+
+
+Window = tuple[int, np.ndarray]  # (start, (T,) float32 window) along one axis
+
+
+@dataclass
+class TiledImage:
+    """One image in flight through a ``Segmenter``: its padded pixels, float32 accumulator and the tiles
+    still to come."""
+
+    height: int
+    width: int
+    pixels: np.ndarray  # (PH, PW) raw integers (normalised per tile) or float32 in [0, 1]
+    lazy: bool
+    tile: int  # this image's tile side: tile_size, or large_tile for an image larger than it both ways
+    rows: list[tuple[int, np.ndarray]]  # (start, (T,) window) per tile row, from axis_windows
+    cols: list[tuple[int, np.ndarray]]
+    transforms: int = 1  # dihedral transforms per tile (8 with TTA)
+    out: np.ndarray = field(init=False)
+    pending: int = field(init=False)
+    single: bool = field(init=False)  # one prediction covers the image: it is the output, nothing to blend
+
+    def __post_init__(self) -> None:
+        self.pending = len(self.rows) * len(self.cols) * self.transforms
+        self.single = self.pending == 1
+        self.out = np.empty((0, 0), np.float32) if self.single else np.zeros(self.pixels.shape, np.float32)
+
+    def blended(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """``out[rows, cols]`` (``out`` itself for the whole image, else a view) divided in place by the
+        summed weights of the tiles: the blend of their predictions, ``float32``. One tile covering the image
+        needs no division."""
+        whole = rows == slice(None) and cols == slice(None)
+        out = self.out if whole else self.out[rows, cols]  # the whole accumulator is returned as itself
+        if len(self.rows) * len(self.cols) > 1:
+            row_weight = weight_sum_1d(self.out.shape[0], self.rows)[rows]
+            col_weight = weight_sum_1d(self.out.shape[1], self.cols)[cols]
+            normalize_weights(out, row_weight, col_weight)
+        return out
+
+
+Tile = tuple[TiledImage, Window, Window, int]  # job, row window, column window, dihedral transform
