@@ -71,6 +71,11 @@ def test_infer_exit_codes_for_bad_inputs(setup: tuple[Path, Path], tmp_path: Pat
     assert bad.exit_code == 1
     assert "03.png: not a readable image" in bad.output and "3 images" in bad.output
     assert not (tmp_path / "o" / "03.png").exists()
+    streams = runner.invoke(app, ["infer", "-i", str(images), "-m", str(model), "-o", str(tmp_path / "s"),
+                                  "--streams", "0"])
+    assert streams.exit_code == 2 and not (tmp_path / "s").exists()
+    assert streams.output.strip() == ("error: streams must be an int >= 1 (concurrent onnxruntime runs on the CPU), "
+                                      "got 0")
 
 
 def test_infer_takes_the_paths_a_shell_expands_an_unquoted_glob_into(setup: tuple[Path, Path],

@@ -66,6 +66,9 @@ def infer(
     halo: Annotated[int | None, Opt("--halo", help="Tile overlap margin, pixels (default: the model's).")] = None,
     batch: Annotated[int, Opt("--batch", help="Tiles per onnxruntime call.")] = 4,
     tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
+    streams: Annotated[int | None, Opt("--streams", help="Images: onnxruntime runs at once on the CPU, the "
+                                       "cores shared between them (default: one per core, at most 4; 1 = every "
+                                       "core on one batch at a time).", show_default=False)] = None,
     workers: Annotated[int | None, Opt("--workers", help="Volumes: Dask worker processes on this machine "
                                        "(default: one per CPU; one per GPU with --provider cuda).")] = None,
     threads_per_worker: Annotated[int | None, Opt("--threads-per-worker", help="Volumes: threads per worker "
@@ -83,6 +86,9 @@ def infer(
     if _is_volume_run(texts, output):
         if overlay:
             raise InputError("--overlay is for images; a volume's output holds the probability and the mask")
+        if streams is not None:
+            raise InputError("--streams is for images; a volume runs one block per Dask worker thread "
+                             "(--workers, --threads-per-worker)")
         _infer_volume(texts, model, output, provider=provider, threshold=threshold, overwrite=overwrite,
                       tile_size=tile, halo=halo, batch_size=batch, tta=tta, **volume)
         return
@@ -91,7 +97,8 @@ def infer(
         raise InputError(f"{', '.join(given)}: only for volumes (a .zarr or .h5:/dataset --input, or a .zarr "
                          "--output)")
     _infer_images(texts, model, output, provider=provider, threshold=threshold, save_prob=save_prob,
-                  overlay=overlay, overwrite=overwrite, tile_size=tile, halo=halo, batch_size=batch, tta=tta)
+                  overlay=overlay, overwrite=overwrite, tile_size=tile, halo=halo, batch_size=batch, tta=tta,
+                  streams=streams)
 
 
 def _infer_images(texts: list[str], model: Path, output: Path | None, **options: Any) -> None:
