@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from seg.runtime.errors import InputError
 from seg.runtime.io import write_image
-from seg.runtime.providers import cuda_problem
+from seg.runtime.providers import cuda_problem, physical_cores
+from seg.runtime.streams import MAX_AUTO_STREAMS
 from seg.toolkit.bench.benchmark import CPU_FP16, merge_rounds, run_benchmark
 from seg.toolkit.bench.flops import achieved, count_flops, cpu_peak
 from seg.toolkit.bench.profile import compare_table, summarize
@@ -65,19 +66,22 @@ def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def report(bench_dir: Path):  # noqa: ANN201
     return run_benchmark(bench_dir / "model.onnx", data=bench_dir / "data", providers=("cpu", "cuda"),
-                         variants=("fp32", "fp16", "int8"), batches=(1, 2), images=2, repeats=1, latency_runs=2,
-                         large=96, profile=False)
+                         variants=("fp32", "fp16", "int8"), batches=(1, 2), streams=(1, None), images=2, repeats=1,
+                         latency_runs=2, large=96, profile=False)
 
 
 def test_rows_cover_every_configuration(report) -> None:  # noqa: ANN001
-    keys = [(row.provider, row.variant, row.batch) for row in report.rows]
-    assert keys[:4] == [("cpu", "fp32", 1), ("cpu", "fp32", 2), ("cpu", "fp16", None), ("cpu", "int8", None)]
+    keys = [(row.provider, row.variant, row.batch, row.streams_asked) for row in report.rows]
+    assert keys[:6] == [("cpu", "fp32", 1, 1), ("cpu", "fp32", 1, None), ("cpu", "fp32", 2, 1),
+                        ("cpu", "fp32", 2, None), ("cpu", "fp16", None, 1), ("cpu", "int8", None, 1)]
     fp32 = [row for row in report.rows if row.provider == "cpu" and row.variant == "fp32"]
     for row in fp32:
         assert row.ok and row.providers == ["cpu"]
+        assert row.streams == (1 if row.streams_asked == 1 else min(physical_cores(), MAX_AUTO_STREAMS))
         assert row.compute_ips >= row.e2e_ips > 0 and row.peak_rss_mb > 10  # end-to-end includes the compute
+        assert row.e2e_fraction == pytest.approx(row.e2e_ips / row.compute_ips)
         assert 0.0 <= row.membrane_f1 <= 1.0 and 0.0 <= row.v_rand <= 1.0
-        assert row.vs_fp32_compute == pytest.approx(1.0)
+        assert row.vs_fp32_compute == pytest.approx(1.0)  # each against the FP32 row with its own streams
     assert fp32[0].p50_ms > 0 and fp32[0].p95_ms >= fp32[0].p50_ms and fp32[1].p50_ms is None
     assert fp32[0].membrane_f1 == fp32[1].membrane_f1  # one accuracy per variant
 
@@ -134,6 +138,8 @@ def test_cli_writes_json_and_prints_the_table(bench_dir: Path, tmp_path: Path) -
     (["--providers", "tpu"], "unknown provider 'tpu'; choose from cpu, cuda"),
     (["--batch", "1,x"], "--batch '1,x': expected comma-separated integers, e.g. 1,4,8"),
     (["--batch", "0"], "batch sizes must be >= 1, got [0]"),
+    (["--streams", "2,x"], "--streams '2,x': expected comma-separated integers and/or auto, e.g. 1,auto"),
+    (["--streams", "0"], "--streams: each must be an int >= 1 or auto, got [0]"),
     (["--keras", "nope.keras"], "nope.keras: no such .keras file"),
 ])
 def test_bad_input_exits_2_with_one_line(bench_dir: Path, args: list[str], message: str) -> None:
@@ -249,6 +255,7 @@ def test_ratios_and_int8_verdict() -> None:
             _row("keras", "fp32", 4, 2.0, 1.0), BenchRow("onnxruntime", "cuda", "all", None, "no GPU")]
     add_ratios(rows)
     assert rows[1].vs_fp32_compute == pytest.approx(1.6)
+    assert (rows[0].e2e_fraction, rows[1].e2e_fraction) == (pytest.approx(0.8), pytest.approx(10.0 / 16.0))
     assert (rows[0].vs_keras_compute, rows[0].vs_keras_e2e) == (pytest.approx(5.0), pytest.approx(8.0))
     assert rows[2].vs_keras_compute is None and rows[3].vs_fp32_compute is None
     verdict = int8_verdict(rows)

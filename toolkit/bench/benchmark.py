@@ -48,6 +48,7 @@ def run_benchmark(
     providers: Sequence[str] = PROVIDERS,
     variants: Sequence[str] = VARIANTS,
     batches: Sequence[int] = (1, 4, 8),
+    streams: Sequence[int | None] = (None,),
     images: int = 8,
     repeats: int = 3,
     rounds: int = 1,
@@ -61,12 +62,15 @@ def run_benchmark(
 ) -> BenchReport:
     """Measure ``model`` (``.onnx``; its ``.fp16``/``.int8`` siblings for the variants) and optionally the Keras
     model on the same images; ``large`` > 0 adds one ``large x large`` uint8 image through the tiled runtime.
-    ``rounds`` > 1 sweeps every configuration that many times, interleaved, and keeps the median per
+    ``streams``: the ``Segmenter`` streams to measure on the CPU (None: one per core, as ``seg infer`` runs;
+    1: one run at a time on all cores); CUDA runs one. ``rounds`` > 1 sweeps every configuration that many
+    times, interleaved, and keeps the median per
     configuration: on a shared machine, load that drifts during the run then hits every row alike.
     Raises ``InputError`` (exit 2) for a missing model/keras file, bad data or bad options."""
     model = _check_model(Path(model)).resolve()
     keras_path = _check_keras(Path(keras)).resolve() if keras is not None else None
     variants, providers, batches = _check_options(variants, providers, batches, images)
+    streams = _check_streams(streams)
     say = progress or (lambda _line: None)
     with tempfile.TemporaryDirectory(prefix="seg-benchmark-") as folder:
         work = Path(folder)
@@ -76,7 +80,8 @@ def run_benchmark(
         flops = count_flops(model, tile)
         report = BenchReport(str(model), cpu_peak(), flops["total"] / 1e9, flops, [str(p) for p in bench.timing],
                              [str(p) for p in bench.labelled],
-                             {"providers": providers, "variants": variants, "batches": batches, "images": images,
+                             {"providers": providers, "variants": variants, "batches": batches, "streams": streams,
+                              "images": images,
                               "repeats": repeats, "rounds": rounds, "latency_runs": latency_runs, "large": large,
                               "threads": threads, "cpu_fp16": cpu_fp16, "tile": tile, "data": bench.source,
                               "keras": str(keras_path) if keras_path else None})
@@ -86,7 +91,8 @@ def run_benchmark(
         for round_ in range(max(1, rounds)):
             runner.scoring = round_ == 0  # accuracy does not change between rounds
             rows = [row for provider in providers
-                    for row in runner.onnx_rows(model, provider, variants, batches, cpu_fp16, threshold)]
+                    for row in runner.onnx_rows(model, provider, variants, _configs(provider, batches, streams),
+                                                cpu_fp16, threshold)]
             sweeps.append(rows + (runner.keras_rows(keras_path, batches, threshold) if keras_path else []))
         report.rows = merge_rounds(sweeps)
         _add_compute_rates(report)
@@ -99,6 +105,17 @@ def run_benchmark(
         if profile and "int8" in variants and "cpu" in providers:
             _profile(report, model, bench, say)
     return report
+
+
+def _check_streams(streams: Sequence[int | None]) -> list[int | None]:
+    if not streams or any(s is not None and s < 1 for s in streams):
+        raise InputError(f"--streams: each must be an int >= 1 or auto, got {list(streams)}")
+    return list(dict.fromkeys(streams))
+
+
+def _configs(provider: str, batches: list[int], streams: list[int | None]) -> list[tuple[int, int | None]]:
+    """``(batch, streams)`` pairs to measure on ``provider``: every pair on the CPU, streams 1 on CUDA."""
+    return [(batch, count) for batch in batches for count in (streams if provider == "cpu" else [1])]
 
 
 def variant_file(model: Path, variant: str) -> Path:
@@ -156,8 +173,8 @@ class _Runner:
         self._count = 0
         self.scoring = True
 
-    def onnx_rows(self, model: Path, provider: str, variants: list[str], batches: list[int], cpu_fp16: bool,
-                  threshold: float) -> list[BenchRow]:
+    def onnx_rows(self, model: Path, provider: str, variants: list[str], configs: list[tuple[int, int | None]],
+                  cpu_fp16: bool, threshold: float) -> list[BenchRow]:
         rows: list[BenchRow] = []
         for variant in variants:
             path = variant_file(model, variant)
@@ -168,8 +185,9 @@ class _Runner:
                 rows.append(BenchRow("onnxruntime", provider, variant, None,
                                      f"not found: {path.name} (export it with `seg export {model.name} --{variant}`)"))
                 continue
-            for index, batch in enumerate(batches):
-                row = self.measure("onnx", path, provider, variant, batch, first=index == 0, threshold=threshold)
+            for index, (batch, streams) in enumerate(configs):
+                row = self.measure("onnx", path, provider, variant, batch, first=index == 0, threshold=threshold,
+                                   streams=streams)
                 if row.status.startswith(PROVIDER_FAILED):  # the provider, not this model: one row says why
                     row.status, row.variant, row.batch = row.status.removeprefix(PROVIDER_FAILED), "all", None
                     return [r for r in rows if not r.ok] + [row]
@@ -190,15 +208,18 @@ class _Runner:
         return rows
 
     def measure(self, engine: str, path: Path, provider: str, variant: str, batch: int, first: bool,
-                threshold: float) -> BenchRow:
+                threshold: float, streams: int | None = 1) -> BenchRow:
         """One worker run -> one row (accuracy and latency only for the ``first`` batch of a model)."""
         probs = self.work / f"probs-{self._count}.npy"
         spec = Spec(engine, str(path), provider, batch, [str(p) for p in self.bench.timing],
                     [str(p) for p in self.bench.labelled] if first and self.scoring else [], str(probs), self.repeats,
-                    self.latency_runs if first and engine == "onnx" else 0, self.threads)
-        self.say(f"{engine} {provider} {variant} batch {batch}")
+                    self.latency_runs if first and engine == "onnx" else 0, self.threads, streams=streams)
+        self.say(f"{engine} {provider} {variant} batch {batch}" + (f" streams {streams or 'auto'}"
+                                                                    if engine == "onnx" else ""))
         result = self.spawn(spec)
-        row = BenchRow("onnxruntime" if engine == "onnx" else engine, provider, variant, batch)
+        row = BenchRow("onnxruntime" if engine == "onnx" else engine, provider, variant, batch,
+                       streams_asked=streams if engine == "onnx" else None)
+        row.streams = result.get("streams")
         if "error" in result:
             kind = result.get("error_kind", "")
             row.status = (PROVIDER_FAILED if kind == "ProviderError" else "") + result["error"]
@@ -265,8 +286,8 @@ def merge_rounds(sweeps: list[list[BenchRow]]) -> list[BenchRow]:
     return merged
 
 
-def _key(row: BenchRow) -> tuple[str, str, str, int | None]:
-    return row.engine, row.provider, row.variant, row.batch
+def _key(row: BenchRow) -> tuple[str, str, str, int | None, int | None]:
+    return row.engine, row.provider, row.variant, row.batch, row.streams_asked
 
 
 def score(probs: np.ndarray, labels: list[np.ndarray], threshold: float) -> tuple[float, float]:

@@ -12,7 +12,8 @@ from seg.toolkit.bench.flops import CpuPeak
 LARGE_RSS_LIMIT_MB = 1536.0  # the memory budget for tiling an 8192 x 8192 image
 COLUMNS = (
     ("engine", "engine"), ("provider", "provider"), ("variant", "variant"), ("batch", "batch"),
-    ("compute_ips", "compute img/s"), ("e2e_ips", "end-to-end img/s"), ("p50_ms", "p50 ms (b=1)"),
+    ("streams", "streams"), ("compute_ips", "compute img/s"), ("e2e_ips", "end-to-end img/s"),
+    ("e2e_fraction", "end-to-end / compute"), ("p50_ms", "p50 ms (b=1)"),
     ("p95_ms", "p95 ms (b=1)"), ("gflops", "GFLOP/s"), ("peak_fraction", "% FP32 peak"),
     ("peak_rss_mb", "peak RSS MB"), ("size_mb", "model MB"), ("membrane_f1", "membrane F1"),
     ("v_rand", "V_rand"), ("vs_fp32_compute", "x FP32 (compute)"), ("vs_keras_compute", "x Keras (compute)"),
@@ -29,6 +30,8 @@ class BenchRow:
     variant: str
     batch: int | None
     status: str = "ok"
+    streams: int | None = None  # concurrent onnxruntime runs (Segmenter streams); None for Keras
+    streams_asked: int | None = 1  # what the configuration asked for: an int, or None = one per core
     providers: list[str] = field(default_factory=list)
     compute_ips: float | None = None
     e2e_ips: float | None = None
@@ -43,6 +46,7 @@ class BenchRow:
     vs_fp32_compute: float | None = None
     vs_keras_compute: float | None = None
     vs_keras_e2e: float | None = None
+    e2e_fraction: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,7 +139,7 @@ def large_line(large: dict[str, Any]) -> str:
 def _format(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if key == "peak_fraction":
+    if key in ("peak_fraction", "e2e_fraction"):
         return f"{value:.0%}"
     if key.startswith("vs_"):
         return f"{value:.2f}x"
@@ -149,14 +153,17 @@ def _format(key: str, value: Any) -> str:
 
 
 def add_ratios(rows: list[BenchRow]) -> None:
-    """Fill ``vs_fp32_compute`` (same engine/provider/batch) and ``vs_keras_*`` (same batch) in place."""
+    """Fill ``e2e_fraction`` (end-to-end / compute), ``vs_fp32_compute`` (same engine, provider, batch and
+    streams) and ``vs_keras_*`` (same batch) in place."""
     ok = [row for row in rows if row.ok]
-    fp32 = {(r.provider, r.batch): r for r in ok if r.engine == "onnxruntime" and r.variant == "fp32"}
+    fp32 = {(r.provider, r.batch, r.streams_asked): r for r in ok if r.engine == "onnxruntime" and r.variant == "fp32"}
     keras = {r.batch: r for r in ok if r.engine == "keras"}
     for row in ok:
+        if row.compute_ips and row.e2e_ips:
+            row.e2e_fraction = row.e2e_ips / row.compute_ips
         if row.engine != "onnxruntime":
             continue
-        base = fp32.get((row.provider, row.batch))
+        base = fp32.get((row.provider, row.batch, row.streams_asked))
         if base is not None and base.compute_ips and row.compute_ips:
             row.vs_fp32_compute = row.compute_ips / base.compute_ips
         other = keras.get(row.batch)

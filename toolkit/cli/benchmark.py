@@ -24,6 +24,14 @@ def _ints(text: str, option: str) -> list[int]:
         raise InputError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,4,8") from None
 
 
+def _streams(text: str) -> list[int | None]:
+    """``--streams`` text -> ints and None (``auto``); ``InputError`` for anything else."""
+    parts = _names(text)
+    if not parts or any(part != "auto" and not part.isdigit() for part in parts):
+        raise InputError(f"--streams {text!r}: expected comma-separated integers and/or auto, e.g. 1,auto")
+    return [None if part == "auto" else int(part) for part in parts]
+
+
 def _names(text: str) -> list[str]:
     return [part.strip().lower() for part in text.split(",") if part.strip()]
 
@@ -41,13 +49,17 @@ def benchmark(
     variants: Annotated[str, typer.Option(
         "--variants", help="Comma-separated: fp32,fp16,int8,u8 (u8: raw 8-bit input).")] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,4,8",
+    streams: Annotated[str, typer.Option(
+        "--streams", help="Comma-separated CPU streams (onnxruntime runs at once): integers and/or auto "
+                          "(one per core, as seg infer runs); 1 = one run on all cores.")] = "auto",
     images: Annotated[int, typer.Option("--images", help="Images per timed pass.")] = 8,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed passes per measurement (median).")] = 3,
     rounds: Annotated[int, typer.Option(
         "--rounds", help="Sweep all configurations this many times, interleaved; median per row.")] = 1,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="Single-image runs for p50/p95.")] = 20,
     large: Annotated[int, typer.Option("--large", help="Side of the large tiled image (0 = skip).")] = 8192,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads per stream (default: physical cores, "
+                                                                "shared between streams).")] = None,
     cpu_fp16: Annotated[bool, typer.Option("--cpu-fp16", help="Measure FP16 on the CPU too (slow there).")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON here.")] = None,
     volume: Annotated[bool, typer.Option(
@@ -73,7 +85,8 @@ def benchmark(
     from seg.toolkit.bench.benchmark import run_benchmark
 
     report = run_benchmark(model, keras=keras, data=data, providers=_names(providers), variants=_names(variants),
-                           batches=_ints(batch, "--batch"), images=images, repeats=repeats, rounds=rounds,
+                           batches=_ints(batch, "--batch"), streams=_streams(streams), images=images,
+                           repeats=repeats, rounds=rounds,
                            latency_runs=latency_runs, large=large, threads=threads, cpu_fp16=cpu_fp16,
                            progress=lambda line: err_console.print(f"[dim]measuring {line}[/]"))
     console.print(report.table(), markup=False, soft_wrap=True)
