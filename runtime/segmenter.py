@@ -371,11 +371,12 @@ class Segmenter:
         fixed = self.plan.static_batch
         if fixed and count < fixed:
             inputs = np.concatenate([inputs, np.zeros((fixed - count, *inputs.shape[1:]), inputs.dtype)])
-        with pool.lend() as session, self.stats.run():
+        with pool.lend() as session:
             self._open_pool()  # closed while this run waited for a free stream
-            outputs = self._cuda.run(inputs) if self._cuda is not None else None
-            if outputs is None:
-                (outputs,) = session.run([self._output], {self._input: inputs})
+            with self.stats.run():
+                outputs = self._cuda.run(inputs) if self._cuda is not None else None
+                if outputs is None:
+                    (outputs,) = session.run([self._output], {self._input: inputs})
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
 
 
