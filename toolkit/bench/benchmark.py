@@ -64,8 +64,8 @@ def run_benchmark(
     model on the same images; ``large`` > 0 adds one ``large x large`` uint8 image through the tiled runtime.
     ``streams``: the ``Segmenter`` streams to measure on the CPU (None: one per core, as ``seg infer`` runs;
     1: one run at a time on all cores); CUDA runs one. ``rounds`` > 1 sweeps every configuration that many
-    times, interleaved, and keeps the median per
-    configuration: on a shared machine, load that drifts during the run then hits every row alike.
+    times, interleaved, and keeps the median per configuration: on a shared machine, load that drifts during
+    the run then hits every row alike.
     Raises ``InputError`` (exit 2) for a missing model/keras file, bad data or bad options."""
     model = _check_model(Path(model)).resolve()
     keras_path = _check_keras(Path(keras)).resolve() if keras is not None else None
