@@ -63,6 +63,7 @@ class InferSummary:
     providers: list[str] = field(default_factory=list)
     seconds: float = 0.0
     compute_s: float = 0.0
+    streams: int = 1
 
     @property
     def provider(self) -> str:
@@ -121,7 +122,8 @@ def segment_paths(
             Segmenter(model, provider=provider, **{"streams": None, **segmenter_options}))  # type: ignore[arg-type]
         cut = check_threshold(seg.info.threshold if threshold is None else threshold)
         items, failures = plan_outputs(files, out_dir, save_prob, overlay)
-        summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers))
+        summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers),
+                               streams=seg.streams)
         settings = record_settings(texts, model, seg, cut)
         todo = outputs_to_do(items, out_dir, settings, seg.name, overwrite)
         summary.skipped = len(items) - len(todo)

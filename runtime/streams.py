@@ -11,13 +11,14 @@ use ``streams=None``: one per physical core, at most ``MAX_AUTO_STREAMS``.
 from __future__ import annotations
 
 import queue
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from seg.runtime.errors import InputError
+from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.providers import check_provider, cuda_problem, physical_cores, session_providers
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ def resolve_streams(streams: int | None, threads: int | None) -> tuple[int, list
         raise InputError(f"streams must be an int >= 1 (concurrent onnxruntime runs on the CPU), got {streams!r}")
     cores = physical_cores()
     count = min(cores, MAX_AUTO_STREAMS) if streams is None else streams
+    if count > cores:
+        warnings.warn(f"streams={count} on {cores} physical cores: the runs will take turns on them, and each "
+                      "holds its own batch in memory; one stream per core is usually the fastest", SegWarning,
+                      stacklevel=3)
     if threads is not None or count == 1:
         return count, [threads] * count
     share, extra = divmod(cores, count)

@@ -12,7 +12,7 @@ import pytest
 
 from seg.runtime import segment_paths
 from seg.runtime import streams as streams_module
-from seg.runtime.errors import InputError
+from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.segmenter import Segmenter
 from seg.runtime.stats import RunStats
 from seg.runtime.streams import MAX_AUTO_STREAMS, SessionPool, ordered_runs, resolve_streams
@@ -257,3 +257,9 @@ def test_intra_op_threads_in_given_session_options_apply_to_each_stream() -> Non
     with make(streams=2, session_options=options) as segmenter:
         sessions = (segmenter._pool or SessionPool([])).sessions
         assert [s.get_session_options().intra_op_num_threads for s in sessions] == [3, 3]
+
+
+def test_more_streams_than_cores_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams_module, "physical_cores", lambda: 2)
+    with pytest.warns(SegWarning, match="streams=3 on 2 physical cores"):
+        assert resolve_streams(3, None) == (3, [1, 1, 1])

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from seg.runtime.errors import InputError
 from seg.runtime.io import write_image
-from seg.runtime.providers import cuda_problem, physical_cores
+from seg.runtime.providers import cuda_problem
 from seg.runtime.streams import MAX_AUTO_STREAMS
 from seg.toolkit.bench.benchmark import CPU_FP16, merge_rounds, run_benchmark
 from seg.toolkit.bench.flops import achieved, count_flops, cpu_peak
 from seg.toolkit.bench.profile import compare_table, summarize
-from seg.toolkit.bench.report import COLUMNS, BenchRow, add_ratios, int8_verdict, keras_ceiling
+from seg.toolkit.bench.report import COLUMNS, BenchReport, BenchRow, add_ratios, int8_verdict, keras_ceiling
 from seg.toolkit.cli import app
 
 TILE = 32
@@ -66,18 +66,18 @@ def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def report(bench_dir: Path):  # noqa: ANN201
     return run_benchmark(bench_dir / "model.onnx", data=bench_dir / "data", providers=("cpu", "cuda"),
-                         variants=("fp32", "fp16", "int8"), batches=(1, 2), streams=(1, None), images=2, repeats=1,
+                         variants=("fp32", "fp16", "int8"), batches=(1, 2), streams=(2, 1), images=2, repeats=1,
                          latency_runs=2, large=96, profile=False)
 
 
 def test_rows_cover_every_configuration(report) -> None:  # noqa: ANN001
     keys = [(row.provider, row.variant, row.batch, row.streams_asked) for row in report.rows]
-    assert keys[:6] == [("cpu", "fp32", 1, 1), ("cpu", "fp32", 1, None), ("cpu", "fp32", 2, 1),
-                        ("cpu", "fp32", 2, None), ("cpu", "fp16", None, 1), ("cpu", "int8", None, 1)]
+    assert keys[:6] == [("cpu", "fp32", 1, 1), ("cpu", "fp32", 1, 2), ("cpu", "fp32", 2, 1),
+                        ("cpu", "fp32", 2, 2), ("cpu", "fp16", None, 1), ("cpu", "int8", None, 1)]
     fp32 = [row for row in report.rows if row.provider == "cpu" and row.variant == "fp32"]
     for row in fp32:
         assert row.ok and row.providers == ["cpu"]
-        assert row.streams == (1 if row.streams_asked == 1 else min(physical_cores(), MAX_AUTO_STREAMS))
+        assert row.streams == row.streams_asked  # the count each row ran with
         assert row.compute_ips >= row.e2e_ips > 0 and row.peak_rss_mb > 10  # end-to-end includes the compute
         assert row.e2e_fraction == pytest.approx(row.e2e_ips / row.compute_ips)
         assert 0.0 <= row.membrane_f1 <= 1.0 and 0.0 <= row.v_rand <= 1.0
@@ -140,6 +140,8 @@ def test_cli_writes_json_and_prints_the_table(bench_dir: Path, tmp_path: Path) -
     (["--batch", "0"], "batch sizes must be >= 1, got [0]"),
     (["--streams", "2,x"], "--streams '2,x': expected comma-separated integers and/or auto, e.g. 1,auto"),
     (["--streams", "0"], "--streams: each must be an int >= 1 or auto, got [0]"),
+    (["--streams", "-1,2"], "--streams: each must be an int >= 1 or auto, got [-1, 2]"),
+    (["--streams", ""], "--streams '': expected comma-separated integers and/or auto, e.g. 1,auto"),
     (["--keras", "nope.keras"], "nope.keras: no such .keras file"),
 ])
 def test_bad_input_exits_2_with_one_line(bench_dir: Path, args: list[str], message: str) -> None:
@@ -374,3 +376,25 @@ def test_end_to_end_folder_repeats_the_timed_images_to_at_least_32_files(given: 
     files = folder_of(paths)
     assert E2E_FILES == 32 and len(files) == expected
     assert files[:given] == paths and all(f == paths[i % given] for i, f in enumerate(files))  # in order, cycled
+
+
+@pytest.mark.parametrize(("cores", "asked", "measured"), [
+    (2, (None,), [2]), (1, (1, None), [1]), (3, (None, 1, 2, 2), [1, 2, 3]), (8, (None,), [MAX_AUTO_STREAMS]),
+])
+def test_streams_to_measure_resolve_auto_and_each_count_once(
+        monkeypatch: pytest.MonkeyPatch, cores: int, asked: tuple[int | None, ...], measured: list[int]) -> None:
+    from seg.runtime import streams as streams_module
+    from seg.toolkit.bench.benchmark import _check_streams
+
+    monkeypatch.setattr(streams_module, "physical_cores", lambda: cores)
+    assert _check_streams(asked) == measured
+
+
+def test_summary_says_when_end_to_end_beats_compute() -> None:
+    report = BenchReport("m.onnx", cpu_peak(), 1.0, {}, [], [], {"tile": 512})
+    report.rows = [_row("onnxruntime", "fp32", 1, 10.0, 8.0)]
+    add_ratios(report.rows)
+    assert not any("too short" in line for line in report.summary())
+    report.rows[0].e2e_ips = 12.0
+    add_ratios(report.rows)
+    assert any("end-to-end above compute" in line and "--images 16" in line for line in report.summary())

@@ -27,6 +27,7 @@ import numpy as np
 from seg.runtime.errors import InputError
 from seg.runtime.io import read_image
 from seg.runtime.metadata import ModelInfo
+from seg.runtime.streams import resolve_streams
 from seg.toolkit.bench.data import BenchImages, bench_images
 from seg.toolkit.bench.flops import achieved, count_flops, cpu_peak, sgemm_gflops
 from seg.toolkit.bench.report import BenchReport, BenchRow, add_ratios, int8_verdict
@@ -62,10 +63,10 @@ def run_benchmark(
 ) -> BenchReport:
     """Measure ``model`` (``.onnx``; its ``.fp16``/``.int8`` siblings for the variants) and optionally the Keras
     model on the same images; ``large`` > 0 adds one ``large x large`` uint8 image through the tiled runtime.
-    ``streams``: the ``Segmenter`` streams to measure on the CPU (None: one per core, as ``seg infer`` runs;
-    1: one run at a time on all cores); CUDA runs one. ``rounds`` > 1 sweeps every configuration that many
-    times, interleaved, and keeps the median per configuration: on a shared machine, load that drifts during
-    the run then hits every row alike.
+    ``streams``: the ``Segmenter`` streams to measure on the CPU (None: one per physical core, at most 4, as
+    ``seg infer`` runs; 1: one run at a time on all cores), each count once; CUDA runs one. ``rounds`` > 1
+    sweeps every configuration that many times, interleaved, and keeps the median per configuration: on a
+    shared machine, load that drifts during the run then hits every row alike.
     Raises ``InputError`` (exit 2) for a missing model/keras file, bad data or bad options."""
     model = _check_model(Path(model)).resolve()
     keras_path = _check_keras(Path(keras)).resolve() if keras is not None else None
@@ -107,13 +108,15 @@ def run_benchmark(
     return report
 
 
-def _check_streams(streams: Sequence[int | None]) -> list[int | None]:
+def _check_streams(streams: Sequence[int | None]) -> list[int]:
+    """Stream counts to measure, ascending, ``None`` (auto) resolved to what ``seg infer`` would run here."""
     if not streams or any(s is not None and s < 1 for s in streams):
         raise InputError(f"--streams: each must be an int >= 1 or auto, got {list(streams)}")
-    return list(dict.fromkeys(streams))
+    auto = resolve_streams(None, None)[0]
+    return sorted({auto if s is None else s for s in streams})
 
 
-def _configs(provider: str, batches: list[int], streams: list[int | None]) -> list[tuple[int, int | None]]:
+def _configs(provider: str, batches: list[int], streams: list[int]) -> list[tuple[int, int]]:
     """``(batch, streams)`` pairs to measure on ``provider``: every pair on the CPU, streams 1 on CUDA."""
     return [(batch, count) for batch in batches for count in (streams if provider == "cpu" else [1])]
 
@@ -173,7 +176,7 @@ class _Runner:
         self._count = 0
         self.scoring = True
 
-    def onnx_rows(self, model: Path, provider: str, variants: list[str], configs: list[tuple[int, int | None]],
+    def onnx_rows(self, model: Path, provider: str, variants: list[str], configs: list[tuple[int, int]],
                   cpu_fp16: bool, threshold: float) -> list[BenchRow]:
         rows: list[BenchRow] = []
         for variant in variants:
@@ -208,14 +211,13 @@ class _Runner:
         return rows
 
     def measure(self, engine: str, path: Path, provider: str, variant: str, batch: int, first: bool,
-                threshold: float, streams: int | None = 1) -> BenchRow:
+                threshold: float, streams: int = 1) -> BenchRow:
         """One worker run -> one row (accuracy and latency only for the ``first`` batch of a model)."""
         probs = self.work / f"probs-{self._count}.npy"
         spec = Spec(engine, str(path), provider, batch, [str(p) for p in self.bench.timing],
                     [str(p) for p in self.bench.labelled] if first and self.scoring else [], str(probs), self.repeats,
                     self.latency_runs if first and engine == "onnx" else 0, self.threads, streams=streams)
-        self.say(f"{engine} {provider} {variant} batch {batch}" + (f" streams {streams or 'auto'}"
-                                                                    if engine == "onnx" else ""))
+        self.say(f"{engine} {provider} {variant} batch {batch}" + (f" streams {streams}" if engine == "onnx" else ""))
         result = self.spawn(spec)
         row = BenchRow("onnxruntime" if engine == "onnx" else engine, provider, variant, batch,
                        streams_asked=streams if engine == "onnx" else None)

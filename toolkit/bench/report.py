@@ -31,7 +31,7 @@ class BenchRow:
     batch: int | None
     status: str = "ok"
     streams: int | None = None  # concurrent onnxruntime runs (Segmenter streams); None for Keras
-    streams_asked: int | None = 1  # what the configuration asked for: an int, or None = one per core
+    streams_asked: int | None = 1  # the streams the configuration asked for (None for Keras)
     providers: list[str] = field(default_factory=list)
     compute_ips: float | None = None
     e2e_ips: float | None = None
@@ -101,6 +101,9 @@ class BenchReport:
             lines.append(large_line(self.large))
         if self.int8_verdict:
             lines.append(self.int8_verdict)
+        if any((row.e2e_fraction or 0.0) > 1.0 for row in self.rows):
+            lines.append("end-to-end above compute in some rows: the timed passes were too short to tell them "
+                         "apart on this machine; --images 16 --repeats 5 --rounds 3 gives steadier figures")
         ceiling = keras_ceiling(self.rows, max(self.machine.gflops or 0.0, self.sgemm_gflops or 0.0))
         if ceiling:
             lines.append(ceiling)

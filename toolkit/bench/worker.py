@@ -90,7 +90,8 @@ def measure_onnx(spec: Spec) -> dict[str, Any]:
         run = lambda: segment_paths(source, segmenter=seg, output_dir=Path(folder) / "out", overwrite=True)  # noqa: E731
         result["e2e_ips"] = median_rate(run, len(files), spec.repeats)
     if spec.latency_runs:
-        single = Segmenter(spec.model, provider=spec.provider, batch_size=1, threads=spec.threads)
+        single = Segmenter(spec.model, provider=spec.provider, batch_size=1, threads=spec.threads,
+                           streams=spec.streams)
         result["latency_ms"] = latency(lambda: single.predict(images[0]), spec.latency_runs)
     if spec.labelled and spec.probs_out:
         probs = seg.predict_batch([read_image(p) for p in spec.labelled])

@@ -27,9 +27,12 @@ def _ints(text: str, option: str) -> list[int]:
 def _streams(text: str) -> list[int | None]:
     """``--streams`` text -> ints and None (``auto``); ``InputError`` for anything else."""
     parts = _names(text)
-    if not parts or any(part != "auto" and not part.isdigit() for part in parts):
-        raise InputError(f"--streams {text!r}: expected comma-separated integers and/or auto, e.g. 1,auto")
-    return [None if part == "auto" else int(part) for part in parts]
+    try:
+        if parts:
+            return [None if part == "auto" else int(part) for part in parts]
+    except ValueError:
+        pass
+    raise InputError(f"--streams {text!r}: expected comma-separated integers and/or auto, e.g. 1,auto")
 
 
 def _names(text: str) -> list[str]:
@@ -51,7 +54,8 @@ def benchmark(
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,4,8",
     streams: Annotated[str, typer.Option(
         "--streams", help="Comma-separated CPU streams (onnxruntime runs at once): integers and/or auto "
-                          "(one per core, as seg infer runs); 1 = one run on all cores.")] = "auto",
+                          "(one per physical core, at most 4, as seg infer runs); 1 = one run on all cores.")
+    ] = "auto",
     images: Annotated[int, typer.Option("--images", help="Images per timed pass.")] = 8,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed passes per measurement (median).")] = 3,
     rounds: Annotated[int, typer.Option(

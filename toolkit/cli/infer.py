@@ -92,6 +92,8 @@ def infer(
         _infer_volume(texts, model, output, provider=provider, threshold=threshold, overwrite=overwrite,
                       tile_size=tile, halo=halo, batch_size=batch, tta=tta, **volume)
         return
+    if streams is not None and streams < 1:
+        raise InputError(f"--streams {streams}: must be >= 1 (onnxruntime runs at once on the CPU), e.g. 2")
     given = [f"--{name.replace('_', '-')}" for name, value in volume.items() if value is not None]
     if given:
         raise InputError(f"{', '.join(given)}: only for volumes (a .zarr or .h5:/dataset --input, or a .zarr "
@@ -113,7 +115,8 @@ def _infer_images(texts: list[str], model: Path, output: Path | None, **options:
         )
     skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
     console.print(
-        f"{plural(summary.images, 'image')} -> {summary.output_dir} on [bold]{summary.provider.upper()}[/] "
+        f"{plural(summary.images, 'image')} -> {summary.output_dir} on [bold]{summary.provider.upper()}[/]"
+        f"{f' ({summary.streams} streams)' if summary.streams > 1 else ''} "
         f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s; "
         f"compute {summary.compute_images_per_s:.2f} images/s){skipped}; {len(summary.failures)} failed",
         soft_wrap=True,
