@@ -46,7 +46,7 @@ def resolve_streams(streams: int | None, threads: int | None) -> tuple[int, list
     if count > cores:
         warnings.warn(f"streams={count} on {cores} physical cores: the runs will take turns on them, and each "
                       "holds its own batch in memory; one stream per core is usually the fastest", SegWarning,
-                      stacklevel=3)
+                      stacklevel=4)  # the caller's Segmenter(...)
     if threads is not None or count == 1:
         return count, [threads] * count
     share, extra = divmod(cores, count)
