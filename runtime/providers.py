@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 PROVIDERS = ("auto", "cuda", "cpu")
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-CUDA_FIX = 'pip install "seg-toolkit[cuda]"'
+CUDA_FIX = 'pip install "seg-toolkit[cuda]" (on a machine with an NVIDIA GPU), or use provider "cpu"'
 _ORT_WARNING = 2  # onnxruntime's default logger severity
 
 

@@ -87,7 +87,8 @@ def test_cuda_is_strict_and_says_what_is_missing_and_the_fix(tmp_path: Path) -> 
         make_session(path, "cuda")
     message = str(info.value)
     assert message.startswith(f"{path}: CUDA provider cannot load: ")
-    assert message.endswith('; fix: pip install "seg-toolkit[cuda]"')
+    assert message.endswith(f"; fix: {providers.CUDA_FIX}")
+    assert 'or use provider "cpu"' in message
     assert providers.cuda_problem() in message  # onnxruntime's own words (the missing library)
     assert "\n" not in message
 

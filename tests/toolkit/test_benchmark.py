@@ -132,6 +132,20 @@ def test_cli_writes_json_and_prints_the_table(bench_dir: Path, tmp_path: Path) -
     assert data["flops_by_op"]["total"] == pytest.approx(2 * TILE * TILE * (2 * 9 + 2))
 
 
+def test_cli_exits_1_when_nothing_could_be_measured(bench_dir: Path, tmp_path: Path) -> None:
+    if cuda_problem() is None:
+        pytest.skip("CUDA loads on this machine")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["benchmark", "--model", str(bench_dir / "model.onnx"), "--data",
+                                      str(bench_dir / "data"), "--providers", "cuda", "--variants", "fp32",
+                                      "--batch", "2", "--images", "2", "--repeats", "1", "--large", "0",
+                                      "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "CUDA provider cannot load" in result.output  # the table's status cell says why
+    assert "error: nothing was measured: every configuration failed" in result.output
+    assert [row["status"] for row in json.loads(out.read_text())["rows"]] != ["ok"]  # the report is still kept
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "missing.onnx"], "missing.onnx: no such model file; export one with `seg export missing.onnx`"),
     (["--variants", "fp64"], "unknown variant 'fp64'; choose from fp32, fp16, int8"),

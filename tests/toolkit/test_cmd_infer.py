@@ -47,6 +47,7 @@ def test_infer_auto_runs_and_reports_the_provider(setup: tuple[Path, Path], tmp_
     assert sorted(p.name for p in out.iterdir()) == [".seg-infer.json", "00.png", "01.png", "02.png"]
     again = runner.invoke(app, ["infer", "-i", str(images), "-m", str(model), "-o", str(out)])
     assert "0 images" in again.output and "3 already done, skipped" in again.output
+    assert "images/s" not in again.output  # nothing ran: no rate to report
 
 
 @pytest.mark.skipif(providers.cuda_problem() is None, reason="CUDA loads here")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from seg.runtime.errors import InputError
-from seg.toolkit.cli.console import command, console, err_console
+from seg.toolkit.cli.console import command, console, err_console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -103,6 +103,8 @@ def benchmark(
     if json_out is not None:
         write_json_atomic(json_out, report.to_dict())
         console.print(f"wrote {json_out}", markup=False)
+    if not any(row.ok for row in report.rows):
+        raise fail("nothing was measured: every configuration failed (the status column says why)", 1)
 
 
 def _volume(model: Path, data: Path | None, keras: Path | None, rounds: int, json_out: Path | None,

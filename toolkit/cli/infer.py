@@ -6,13 +6,16 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from seg.runtime.errors import InputError
 from seg.toolkit.cli.console import command, console, err_console, plural
+
+if TYPE_CHECKING:
+    from seg.runtime.folders import InferSummary
 
 HELP = (
     "Segment images with an exported ONNX model (tiled, batched; CUDA or CPU).\n\n"
@@ -113,18 +116,21 @@ def _infer_images(texts: list[str], model: Path, output: Path | None, **options:
             progress=lambda done, total: update(completed=done, total=total),
             on_error=lambda line: err_console.print(f"[red]failed:[/] {line}", soft_wrap=True),
         )
-    skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
-    console.print(
-        f"{plural(summary.images, 'image')} -> {summary.output_dir} on [bold]{summary.provider.upper()}[/]"
-        f"{f' ({summary.streams} streams)' if summary.streams > 1 else ''} "
-        f"in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s; "
-        f"compute {summary.compute_images_per_s:.2f} images/s){skipped}; {len(summary.failures)} failed",
-        soft_wrap=True,
-    )
+    console.print(_summary_line(summary), soft_wrap=True)
     if summary.failures:
         for line in summary.failures:
             err_console.print(f"  [red]-[/] {line}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _summary_line(summary: InferSummary) -> str:
+    """One line: images, output, provider and streams, time and rates (none when nothing ran), skips, failures."""
+    streams = f" ({summary.streams} streams)" if summary.streams > 1 else ""
+    timing = (f" in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s; "
+              f"compute {summary.compute_images_per_s:.2f} images/s)") if summary.images else ""
+    skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
+    return (f"{plural(summary.images, 'image')} -> {summary.output_dir} on [bold]{summary.provider.upper()}[/]"
+            f"{streams}{timing}{skipped}; {len(summary.failures)} failed")
 
 
 def _is_volume_run(texts: list[str], output: Path | None) -> bool:
