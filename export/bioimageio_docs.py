@@ -133,14 +133,15 @@ def _recipe(config: dict[str, Any]) -> list[str]:
     if not isinstance(train, dict):
         return ["- Not recorded with these weights."]
     keys = ("loss", "epochs", "steps_per_epoch", "batch", "crop", "lr", "val", "seed", "time_budget", "patience",
-            "elastic", "border_weight", "ema", "amp")
+            "elastic", "border_weight", "ema", "label_offset", "amp")
     settings = ", ".join(f"{key} {train[key]}" for key in keys if train.get(key) is not None)
     return [f"- `seg train` with {settings}.",
             "- Adam; random crops, each in one of the 8 flips/rotations, with mild intensity jitter (and elastic "
             "deformation when `elastic` is true; the loss weighted per pixel to stress thin borders between cells "
-            "when `border_weight`, the U-Net weight map's w0, is above 0); the checkpoint kept is the epoch with "
-            "the best validation membrane F1 (of the weights' moving average with momentum `ema` when it is above "
-            "0), and the threshold is the one with the fewest wrong validation pixels."]
+            "when `border_weight`, the U-Net weight map's w0, is above 0; each label kept at `label_offset` "
+            "(dy, dx) px from its image, where the labels were drawn, whatever the flip); the checkpoint kept is "
+            "the epoch with the best validation membrane F1 (of the weights' moving average with momentum `ema` "
+            "when it is above 0), and the threshold is the one with the fewest wrong validation pixels."]
 
 
 def _scores(state: dict[str, Any]) -> list[str]:

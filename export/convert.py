@@ -281,6 +281,7 @@ def model_info(source: Source, proto: onnx.ModelProto) -> ModelInfo:
         halo=recommended_halo(field_px, tile, multiple),
         size_multiple=multiple,
         threshold=source.threshold,
+        label_offset=source.label_offset,
         receptive_field=field_px,
         training_data=str(source.config.get("data", {}).get("summary", "")),
         versions=_versions(proto),

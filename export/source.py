@@ -42,6 +42,12 @@ class Source:
     def threshold(self) -> float:
         return float(self.config.get("threshold", 0.5))
 
+    @property
+    def label_offset(self) -> tuple[float, float]:
+        """``(dy, dx)`` px the training labels sat from their images (``seg.train.offset``); 0 for older runs."""
+        dy, dx = self.config.get("train", {}).get("label_offset") or (0.0, 0.0)
+        return float(dy), float(dx)
+
 
 def model_path(weights: str | Path) -> Path:
     """The ``.keras`` file for a run folder or a model path; ``InputError`` when there is none."""

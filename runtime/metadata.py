@@ -38,6 +38,7 @@ class ModelInfo:
     halo: int = DEFAULT_HALO
     size_multiple: int = 16
     threshold: float = DEFAULT_THRESHOLD
+    label_offset: tuple[float, float] = (0.0, 0.0)  # (dy, dx) px the training labels sat from their images
     receptive_field: int = 0
     training_data: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -51,7 +52,7 @@ class ModelInfo:
             if item.name == "from_defaults":
                 continue
             value = getattr(self, item.name)
-            props[PREFIX + item.name] = json.dumps(value) if isinstance(value, dict) else str(value)
+            props[PREFIX + item.name] = _text(value)
         return props
 
     @classmethod
@@ -73,12 +74,23 @@ class ModelInfo:
         return info
 
 
+def _text(value: object) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, tuple):
+        return ",".join(f"{float(v):g}" for v in value)
+    return str(value)
+
+
 def _parse(item: dataclasses.Field, text: str, source: str) -> object:
     kind = {"format_version": int, "width": int, "depth": int, "stem": int, "tile_size": int, "halo": int,
             "size_multiple": int, "receptive_field": int, "threshold": float}.get(item.name)
     try:
         if item.name == "versions":
             return dict(json.loads(text))
+        if item.name == "label_offset":
+            dy, dx = (float(part) for part in text.split(","))
+            return dy, dx
         return kind(text) if kind else text
     except (ValueError, TypeError) as exc:
         raise InputError(f"{source}: bad metadata seg.{item.name}={text!r} ({exc})") from None

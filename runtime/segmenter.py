@@ -322,10 +322,11 @@ class Segmenter:
         """Add ``preds`` (``(B, T, T) float32 in [0, 1]``, one per tile of ``batch``) to their images."""
         scale = np.float32(1.0 / len(self.transforms))
         for (job, (y, wy), (x, wx), k), pred in zip(batch, preds, strict=True):
+            back = tiling.undo_dihedral(pred, k, self.info.label_offset)
             if job.single:  # its one window is all ones (open at every edge): no blending
-                job.out = tiling.dihedral_inverse(pred, k).copy()
+                job.out = back.copy()
             else:
-                tiling.accumulate(job.out, tiling.dihedral_inverse(pred, k), y, x, np.outer(wy * scale, wx))
+                tiling.accumulate(job.out, back, y, x, np.outer(wy * scale, wx))
             job.pending -= 1
         self.stats.add(tiles=len(batch))
 
@@ -354,7 +355,7 @@ class Segmenter:
         out = np.zeros(padded.shape, np.float32)
         for k in self.transforms:
             pred = self._run(np.ascontiguousarray(tiling.dihedral(padded, k))[None, :, :, None])[0]
-            out += tiling.dihedral_inverse(pred, k)
+            out += tiling.undo_dihedral(pred, k, self.info.label_offset)
         out /= np.float32(len(self.transforms))
         self.stats.add(images=1, tiles=len(self.transforms))
         return _crop_clip(out, height, width)

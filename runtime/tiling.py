@@ -234,6 +234,59 @@ def dihedral_inverse(array: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)
     return array
 
 
+Offset = tuple[float, float]  # (dy, dx) in pixels
+
+
+def dihedral_vector(vector: Offset, k: int) -> Offset:
+    """Where ``dihedral(., k)`` moves a displacement ``(dy, dx)``."""
+    dy, dx = vector
+    if k // 4:
+        dx = -dx
+    for _ in range(k % 4):
+        dy, dx = -dx, dy
+    return dy, dx
+
+
+def dihedral_inverse_vector(vector: Offset, k: int) -> Offset:
+    """Where ``dihedral_inverse(., k)`` moves a displacement ``(dy, dx)``."""
+    dy, dx = vector
+    for _ in range(k % 4):
+        dy, dx = dx, -dy
+    if k // 4:
+        dx = -dx
+    return dy, dx
+
+
+def undo_dihedral(pred: np.ndarray, k: int, label_offset: Offset = (0.0, 0.0)) -> np.ndarray:
+    """A prediction ``(H, W) float32`` made on ``dihedral(image, k)``, mapped back onto the image.
+
+    A model trained on labels that sit ``label_offset`` px from their images (``seg.label_offset``) draws
+    that offset in its own input's frame; mapped back, the offset has turned with the transform. The map
+    is then resampled ``label_offset - dihedral_inverse_vector(label_offset, k)`` px on, so all 8
+    transforms agree with the untransformed prediction (bilinear; edges clamped).
+    """
+    back = dihedral_inverse(pred, k)
+    turned = dihedral_inverse_vector(label_offset, k)
+    shift = (label_offset[0] - turned[0], label_offset[1] - turned[1])
+    return back if shift == (0.0, 0.0) else resample_shifted(back, shift)
+
+
+def resample_shifted(array: np.ndarray, shift: Offset) -> np.ndarray:
+    """``out[p] = array[p + shift]`` for ``(H, W)`` float32, bilinear, with positions clamped to the edges."""
+
+    def along(length: int, offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = np.arange(length, dtype=np.float64) + offset
+        low = np.floor(position)
+        fraction = (position - low).astype(np.float32)
+        low = low.astype(np.intp)
+        return np.clip(low, 0, length - 1), np.clip(low + 1, 0, length - 1), fraction
+
+    top, bottom, fy = along(array.shape[0], shift[0])
+    left, right, fx = along(array.shape[1], shift[1])
+    rows = array[top] * (1 - fy)[:, None] + array[bottom] * fy[:, None]
+    return (rows[:, left] * (1 - fx) + rows[:, right] * fx).astype(np.float32, copy=False)
+
+
 Window = tuple[int, np.ndarray]  # (start, (T,) float32 window) along one axis
 
 

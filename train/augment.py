@@ -1,5 +1,6 @@
 """Training augmentation in numpy (OpenCV for the warps): random crops, the 8 flips/rotations, elastic deformation and
-mild intensity jitter. Geometric transforms are applied identically to image and label.
+mild intensity jitter. Geometric transforms are applied identically to image and label; after a flip or rotation
+the label is moved back to the offset the labels were drawn with (``seg.train.offset``).
 
 Arrays: image ``(H, W) float32 in [0, 1]``; label ``(H, W) float32`` in {0, 1}.
 """
@@ -7,11 +8,13 @@ Arrays: image ``(H, W) float32 in [0, 1]``; label ``(H, W) float32`` in {0, 1}.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from seg.runtime.tiling import dihedral  # the same 8 transforms serve test-time augmentation
 from seg.train.data import Slice
+from seg.train.offset import Offset, offset_correction
 
 N_DIHEDRAL = 8
 ELASTIC_GRID = 3
@@ -51,23 +54,43 @@ def elastic_coordinates(shape: tuple[int, int], rng: np.random.Generator, grid: 
 
 def elastic(
     image: np.ndarray, label: np.ndarray, rng: np.random.Generator, weight: np.ndarray | None = None,
-    std: float = ELASTIC_STD,
+    std: float = ELASTIC_STD, label_shift: Offset = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Warp ``image``, ``label`` (and ``weight``) with one smooth random deformation (``elastic_coordinates``).
 
     The image and the weights are resampled bilinearly, the label with nearest neighbour so it stays
-    in {0, 1}; outside the array the content is mirrored. Returns float32 arrays of the input shape.
+    in {0, 1}; outside the array the content is mirrored. The label and the weights (which follow the
+    label) are sampled ``label_shift`` ``(dy, dx)`` px further on (``offset_correction``). Returns float32
+    arrays of the input shape.
     """
+    rows, cols = elastic_coordinates(image.shape, rng, std=std)
+    return _warp_pair(image, label, weight, rows, cols, label_shift)
+
+
+def shift_label(
+    label: np.ndarray, weight: np.ndarray | None, label_shift: Offset
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``label`` ``(H, W)`` in {0, 1} (nearest neighbour) and ``weight`` (bilinear) sampled ``label_shift`` px on,
+    without any other deformation. The label, kept binary, moves by the whole pixels nearest to the shift;
+    under elastic deformation (``elastic``) the random sub-pixel displacements make it move by the shift
+    on average."""
+    rows, cols = np.mgrid[0:label.shape[0], 0:label.shape[1]].astype(np.float32)
+    _, shifted, shifted_weight = _warp_pair(None, label, weight, rows, cols, label_shift)
+    return shifted, shifted_weight
+
+
+def _warp_pair(image: np.ndarray | None, label: np.ndarray, weight: np.ndarray | None, rows: np.ndarray,
+               cols: np.ndarray, label_shift: Offset) -> tuple[Any, np.ndarray, np.ndarray | None]:
     import cv2
 
-    rows, cols = elastic_coordinates(image.shape, rng, std=std)
-
-    def warp(array: np.ndarray, interpolation: int) -> np.ndarray:
+    def warp(array: np.ndarray, interpolation: int, shift: Offset = (0.0, 0.0)) -> np.ndarray:
         source = np.ascontiguousarray(array, np.float32)
-        return cv2.remap(source, cols, rows, interpolation, borderMode=cv2.BORDER_REFLECT_101)
+        return cv2.remap(source, cols + np.float32(shift[1]), rows + np.float32(shift[0]), interpolation,
+                         borderMode=cv2.BORDER_REFLECT_101)
 
-    warped_weight = None if weight is None else warp(weight, cv2.INTER_LINEAR)
-    return warp(image, cv2.INTER_LINEAR), warp(label, cv2.INTER_NEAREST), warped_weight
+    warped_weight = None if weight is None else warp(weight, cv2.INTER_LINEAR, label_shift)
+    warped_image = None if image is None else warp(image, cv2.INTER_LINEAR)
+    return warped_image, warp(label, cv2.INTER_NEAREST, label_shift), warped_weight
 
 
 def jitter_intensity(image: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
@@ -82,17 +105,22 @@ def jitter_intensity(image: np.ndarray, rng: np.random.Generator, strength: floa
 
 def augmented_pair(
     item: Slice, crop: int, rng: np.random.Generator, use_elastic: bool = True, use_intensity: bool = True,
-    weight: np.ndarray | None = None,
+    weight: np.ndarray | None = None, label_offset: Offset = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented ``(crop, crop)`` triple from ``item``: image, label and loss weight (``weight`` is the
-    slice's ``(H, W)`` weight map, ones when None). Every geometric transform moves all three alike."""
+    slice's ``(H, W)`` weight map, ones when None). Every geometric transform moves all three alike; the
+    label (and weight) then keeps ``label_offset``, the labels' own offset from their images
+    (``seg.train.offset``), whichever of the 8 flips/rotations was drawn."""
     assert item.label is not None, f"{item.source}: training needs a label"
     full_weight = np.ones_like(item.label) if weight is None else weight
     image, label, crop_weight = random_crop(item.image, item.label, crop, rng, full_weight)
     k = int(rng.integers(N_DIHEDRAL))
     image, label, crop_weight = dihedral(image, k), dihedral(label, k), dihedral(crop_weight, k)
+    correction = offset_correction(label_offset, k)
     if use_elastic:
-        image, label, crop_weight = elastic(image, label, rng, crop_weight)
+        image, label, crop_weight = elastic(image, label, rng, crop_weight, label_shift=correction)
+    elif correction != (0.0, 0.0):
+        label, crop_weight = shift_label(label, crop_weight, correction)
     if use_intensity:
         image = jitter_intensity(image, rng)
     return tuple(np.ascontiguousarray(a, np.float32) for a in (image, label, crop_weight))  # type: ignore[return-value]
@@ -100,7 +128,7 @@ def augmented_pair(
 
 def sample_batch(
     slices: Sequence[Slice], batch: int, crop: int, rng: np.random.Generator, use_elastic: bool = True,
-    use_intensity: bool = True, weights: Sequence[np.ndarray] | None = None,
+    use_intensity: bool = True, weights: Sequence[np.ndarray] | None = None, label_offset: Offset = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A training batch: ``x`` ``(batch, crop, crop, 1) float32 in [0, 1]``, ``y`` the same shape in {0, 1}
     and per-pixel loss weights ``(batch, crop, crop) float32`` (ones unless ``weights``, one map per slice)."""
@@ -108,6 +136,6 @@ def sample_batch(
     for _ in range(batch):
         index = int(rng.integers(len(slices)))
         weight = None if weights is None else weights[index]
-        triples.append(augmented_pair(slices[index], crop, rng, use_elastic, use_intensity, weight))
+        triples.append(augmented_pair(slices[index], crop, rng, use_elastic, use_intensity, weight, label_offset))
     x, y, w = (np.stack([t[i] for t in triples]) for i in range(3))
     return x[..., None], y[..., None], w

@@ -22,6 +22,7 @@ from seg.train.augment import sample_batch
 from seg.train.data import Slice, dataset_summary, load_split, split_by_slice
 from seg.train.losses import LOSSES
 from seg.train.models import ModelSpec
+from seg.train.offset import MAX_OFFSET, measure_label_offset
 from seg.train.weights import BORDER_W0, border_weights
 
 EMA_MOMENTUM = 0.995  # the weight average's default: a window of about 200 steps (5 epochs of 40)
@@ -46,6 +47,7 @@ class TrainConfig:
     elastic: bool = True
     border_weight: float = BORDER_W0
     ema: float = EMA_MOMENTUM
+    label_offset: tuple[float, float] | None = None  # (dy, dx) px the labels sit from their images; None: measure
     amp: bool = False
     name: str | None = None
     runs_root: str = str(runs.RUNS_ROOT)
@@ -67,6 +69,10 @@ class TrainConfig:
             raise InputError(f"--border-weight {self.border_weight}: must be 0 (off) or positive, e.g. {BORDER_W0:g}")
         if not self.lr > 0:
             raise InputError(f"--lr {self.lr}: must be positive, e.g. 3e-3")
+        if self.label_offset is not None and not all(abs(v) <= MAX_OFFSET for v in self.label_offset):
+            dy, dx = self.label_offset
+            raise InputError(f"--label-offset {dy:g},{dx:g}: each of dy, dx must be within "
+                             f"+-{MAX_OFFSET:g} px, e.g. 0.5,0 (or auto to measure it)")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "model": self.model.to_dict()}
@@ -78,6 +84,7 @@ class TrainConfig:
         kwargs["model"] = ModelSpec.from_dict(values["model"])
         kwargs.setdefault("border_weight", 0.0)  # runs recorded before the weighting existed trained without it
         kwargs.setdefault("ema", 0.0)  # and before the weight average, without it
+        kwargs["label_offset"] = tuple(kwargs.get("label_offset") or (0.0, 0.0))  # and before the offset, without
         return cls(**kwargs)
 
 
@@ -99,12 +106,15 @@ class TrainResult:
     crops_per_s: float
     stopped: str
     device: str
+    label_offset: tuple[float, float] = (0.0, 0.0)  # (dy, dx) px the labels sat from their images, kept in training
 
 
 def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Train a new run from ``config``."""
     config.check()
     train_set, val_set = _load_data(config)
+    if config.label_offset is None:
+        config.label_offset = measure_label_offset(train_set)
     record = _config_record(config, train_set, val_set)  # imports TensorFlow: before the run folder exists
     run_dir = runs.new_run_dir(Path(config.runs_root), config.name)
     write_json_atomic(run_dir / runs.CONFIG, record)
@@ -187,7 +197,7 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             rng = np.random.default_rng([config.seed, self.epoch, index])
             return sample_batch(train_set, config.batch, config.crop, rng, use_elastic=config.elastic,
-                                weights=weights)
+                                weights=weights, label_offset=config.label_offset or (0.0, 0.0))
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
@@ -287,4 +297,5 @@ def _result(config: TrainConfig, run_dir: Path, state: dict[str, Any], schedule:
     else:
         stopped = "epochs"
     return TrainResult(run_dir, int(state["epoch"]), int(state["best_epoch"]), float(best.get("val_mse", "nan")),
-                       float(best.get("val_f1", "nan")), steps_per_s * config.batch, stopped, device)
+                       float(best.get("val_f1", "nan")), steps_per_s * config.batch, stopped, device,
+                       tuple(config.label_offset or (0.0, 0.0)))  # type: ignore[arg-type]

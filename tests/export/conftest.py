@@ -20,7 +20,7 @@ def save_run(folder: Path, model: Any, data_dir: Path, spec: dict[str, Any]) -> 
     """Write ``folder/model.keras`` and a ``config.json`` like ``seg train`` does."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
-    config = {"model": spec, "normalization": "dtype-range", "threshold": 0.5,
+    config = {"model": spec, "normalization": "dtype-range", "threshold": 0.5, "train": {"label_offset": [0.5, -0.25]},
               "data": {"dir": str(data_dir), "train_slices": ["02", "03"], "val_slices": VAL_SLICES,
                        "summary": "isbi2012: 2 train + 2 val slices (512x512)"}}
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")

@@ -53,6 +53,7 @@ def test_metadata_round_trips(exported: Any) -> None:
     assert (info.model_kind, info.width, info.depth, info.stem, info.input_layout) == ("unet", 4, 2, 2, "NHWC")
     assert (info.receptive_field, info.size_multiple) == (spec.receptive_field, spec.size_multiple)
     assert (info.normalization, info.threshold, info.tile_size) == ("dtype-range", 0.5, 512)
+    assert info.label_offset == (0.5, -0.25)  # the run's measured label offset, for TTA
     assert 0 < info.halo <= info.tile_size // 4
     assert info.training_data == "isbi2012: 2 train + 2 val slices (512x512)"
     assert {"tensorflow", "keras", "tf2onnx", "onnx", "opset"} <= info.versions.keys()

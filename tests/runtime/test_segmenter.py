@@ -126,6 +126,50 @@ def test_tta_of_a_flip_equivariant_model_changes_nothing(rng: np.random.Generato
     assert np.abs(plain - tta).max() > 1e-3  # the asymmetric kernel is not flip-invariant: TTA did run
 
 
+def _shifting_model(offset: tuple[float, float], metadata: dict[str, str]) -> bytes:
+    """``prob[p] = image[p + offset]`` (bilinear, a 3x3 convolution) for offsets in [0, 1): what a model trained
+    on labels that sit ``offset`` px from their images learns to draw."""
+    from onnx import TensorProto, helper
+
+    dy, dx = offset
+    kernel = np.zeros((3, 3), np.float32)
+    kernel[1:, 1:] = np.outer([1 - dy, dy], [1 - dx, dx])
+    nodes = [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["prob"], perm=[0, 2, 3, 1])]
+    shape = [None, None, None, 1]
+    graph = helper.make_graph(nodes, "shift", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], kernel.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("tile_size", [64, 0])  # tiled and whole-image
+def test_tta_keeps_the_label_offset_the_model_learned(tile_size: int) -> None:
+    rows, cols = np.mgrid[0:150, 0:130]
+    image = (0.5 + 0.4 * np.sin(rows / 6.0) * np.cos(cols / 9.0)).astype(np.float32)
+    offset = (0.5, 0.25)
+    aware = ModelInfo(tile_size=64, halo=16, size_multiple=16, label_offset=offset).to_props()
+    assert aware["seg.label_offset"] == "0.5,0.25"
+    inner = (slice(4, -4), slice(4, -4))
+    plain = Segmenter(_shifting_model(offset, aware), provider="cpu", tile_size=tile_size).predict(image)
+    tta = Segmenter(_shifting_model(offset, aware), provider="cpu", tile_size=tile_size, tta=True).predict(image)
+    np.testing.assert_allclose(tta[inner], plain[inner], atol=5e-3)
+    unaware = Segmenter(_shifting_model(offset, META), provider="cpu", tile_size=tile_size, tta=True).predict(image)
+    assert np.abs(unaware[inner] - plain[inner]).max() > 0.02  # without the offset, TTA blurs it away
+
+
+def test_bad_label_offset_metadata_names_the_key() -> None:
+    props = {**META, "seg.label_offset": "up"}
+    with pytest.raises(InputError, match=r"bad metadata seg.label_offset='up'"):
+        Segmenter(tiny_model(metadata=props), provider="cpu")
+    assert Segmenter(tiny_model(metadata=META), provider="cpu").info.label_offset == (0.0, 0.0)
+
+
 def test_predict_batch_packs_tiles_of_several_images(rng: np.random.Generator) -> None:
     images = [rng.random((64, 64), dtype=np.float32) for _ in range(5)] + [rng.random((40, 90), dtype=np.float32)]
     seg = make(batch_size=4)

@@ -159,3 +159,43 @@ def test_pad_to_multiple(shape: tuple[int, int], multiple: int, want: tuple[int,
     padded = tiling.pad_to_multiple(image, multiple)
     assert padded.shape == want and padded.dtype == np.float32
     np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
+
+
+def test_vectors_move_like_a_pixel_under_each_transform_and_its_inverse() -> None:
+    grid = np.zeros((9, 9))
+    grid[4 - 2, 4 + 1] = 1.0  # a pixel at (-2, +1) from the centre
+    for k in tiling.DIHEDRAL:
+        row, col = np.argwhere(tiling.dihedral(grid, k))[0]
+        assert tiling.dihedral_vector((-2.0, 1.0), k) == (row - 4, col - 4)
+        row, col = np.argwhere(tiling.dihedral_inverse(grid, k))[0]
+        assert tiling.dihedral_inverse_vector((-2.0, 1.0), k) == (row - 4, col - 4)
+
+
+def test_resample_shifted_moves_content_by_whole_and_half_pixels(rng: np.random.Generator) -> None:
+    array = rng.random((20, 30), dtype=np.float32)
+    np.testing.assert_allclose(tiling.resample_shifted(array, (2.0, -1.0))[:-2, 1:], array[2:, :-1], atol=1e-6)
+    half = tiling.resample_shifted(array, (0.5, 0.0))
+    np.testing.assert_allclose(half[:-1], (array[:-1] + array[1:]) / 2, atol=1e-6)
+    assert half.dtype == np.float32 and half.shape == array.shape
+    np.testing.assert_allclose(half[-1], array[-1], atol=1e-6)  # clamped at the edge
+
+
+def test_undo_dihedral_keeps_a_learned_label_offset_for_every_transform() -> None:
+    """A "model" that draws its output ``offset`` px on from its input, in its own frame, as one trained on
+    offset labels does: mapped back with the offset, every transform gives the untransformed prediction."""
+    rows, cols = np.mgrid[0:64, 0:64]
+    image = (np.sin(rows / 5.0) * np.cos(cols / 7.0)).astype(np.float32)  # smooth: bilinear is near exact
+    offset = (0.6, -0.3)
+
+    def model(array: np.ndarray) -> np.ndarray:
+        return tiling.resample_shifted(array, offset)
+
+    plain = model(image)
+    inner = (slice(3, -3), slice(3, -3))
+    for k in tiling.DIHEDRAL:
+        back = tiling.undo_dihedral(model(np.ascontiguousarray(tiling.dihedral(image, k))), k, offset)
+        np.testing.assert_allclose(back[inner], plain[inner], atol=0.01)
+        if k in (2, 4):  # upside down or mirrored: mapped back without the offset, the prediction moves
+            unaware = tiling.undo_dihedral(model(np.ascontiguousarray(tiling.dihedral(image, k))), k)
+            assert np.abs(unaware[inner] - plain[inner]).max() > 0.05
+    np.testing.assert_array_equal(tiling.undo_dihedral(plain, 0, offset), plain)  # identity: untouched

@@ -62,6 +62,19 @@ def test_bad_options_exit_2(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("up", "--label-offset 'up': expected auto, 0 or DY,DX in pixels, e.g. 0.5,0"),
+    ("1,2,3", "--label-offset '1,2,3': expected auto, 0 or DY,DX in pixels"),
+    ("0,2.5", "--label-offset 0,2.5: each of dy, dx must be within +-2 px"),
+])
+def test_bad_label_offset_exits_2_naming_the_option(tmp_path: Path, monkeypatch, value: str, message: str) -> None:
+    data = make_dataset(tmp_path / "data", n=3, size=32)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--data", str(data), "--label-offset", value])
+    assert result.exit_code == 2 and message in result.output.replace("\n", ""), result.output
+    assert not (tmp_path / "runs").exists()
+
+
 class _Recorder:
     """Stands in for ``seg.train.fit`` / ``seg.train.resume``: records the call, returns a finished run."""
 
@@ -80,7 +93,7 @@ class _Recorder:
     def _result(self) -> object:
         from seg.train.trainer import TrainResult
 
-        return TrainResult(self.run_dir, 3, 2, 0.0512, 0.8123, 12.5, "time budget", "CPU")
+        return TrainResult(self.run_dir, 3, 2, 0.0512, 0.8123, 12.5, "time budget", "CPU", (0.575, 0.15))
 
 
 @pytest.fixture
@@ -113,26 +126,29 @@ def test_model_options_reach_the_training_config(recorder: _Recorder, tmp_path: 
     defaults = train.TrainConfig(data="d")  # the CLI repeats the recipe's defaults (it must not import scipy)
     assert (config.elastic, config.border_weight, config.ema) == (defaults.elastic, defaults.border_weight,
                                                                    defaults.ema)
+    assert config.label_offset is None and defaults.label_offset is None  # measured on the training slices
 
 
 def test_every_training_option_reaches_the_config_and_the_summary_is_printed(recorder: _Recorder,
                                                                              tmp_path: Path) -> None:
     args = ["--loss", "bce", "--epochs", "7", "--steps-per-epoch", "11", "--batch", "3", "--crop", "64",
             "--lr", "0.001", "--val", "0.3", "--seed", "5", "--time-budget", "90", "--patience", "4", "--no-elastic",
-            "--border-weight", "2.5", "--ema", "0.99", "--amp", "--name", "mine", "--quiet"]
+            "--border-weight", "2.5", "--ema", "0.99", "--label-offset", "0.5,-0.25", "--amp", "--name", "mine",
+            "--quiet"]
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), *args])
     assert result.exit_code == 0, result.output
     _, config, options = recorder.calls[0]
     assert options == {"progress": False}
     keys = ("data", "loss", "epochs", "steps_per_epoch", "batch", "crop", "lr", "val", "seed", "time_budget",
-            "patience", "elastic", "border_weight", "ema", "amp", "name")
+            "patience", "elastic", "border_weight", "ema", "label_offset", "amp", "name")
     got = {key: getattr(config, key) for key in keys}
     assert got == {"data": str(tmp_path / "data"), "loss": "bce", "epochs": 7, "steps_per_epoch": 11, "batch": 3,
                    "crop": 64, "lr": 0.001, "val": 0.3, "seed": 5, "time_budget": 90.0, "patience": 4,
-                   "elastic": False, "border_weight": 2.5, "ema": 0.99, "amp": True,
+                   "elastic": False, "border_weight": 2.5, "ema": 0.99, "label_offset": (0.5, -0.25), "amp": True,
                    "name": "mine"}
     assert "3 epochs on CPU (stopped: time budget), 12.5 crops/s; best epoch 2: val MSE 0.0512, " in result.output
     assert "val membrane F1 0.8123" in result.output
+    assert "labels sit (+0.57, +0.15) px (dy, dx) from their images; every flip kept them there" in result.output
 
 
 def test_resume_is_wired_with_its_budget(recorder: _Recorder) -> None:

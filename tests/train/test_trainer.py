@@ -51,13 +51,15 @@ def test_loss_falls_and_run_folder_is_complete(isbi_dir: Path, tmp_path: Path) -
     assert config["threshold"] in THRESHOLD_CANDIDATES and 0.0 <= float(best_row["val_pixel_error"]) <= 1.0
     assert config["train"]["elastic"] is True and config["train"]["border_weight"] == BORDER_W0
     assert config["train"]["ema"] == EMA_MOMENTUM and (result.run_dir / "average.npz").is_file()
+    dy, dx = config["train"]["label_offset"]  # measured on the training slices and recorded for resume/export
+    assert max(abs(dy), abs(dx)) <= 2.0
 
 
 def test_old_run_records_resume_without_border_weighting_and_bad_weights_are_refused(tmp_path: Path) -> None:
     record = _config(Path("data"), tmp_path).to_dict()
-    del record["border_weight"], record["ema"]
+    del record["border_weight"], record["ema"], record["label_offset"]
     old = train.TrainConfig.from_dict(record)
-    assert old.border_weight == 0.0 and old.ema == 0.0
+    assert old.border_weight == 0.0 and old.ema == 0.0 and old.label_offset == (0.0, 0.0)
     with pytest.raises(InputError, match="--border-weight -1"):
         _config(Path("data"), tmp_path, border_weight=-1.0).check()
 

@@ -43,6 +43,9 @@ def train_command(
                                         "(U-Net w0); 0 = plain MSE.")] = 10.0,
     ema: Annotated[float, Opt("--ema", help="Validate and keep a moving average of the weights with this "
                               "momentum; 0 = off.")] = 0.995,
+    label_offset: Annotated[str, Opt("--label-offset", help="Where the labels sit from their images, DY,DX px, "
+                                     "kept through the flips/rotations; auto = measure it on the training "
+                                     "slices, 0 = assume none.")] = "auto",
     amp: Annotated[bool, Opt("--amp", help="Mixed precision (GPU only).")] = False,
     name: Annotated[str | None, Opt("--name", help="Run folder name under runs/train (default: a timestamp).")] = None,
     resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
@@ -65,7 +68,7 @@ def train_command(
         config = train.TrainConfig(
             data=str(data), model=spec, loss=loss, epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch,
             crop=crop, lr=lr, val=val, seed=seed, time_budget=time_budget, patience=patience, elastic=elastic,
-            border_weight=border_weight, ema=ema, amp=amp, name=name,
+            border_weight=border_weight, ema=ema, label_offset=_offset(label_offset), amp=amp, name=name,
         )
         result = train.fit(config, progress=not quiet)
     console.print(
@@ -75,6 +78,10 @@ def train_command(
         f"val MSE {result.val_mse:.4f}, val membrane F1 {result.val_f1:.4f}",
         soft_wrap=True,
     )
+    if any(result.label_offset):
+        dy, dx = result.label_offset
+        console.print(f"labels sit ({dy:+.2f}, {dx:+.2f}) px (dy, dx) from their images; every flip kept them there",
+                      soft_wrap=True)
     _write_figures(result.run_dir)
 
 
@@ -95,6 +102,24 @@ def _model_spec(model: str, width: int | None, depth: int | None, stem: int | No
                          stem=0 if stem is None else stem, head=head)
     except ValueError as exc:
         raise InputError(f"--depth/--stem/--head: {exc}") from None
+
+
+def _offset(text: str) -> tuple[float, float] | None:
+    """``--label-offset``: auto -> None (measure), 0 -> (0, 0), DY,DX -> floats."""
+    from seg.runtime.errors import InputError
+
+    if text.strip().lower() == "auto":
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if values == [0.0]:
+        return 0.0, 0.0
+    if len(values) != 2:
+        raise InputError(f"--label-offset {text!r}: expected auto, 0 or DY,DX in pixels, e.g. 0.5,0")
+    return values[0], values[1]
 
 
 def _write_figures(run_dir: Path) -> None:

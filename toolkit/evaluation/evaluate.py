@@ -133,16 +133,16 @@ def keras_predict_file(model_path: Path, images: list[np.ndarray], tta: bool = F
     (loaded with ``safe_mode=True``; padding as the runtime's whole-image rule); ``tta``: the mean over the
     8 flips/rotations, each mapped back."""
     from seg.export import keras_predict as predict
-    from seg.export import load_keras
-    from seg.runtime.tiling import DIHEDRAL, dihedral, dihedral_inverse
+    from seg.export.source import load_source
+    from seg.runtime.tiling import DIHEDRAL, dihedral, undo_dihedral
 
-    keras_model = load_keras(model_path)
+    source = load_source(model_path)
     if not tta:
-        return predict(keras_model, images)
+        return predict(source.model, images)
     total = [np.zeros(image.shape, np.float64) for image in images]
     for k in DIHEDRAL:
-        for sum_, prob in zip(total, predict(keras_model, [dihedral(image, k) for image in images]), strict=True):
-            sum_ += dihedral_inverse(prob, k)
+        for sum_, prob in zip(total, predict(source.model, [dihedral(image, k) for image in images]), strict=True):
+            sum_ += undo_dihedral(prob, k, source.label_offset)
     return [(sum_ / len(DIHEDRAL)).astype(np.float32) for sum_ in total]
 
 
