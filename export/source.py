@@ -45,7 +45,8 @@ class Source:
     @property
     def label_offset(self) -> tuple[float, float]:
         """``(dy, dx)`` px the training labels sat from their images (``seg.train.offset``); 0 for older runs."""
-        dy, dx = self.config.get("train", {}).get("label_offset") or (0.0, 0.0)
+        train = self.config.get("train")
+        dy, dx = (train.get("label_offset") if isinstance(train, dict) else None) or (0.0, 0.0)
         return float(dy), float(dx)
 
 

@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 DEFAULT_TILE = 512
 DEFAULT_HALO = 64
 DEFAULT_THRESHOLD = 0.5
+MAX_LABEL_OFFSET = 2.0
+"""Largest ``seg.label_offset`` (px, either axis): more is misregistered labels, not a way of drawing them."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class ModelInfo:
 def _text(value: object) -> str:
     if isinstance(value, dict):
         return json.dumps(value)
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return ",".join(f"{float(v):g}" for v in value)
     return str(value)
 
@@ -89,11 +91,17 @@ def _parse(item: dataclasses.Field, text: str, source: str) -> object:
         if item.name == "versions":
             return dict(json.loads(text))
         if item.name == "label_offset":
-            dy, dx = (float(part) for part in text.split(","))
-            return dy, dx
+            return _label_offset(text)
         return kind(text) if kind else text
     except (ValueError, TypeError) as exc:
         raise InputError(f"{source}: bad metadata seg.{item.name}={text!r} ({exc})") from None
+
+
+def _label_offset(text: str) -> tuple[float, float]:
+    dy, dx = (float(part) for part in text.split(","))
+    if not (abs(dy) <= MAX_LABEL_OFFSET and abs(dx) <= MAX_LABEL_OFFSET):  # NaN fails too
+        raise ValueError(f"expected two finite numbers DY,DX within +-{MAX_LABEL_OFFSET:g} px")
+    return dy, dx
 
 
 def read_model_info(session: Any, name: str) -> ModelInfo:

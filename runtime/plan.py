@@ -59,7 +59,7 @@ class TilePlan:
         auto = tile_size is None and not fixed and tile > 0
         large = 2 * tile if auto and batch >= 4 else tile
         small = max(multiple, tile // 4 // multiple * multiple) if auto else 0
-        context = tiling.blend_context(info.receptive_field, halo)
+        context = tiling.blend_context(info.receptive_field, halo, tiling.undo_reach(info.label_offset))
         return cls(tile, halo, batch, large, small, multiple, blend, static_batch, context)
 
     def tile_for(self, height: int, width: int) -> int:

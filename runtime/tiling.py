@@ -94,10 +94,11 @@ def tile_grid(height: int, width: int, tile: int, halo: int, multiple: int = 1) 
     return [(y, x) for y in rows for x in cols]
 
 
-def blend_context(receptive_field: int, halo: int) -> float:
+def blend_context(receptive_field: int, halo: int, reach: float = 0.0) -> float:
     """Pixels of context a prediction needs at a tile's inner edge to equal the whole-image prediction: half
-    the receptive field, at most the halo; the halo itself when the receptive field is unknown (``<= 0``)."""
-    return float(halo) if receptive_field <= 0 else min(float(halo), receptive_field / 2)
+    the receptive field, plus ``reach`` (how far ``undo_dihedral`` resamples), at most the halo; the halo
+    itself when the receptive field is unknown (``<= 0``)."""
+    return float(halo) if receptive_field <= 0 else min(float(halo), receptive_field / 2 + reach)
 
 
 def window_1d(tile: int, halo: int, blend: str = "gaussian", open_start: bool = False, open_end: bool = False,
@@ -269,6 +270,12 @@ def undo_dihedral(pred: np.ndarray, k: int, label_offset: Offset = (0.0, 0.0)) -
     turned = dihedral_inverse_vector(label_offset, k)
     shift = (label_offset[0] - turned[0], label_offset[1] - turned[1])
     return back if shift == (0.0, 0.0) else resample_shifted(back, shift)
+
+
+def undo_reach(label_offset: Offset) -> float:
+    """The farthest, in px along either axis, ``undo_dihedral`` resamples for ``label_offset``: |dy| + |dx|,
+    rounded up to whole pixels (bilinear reads the next one)."""
+    return float(math.ceil(abs(label_offset[0]) + abs(label_offset[1])))
 
 
 def resample_shifted(array: np.ndarray, shift: Offset) -> np.ndarray:

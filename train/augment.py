@@ -67,20 +67,18 @@ def elastic(
     return _warp_pair(image, label, weight, rows, cols, label_shift)
 
 
-def shift_label(
-    label: np.ndarray, weight: np.ndarray | None, label_shift: Offset
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``label`` ``(H, W)`` in {0, 1} (nearest neighbour) and ``weight`` (bilinear) sampled ``label_shift`` px on,
-    without any other deformation. The label, kept binary, moves by the whole pixels nearest to the shift;
-    under elastic deformation (``elastic``) the random sub-pixel displacements make it move by the shift
-    on average."""
-    rows, cols = np.mgrid[0:label.shape[0], 0:label.shape[1]].astype(np.float32)
-    _, shifted, shifted_weight = _warp_pair(None, label, weight, rows, cols, label_shift)
-    return shifted, shifted_weight
+def shift_image(image: np.ndarray, shift: Offset) -> np.ndarray:
+    """``image`` ``(H, W)`` sampled bilinearly ``shift`` ``(dy, dx)`` px on (mirrored outside), nothing else moved.
+
+    Without elastic deformation the image moves instead of the label: a binary label sampled by nearest
+    neighbour can only move by whole pixels, the image by any fraction of one."""
+    rows, cols = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float32)
+    moved, _, _ = _warp_pair(image, None, None, rows + np.float32(shift[0]), cols + np.float32(shift[1]), (0.0, 0.0))
+    return moved
 
 
-def _warp_pair(image: np.ndarray | None, label: np.ndarray, weight: np.ndarray | None, rows: np.ndarray,
-               cols: np.ndarray, label_shift: Offset) -> tuple[Any, np.ndarray, np.ndarray | None]:
+def _warp_pair(image: np.ndarray | None, label: np.ndarray | None, weight: np.ndarray | None, rows: np.ndarray,
+               cols: np.ndarray, label_shift: Offset) -> tuple[Any, Any, np.ndarray | None]:
     import cv2
 
     def warp(array: np.ndarray, interpolation: int, shift: Offset = (0.0, 0.0)) -> np.ndarray:
@@ -90,7 +88,8 @@ def _warp_pair(image: np.ndarray | None, label: np.ndarray, weight: np.ndarray |
 
     warped_weight = None if weight is None else warp(weight, cv2.INTER_LINEAR, label_shift)
     warped_image = None if image is None else warp(image, cv2.INTER_LINEAR)
-    return warped_image, warp(label, cv2.INTER_NEAREST, label_shift), warped_weight
+    warped_label = None if label is None else warp(label, cv2.INTER_NEAREST, label_shift)
+    return warped_image, warped_label, warped_weight
 
 
 def jitter_intensity(image: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
@@ -119,8 +118,8 @@ def augmented_pair(
     correction = offset_correction(label_offset, k)
     if use_elastic:
         image, label, crop_weight = elastic(image, label, rng, crop_weight, label_shift=correction)
-    elif correction != (0.0, 0.0):
-        label, crop_weight = shift_label(label, crop_weight, correction)
+    elif correction != (0.0, 0.0):  # the image moves the other way: the label keeps its pixels
+        image = shift_image(image, (-correction[0], -correction[1]))
     if use_intensity:
         image = jitter_intensity(image, rng)
     return tuple(np.ascontiguousarray(a, np.float32) for a in (image, label, crop_weight))  # type: ignore[return-value]

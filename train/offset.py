@@ -19,10 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from seg.runtime.errors import SegWarning
+from seg.runtime.metadata import MAX_LABEL_OFFSET
 from seg.runtime.tiling import Offset, dihedral_vector
 from seg.train.data import Slice
 
-MAX_OFFSET = 2.0
+MAX_OFFSET = MAX_LABEL_OFFSET
 """Largest offset (px, either axis) taken for a drawing offset; more means misregistered labels, not a habit."""
 UPSAMPLE = 20
 """Sub-pixel precision of the measurement: 1/UPSAMPLE px."""

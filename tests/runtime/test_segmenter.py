@@ -163,10 +163,26 @@ def test_tta_keeps_the_label_offset_the_model_learned(tile_size: int) -> None:
     assert np.abs(unaware[inner] - plain[inner]).max() > 0.02  # without the offset, TTA blurs it away
 
 
-def test_bad_label_offset_metadata_names_the_key() -> None:
-    props = {**META, "seg.label_offset": "up"}
-    with pytest.raises(InputError, match=r"bad metadata seg.label_offset='up'"):
+def test_tiled_tta_equals_whole_image_tta_for_an_offset_model() -> None:
+    """Mapping a flip back resamples up to |dy| + |dx| px, so the blend gives no weight that far further in
+    from a tile's inner edge: tiled TTA still equals whole-image TTA."""
+    rows, cols = np.mgrid[0:200, 0:170]
+    image = (0.5 + 0.4 * np.sin(rows / 6.0) * np.cos(cols / 9.0)).astype(np.float32)
+    offset = (0.75, 0.5)
+    props = ModelInfo(tile_size=64, halo=16, size_multiple=16, receptive_field=3, label_offset=offset).to_props()
+    tiled = Segmenter(_shifting_model(offset, props), provider="cpu", tta=True)
+    whole = Segmenter(_shifting_model(offset, props), provider="cpu", tile_size=0, tta=True).predict(image)
+    assert tiled.plan.context == 1.5 + 2  # half the receptive field, plus the reach of the resampling
+    np.testing.assert_allclose(tiled.predict(image), whole, atol=1e-5)
+    assert tiled.stats.tiles > 8
+
+
+@pytest.mark.parametrize("text", ["up", "0.5", "nan,0", "0,1e9"])
+def test_bad_label_offset_metadata_names_the_key(text: str) -> None:
+    props = {**META, "seg.label_offset": text}
+    with pytest.raises(InputError, match=rf"bad metadata seg.label_offset='{text}'"):
         Segmenter(tiny_model(metadata=props), provider="cpu")
+    assert ModelInfo(label_offset=[0.5, -0.25]).to_props()["seg.label_offset"] == "0.5,-0.25"  # type: ignore[arg-type]
     assert Segmenter(tiny_model(metadata=META), provider="cpu").info.label_offset == (0.0, 0.0)
 
 

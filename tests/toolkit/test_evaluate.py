@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from seg.runtime.errors import SegWarning
 from seg.toolkit.cli import app
 from seg.toolkit.evaluation.evaluate import SCORE_ROWS, evaluate, predict_slices, select_split
 from tests.helpers import make_dataset
@@ -143,9 +144,13 @@ def test_keras_tta_output_turns_with_its_input(tmp_path: Path) -> None:
     image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
     turned = dihedral(image, 5)
     plain, plain_turned = keras_predict_file(tmp_path / "m.keras", [image, turned])
-    tta, tta_turned = keras_predict_file(tmp_path / "m.keras", [image, turned], tta=True)
+    with pytest.warns(SegWarning, match=r"m.keras: no config.json beside it, so TTA assumes .*\(label offset 0\)"):
+        tta, tta_turned = keras_predict_file(tmp_path / "m.keras", [image, turned], tta=True)
     np.testing.assert_allclose(tta_turned, dihedral(tta, 5), atol=1e-5)
     assert np.abs(plain_turned - dihedral(plain, 5)).max() > 1e-3
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"label_offset": [0.5, 0.0]}}), encoding="utf-8")
+    (with_offset,) = keras_predict_file(tmp_path / "m.keras", [image], tta=True)  # the run's offset is used
+    assert np.abs(with_offset - tta).max() > 1e-4
 
 
 def test_onnx_tta_is_reported_and_changes_an_asymmetric_models_scores(tmp_path: Path) -> None:

@@ -133,12 +133,17 @@ def keras_predict_file(model_path: Path, images: list[np.ndarray], tta: bool = F
     (loaded with ``safe_mode=True``; padding as the runtime's whole-image rule); ``tta``: the mean over the
     8 flips/rotations, each mapped back."""
     from seg.export import keras_predict as predict
+    from seg.export import load_keras
     from seg.export.source import load_source
     from seg.runtime.tiling import DIHEDRAL, dihedral, undo_dihedral
 
-    source = load_source(model_path)
     if not tta:
-        return predict(source.model, images)
+        return predict(load_keras(model_path), images)
+    source = load_source(model_path)  # with its run's config.json: the label offset it was trained at
+    if not source.config:
+        warnings.warn(f"{model_path}: no config.json beside it, so TTA assumes labels drawn centred on the "
+                      "membranes (label offset 0); keep it beside its run's config.json to use its offset", SegWarning,
+                      stacklevel=2)
     total = [np.zeros(image.shape, np.float64) for image in images]
     for k in DIHEDRAL:
         for sum_, prob in zip(total, predict(source.model, [dihedral(image, k) for image in images]), strict=True):
