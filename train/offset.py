@@ -14,6 +14,7 @@ Offsets are ``(dy, dx)`` in pixels: ``label(q)`` matches the image's structures 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from seg.runtime.tiling import Offset, dihedral_vector
 from seg.train.data import Slice
 
 MAX_OFFSET = MAX_LABEL_OFFSET
-"""Largest offset (px, either axis) taken for a drawing offset; more means misregistered labels, not a habit."""
+"""Largest offset (px, either axis) taken as a way of drawing; more means misregistered labels."""
 UPSAMPLE = 20
 """Sub-pixel precision of the measurement: 1/UPSAMPLE px."""
 
@@ -52,8 +53,6 @@ def measure_label_offset(slices: Sequence[Slice]) -> Offset:
         return 0.0, 0.0
     dy, dx = (round(float(v), 3) for v in np.median(np.array(shifts), axis=0))
     if max(abs(dy), abs(dx)) > MAX_OFFSET:
-        import warnings
-
         warnings.warn(f"labels sit ({dy:+.2f}, {dx:+.2f}) px from their images, more than {MAX_OFFSET:g} px: "
                       "not corrected; check that labels and images are registered", SegWarning, stacklevel=2)
         return 0.0, 0.0
