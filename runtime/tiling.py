@@ -249,13 +249,14 @@ def dihedral_vector(vector: Offset, k: int) -> Offset:
 
 
 def dihedral_inverse_vector(vector: Offset, k: int) -> Offset:
-    """Where ``dihedral_inverse(., k)`` moves a displacement ``(dy, dx)``."""
-    dy, dx = vector
-    for _ in range(k % 4):
-        dy, dx = dx, -dy
-    if k // 4:
-        dx = -dx
-    return dy, dx
+    """Where ``dihedral_inverse(., k)`` moves a displacement ``(dy, dx)``: ``dihedral_vector`` of the inverse
+    element (the opposite turn for a rotation; a flip is its own inverse)."""
+    return dihedral_vector(vector, k if k // 4 else -k % 4)
+
+
+def offset_turn(offset: Offset, moved: Offset) -> Offset:
+    """``offset - moved``: the shift that brings an offset a transform ``moved`` back to ``offset``."""
+    return offset[0] - moved[0], offset[1] - moved[1]
 
 
 def undo_dihedral(pred: np.ndarray, k: int, label_offset: Offset = (0.0, 0.0)) -> np.ndarray:
@@ -267,8 +268,7 @@ def undo_dihedral(pred: np.ndarray, k: int, label_offset: Offset = (0.0, 0.0)) -
     transforms agree with the untransformed prediction (bilinear; edges clamped).
     """
     back = dihedral_inverse(pred, k)
-    turned = dihedral_inverse_vector(label_offset, k)
-    shift = (label_offset[0] - turned[0], label_offset[1] - turned[1])
+    shift = offset_turn(label_offset, dihedral_inverse_vector(label_offset, k))
     return back if shift == (0.0, 0.0) else resample_shifted(back, shift)
 
 

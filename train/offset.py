@@ -21,7 +21,7 @@ import numpy as np
 
 from seg.runtime.errors import SegWarning
 from seg.runtime.metadata import MAX_LABEL_OFFSET
-from seg.runtime.tiling import Offset, dihedral_vector
+from seg.runtime.tiling import Offset, dihedral_vector, offset_turn
 from seg.train.data import Slice
 
 MAX_OFFSET = MAX_LABEL_OFFSET
@@ -62,5 +62,4 @@ def measure_label_offset(slices: Sequence[Slice]) -> Offset:
 def offset_correction(offset: Offset, k: int) -> Offset:
     """``(dy, dx)`` to add to a transformed label's sampling coordinates so that it has ``offset`` again:
     ``offset - dihedral_vector(offset, k)``; ``(0, 0)`` for the identity."""
-    moved = dihedral_vector(offset, k)
-    return offset[0] - moved[0], offset[1] - moved[1]
+    return offset_turn(offset, dihedral_vector(offset, k))
