@@ -84,7 +84,8 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def load_keras(path: Path) -> Any:
-    """``keras.models.load_model(path, compile=False, safe_mode=True)`` with one-line errors."""
+    """``keras.models.load_model(path, compile=False, safe_mode=True)`` with one-line errors, computing in
+    float32 (``in_float32``)."""
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras model (.keras files are zip archives); give a model.keras")
     import keras
@@ -95,7 +96,23 @@ def load_keras(path: Path) -> Any:
         raise InputError(f"{path}: cannot load as a Keras model: {_first_line(exc)}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise InputError(f"{path}: expected one input and one output, got {len(model.inputs)}/{len(model.outputs)}")
-    return model
+    return in_float32(model)
+
+
+def in_float32(model: Any) -> Any:
+    """``model`` with every layer computing in float32. A model trained with ``--amp`` keeps its mixed-precision
+    policy in the file, and converted as it is its ONNX graph would compute in float16 or bfloat16; its
+    weights are float32 either way, so they are copied unchanged. A float32 model is returned as it is."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    import keras
+
+    def float32_layer(layer: Any) -> Any:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    clone = keras.models.clone_model(model, clone_function=float32_layer)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def keras_predict(model: Any, images: list[np.ndarray]) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ machine has. Each function imports its backend lazily.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -37,6 +38,29 @@ def accelerators() -> list[str]:
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     return [gpu.name for gpu in gpus]
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bfloat16 arithmetic (x86 AVX512-BF16 or AMX-BF16), read from ``/proc/cpuinfo``
+    (or the given text of it); False where that file does not exist. TensorFlow's oneDNN kernels use these
+    instructions for a ``mixed_bfloat16`` policy and emulate them, slower than float32, on CPUs without."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def mixed_policy(gpus: list[str]) -> str | None:
+    """The Keras mixed-precision policy ``--amp`` uses here: ``"mixed_float16"`` on a GPU,
+    ``"mixed_bfloat16"`` on TensorFlow with a bfloat16 CPU (``cpu_has_bfloat16``), None where neither."""
+    if gpus:
+        return "mixed_float16"
+    if name() == "tensorflow" and cpu_has_bfloat16():
+        return "mixed_bfloat16"
+    return None
 
 
 def device_label(gpus: list[str]) -> str:

@@ -206,7 +206,8 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
 
 
 def _setup_device(config: TrainConfig) -> tuple[str, bool]:
-    """``(label, on_gpu)``: the GPUs the Keras backend really sees (``--amp`` only there)."""
+    """``(label, on_gpu)``: the GPUs the Keras backend really sees, and the precision the run computes in
+    (``--amp``: float16 on a GPU, bfloat16 on a CPU that has it, ``backend.mixed_policy``)."""
     import warnings
 
     import keras
@@ -214,11 +215,13 @@ def _setup_device(config: TrainConfig) -> tuple[str, bool]:
     from seg.runtime.errors import SegWarning
 
     gpus = backend.accelerators()
-    if config.amp and gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    elif config.amp:
-        warnings.warn("--amp needs a GPU; training in float32 on the CPU", SegWarning, stacklevel=2)
-    return backend.device_label(gpus), bool(gpus)
+    policy = backend.mixed_policy(gpus) if config.amp else None
+    if config.amp and policy is None:
+        warnings.warn("--amp needs a GPU or a CPU with bfloat16 instructions (AVX512-BF16 or AMX); training in "
+                      "float32", SegWarning, stacklevel=2)
+    keras.mixed_precision.set_global_policy(policy or "float32")  # a process may run several fits
+    label = backend.device_label(gpus)
+    return (f"{label}, {policy.replace('_', ' ')}" if policy else label), bool(gpus)
 
 
 def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any], on_gpu: bool) -> Any:

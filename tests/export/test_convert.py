@@ -139,3 +139,28 @@ def test_a_label_of_the_wrong_shape_is_an_input_error_before_anything_is_written
                                 f"{data / 'train' / 'image' / '00.png'} is 64x96; give the label the image's "
                                 "height and width, or remove it")
     assert not any(path.is_file() for path in (tmp_path / "out").rglob("*"))
+
+
+def test_a_model_trained_in_mixed_precision_exports_in_float32(labelled_dir: Path, tmp_path: Path) -> None:
+    """``seg train --amp`` saves bfloat16 (CPU) or float16 (GPU) layer policies; the ONNX graph must still
+    compute in float32 throughout, and pass the gate."""
+    import keras
+
+    from seg.export import to_onnx
+    from seg.train.models import ModelSpec, build_model
+    from tests.export.conftest import save_run
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        spec = ModelSpec(width=4, depth=1)
+        run = save_run(tmp_path / "amp", build_model(spec), labelled_dir, spec.to_dict())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = to_onnx(run, tmp_path / "model.onnx", max_images=2, timing_runs=1)
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    assert not [tensor.name for tensor in graph.initializer if tensor.data_type in half]
+    casts = [node for node in graph.node if node.op_type == "Cast"]
+    assert not [node.name for node in casts if onnx.helper.get_node_attr_value(node, "to") in half]
+    assert report.parity.passed

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from seg.export.parity import _validation_first
-from seg.export.source import load_source, model_path, read_config, receptive_field
+from seg.export.source import in_float32, load_keras, load_source, model_path, read_config, receptive_field
 from seg.runtime.errors import InputError
 
 
@@ -73,3 +75,43 @@ def test_config_is_optional_but_must_be_json(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps([1, 2]))
     with pytest.raises(InputError, match=r"config.json: expected a JSON object, got list"):
         read_config(tmp_path / "config.json")
+
+
+@pytest.fixture
+def mixed_bfloat16_policy() -> Any:
+    """The global Keras policy set to ``mixed_bfloat16`` (as ``seg train --amp`` sets it on a bfloat16 CPU),
+    float32 again afterwards."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_mixed_precision_model_loads_computing_in_float32(tmp_path: Path, mixed_bfloat16_policy: Any) -> None:
+    import keras
+
+    from seg.train.models import ModelSpec, build_model
+
+    keras.utils.set_random_seed(0)
+    mixed = build_model(ModelSpec(width=4, depth=1))
+    mixed.save(tmp_path / "model.keras")
+    keras.mixed_precision.set_global_policy("float32")
+    loaded = load_keras(tmp_path / "model.keras")
+    assert {layer.dtype_policy.name for layer in mixed.layers} == {"mixed_bfloat16", "float32"}
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    for original, copied in zip(mixed.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(original, copied)
+    image = np.random.default_rng(0).random((1, 32, 32, 1), np.float32)
+    float32_twin = build_model(ModelSpec(width=4, depth=1))
+    float32_twin.set_weights(mixed.get_weights())
+    np.testing.assert_allclose(loaded(image), float32_twin(image), atol=1e-6)
+    assert np.abs(np.asarray(mixed(image)) - np.asarray(float32_twin(image))).max() > 1e-4  # bfloat16 differs
+
+
+def test_a_float32_model_is_returned_as_it_is(tmp_path: Path) -> None:
+    import keras
+
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(inputs))
+    assert in_float32(model) is model

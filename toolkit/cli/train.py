@@ -46,7 +46,8 @@ def train_command(
     label_offset: Annotated[str, Opt("--label-offset", help="Where the labels sit from their images, DY,DX px, "
                                      "kept through the flips/rotations; auto = measure it on the training "
                                      "slices, 0 = assume none.")] = "auto",
-    amp: Annotated[bool, Opt("--amp", help="Mixed precision (GPU only).")] = False,
+    amp: Annotated[bool, Opt("--amp", help="Mixed precision: float16 on a GPU, bfloat16 on a CPU with "
+                                          "AVX512-BF16 or AMX; float32 elsewhere.")] = False,
     name: Annotated[str | None, Opt("--name", help="Run folder name under runs/train (default: a timestamp).")] = None,
     resume: Annotated[str | None, Opt("--resume", help="Continue an interrupted run (folder or name).")] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bar.")] = False,
