@@ -3,7 +3,8 @@
 ``to_onnx``, ``write_package`` (a bioimage.io model package for an exported model, ``seg.export.bioimageio``)
 and the report types load lazily, so ``import seg.export`` stays cheap (no onnx, no TensorFlow).
 ``load_keras`` and ``keras_predict`` are the one way the toolkit loads and runs a Keras model (evaluation,
-figures, the benchmark's Keras baseline), with the runtime's whole-image padding rule.
+figures, the benchmark's Keras baseline), with the runtime's whole-image padding rule; a model trained
+in mixed precision (``seg train --amp``) is loaded computing in float32, as it is exported.
 """
 
 from __future__ import annotations

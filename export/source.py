@@ -96,23 +96,42 @@ def load_keras(path: Path) -> Any:
         raise InputError(f"{path}: cannot load as a Keras model: {_first_line(exc)}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise InputError(f"{path}: expected one input and one output, got {len(model.inputs)}/{len(model.outputs)}")
-    return in_float32(model)
+    try:
+        return in_float32(model)
+    except Exception as exc:  # a custom layer that cannot be rebuilt from its config with another dtype
+        raise InputError(f"{path}: cannot rebuild it computing in float32: {_first_line(exc)}; save the model "
+                         "under the float32 policy") from None
 
 
 def in_float32(model: Any) -> Any:
-    """``model`` with every layer computing in float32. A model trained with ``--amp`` keeps its mixed-precision
-    policy in the file, and converted as it is its ONNX graph would compute in float16 or bfloat16; its
-    weights are float32 either way, so they are copied unchanged. A float32 model is returned as it is."""
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+    """``model`` with every layer, nested models' included, computing in float32. A model trained with
+    ``--amp`` keeps its mixed-precision policy in the file, and converted as it is its ONNX graph would compute
+    in float16 or bfloat16. The weights are copied (a mixed policy keeps them in float32 already; a model
+    stored in pure float16 or bfloat16 has them converted). A float32 model is returned as it is."""
+    if compute_dtypes(model) == {"float32"}:
         return model
     import keras
 
     def float32_layer(layer: Any) -> Any:
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
-    clone = keras.models.clone_model(model, clone_function=float32_layer)
+    clone = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def compute_dtypes(model: Any) -> set[str]:
+    """The dtype policies (``"float32"``, ``"mixed_bfloat16"``, ...) the layers of ``model`` compute in, nested
+    models' layers included; input layers, which compute nothing, are left out."""
+    import keras
+
+    policies: set[str] = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            policies |= compute_dtypes(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            policies.add(layer.dtype_policy.name)
+    return policies
 
 
 def keras_predict(model: Any, images: list[np.ndarray]) -> list[np.ndarray]:

@@ -205,9 +205,10 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
     return CropBatches()
 
 
-def _setup_device(config: TrainConfig) -> tuple[str, bool]:
-    """``(label, on_gpu)``: the GPUs the Keras backend really sees, and the precision the run computes in
-    (``--amp``: float16 on a GPU, bfloat16 on a CPU that has it, ``backend.mixed_policy``)."""
+def _setup_device(config: TrainConfig, resuming: bool = False) -> tuple[str, bool]:
+    """``(label, on_gpu)``: the GPUs the Keras backend really sees. Sets the precision new layers compute in
+    (``--amp``: float16 on a GPU, bfloat16 on a CPU that has it, ``backend.mixed_policy``; else float32); a
+    resumed run keeps the precision it was saved in (``_precision_label``)."""
     import warnings
 
     import keras
@@ -216,12 +217,30 @@ def _setup_device(config: TrainConfig) -> tuple[str, bool]:
 
     gpus = backend.accelerators()
     policy = backend.mixed_policy(gpus) if config.amp else None
-    if config.amp and policy is None:
-        warnings.warn("--amp needs a GPU or a CPU with bfloat16 instructions (AVX512-BF16 or AMX); training in "
-                      "float32", SegWarning, stacklevel=2)
+    if config.amp and policy is None and not resuming:
+        warnings.warn("--amp needs a GPU, or TensorFlow on a CPU with bfloat16 instructions (AVX512-BF16 or AMX); "
+                      "training in float32", SegWarning, stacklevel=2)
     keras.mixed_precision.set_global_policy(policy or "float32")  # a process may run several fits
-    label = backend.device_label(gpus)
-    return (f"{label}, {policy.replace('_', ' ')}" if policy else label), bool(gpus)
+    return backend.device_label(gpus), bool(gpus)
+
+
+def _precision_label(model: Any, device: str, run_dir: Path, resuming: bool) -> str:
+    """``device`` plus the mixed precision ``model`` computes in (``"CPU (tensorflow), mixed bfloat16"``); a
+    resumed run whose saved precision differs from what this machine would choose warns and keeps its own."""
+    import warnings
+
+    import keras
+
+    from seg.runtime.errors import SegWarning
+
+    computing = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    policies = {layer.dtype_policy.name for layer in computing} - {"float32"}  # the sigmoid output: float32 always
+    chosen = keras.mixed_precision.global_policy().name
+    if resuming and policies != ({chosen} - {"float32"}):
+        saved = ", ".join(sorted(policies)) or "float32"
+        warnings.warn(f"{run_dir}: resumed in {saved}, the precision it was saved in (this machine would train "
+                      f"it in {chosen})", SegWarning, stacklevel=2)
+    return ", ".join([device, *(policy.replace("_", " ") for policy in sorted(policies))])
 
 
 def _model_for(config: TrainConfig, run_dir: Path, state: dict[str, Any], on_gpu: bool) -> Any:
@@ -249,9 +268,11 @@ def _run(config: TrainConfig, run_dir: Path, train_set: list[Slice], val_set: li
 
     from seg.train.callbacks import RichProgress, ScheduleAndBudget
 
-    device, on_gpu = _setup_device(config)
+    resuming = state["epoch"] > 0
+    device, on_gpu = _setup_device(config, resuming)
     keras.utils.set_random_seed(config.seed + int(state["epoch"]))
     model = _model_for(config, run_dir, state, on_gpu=on_gpu)
+    device = _precision_label(model, device, run_dir, resuming)
     state["_started"] = time.monotonic()
     total_steps = config.epochs * config.steps_per_epoch
     schedule = ScheduleAndBudget(config.lr, total_steps, config.time_budget, state)

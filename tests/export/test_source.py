@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from seg.export.parity import _validation_first
-from seg.export.source import in_float32, load_keras, load_source, model_path, read_config, receptive_field
+from seg.export.source import (
+    compute_dtypes,
+    in_float32,
+    load_keras,
+    load_source,
+    model_path,
+    read_config,
+    receptive_field,
+)
 from seg.runtime.errors import InputError
 
 
@@ -115,3 +123,38 @@ def test_a_float32_model_is_returned_as_it_is(tmp_path: Path) -> None:
     inputs = keras.Input((None, None, 1))
     model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(inputs))
     assert in_float32(model) is model
+
+
+def test_a_model_nested_in_another_computes_in_float32_too(mixed_bfloat16_policy: Any) -> None:
+    import keras
+
+    from seg.train.models import ModelSpec, build_model
+
+    inner = build_model(ModelSpec("cnn", 4, 1))
+    inputs = keras.Input((None, None, 1))
+    outer = keras.Model(inputs, inner(inputs))
+    assert compute_dtypes(outer) == {"mixed_bfloat16", "float32"}
+    rebuilt = in_float32(outer)
+    assert compute_dtypes(rebuilt) == {"float32"}
+    assert in_float32(rebuilt) is rebuilt
+
+
+def test_a_layer_that_cannot_take_float32_is_a_one_line_error(tmp_path: Path, mixed_bfloat16_policy: Any) -> None:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="seg_tests")
+    class Doubler(keras.layers.Layer):  # its constructor takes no dtype
+        def __init__(self, name: str | None = None) -> None:
+            super().__init__(name=name)
+
+        def call(self, x: Any) -> Any:
+            return x * 2.0
+
+        def get_config(self) -> dict[str, Any]:
+            return {"name": self.name}
+
+    inputs = keras.Input((None, None, 1))
+    keras.Model(inputs, Doubler(name="double")(inputs)).save(tmp_path / "model.keras")
+    with pytest.raises(InputError, match=r"model.keras: cannot rebuild it computing in float32: .*; save the model "
+                                         r"under the float32 policy$"):
+        load_keras(tmp_path / "model.keras")

@@ -49,7 +49,7 @@ def test_amp_without_a_fast_precision_warns_and_trains_in_float32(monkeypatch: p
 
     monkeypatch.setattr(backend, "accelerators", lambda: [])
     monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: False)
-    with pytest.warns(SegWarning, match=r"--amp needs a GPU or a CPU with bfloat16 instructions"):
+    with pytest.warns(SegWarning, match=r"--amp needs a GPU, or TensorFlow on a CPU with bfloat16 instructions"):
         device, on_gpu = _setup_device(train.TrainConfig(data="unused", amp=True))
     assert (device, on_gpu) == ("CPU (tensorflow)", False)
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -60,8 +60,7 @@ def test_a_run_without_amp_is_float32_after_one_with_it(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(backend, "accelerators", lambda: [])
     monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: True)
-    device, _ = _setup_device(train.TrainConfig(data="unused", amp=True))
-    assert device == "CPU (tensorflow), mixed bfloat16"
+    assert _setup_device(train.TrainConfig(data="unused", amp=True)) == ("CPU (tensorflow)", False)
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -70,8 +69,9 @@ def test_a_run_without_amp_is_float32_after_one_with_it(monkeypatch: pytest.Monk
 
 
 @pytest.mark.slow
-def test_a_bfloat16_run_trains_and_saves_its_policy(isbi_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    float32_after: None) -> None:
+def test_a_bfloat16_run_trains_saves_its_policy_and_resumes_in_it(isbi_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   float32_after: None) -> None:
     import keras
     import numpy as np
 
@@ -80,6 +80,13 @@ def test_a_bfloat16_run_trains_and_saves_its_policy(isbi_dir: Path, tmp_path: Pa
                                batch=2, crop=64, runs_root=str(tmp_path / "runs"), name="amp", amp=True)
     result = train.fit(config, progress=False)
     assert result.device.endswith("mixed bfloat16") and np.isfinite(result.val_mse)
+    keras.mixed_precision.set_global_policy("float32")
     model = keras.models.load_model(result.run_dir / "model.keras")
-    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in model.layers}
+    assert model.get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
     assert model.get_layer("prob").dtype_policy.name == "float32"  # the sigmoid output stays float32
+
+    monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: False)  # resumed on a machine without bfloat16
+    with pytest.warns(SegWarning, match=r"amp: resumed in mixed_bfloat16, the precision it was saved in \(this "
+                                        r"machine would train it in float32\)"):
+        resumed = train.resume(result.run_dir, progress=False)
+    assert resumed.device.endswith("mixed bfloat16")
