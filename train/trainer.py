@@ -5,9 +5,11 @@ Data are loaded and validated before anything is written, so bad data leaves ``r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,8 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     record = _config_record(config, train_set, val_set)  # imports TensorFlow: before the run folder exists
     run_dir = runs.new_run_dir(Path(config.runs_root), config.name)
     write_json_atomic(run_dir / runs.CONFIG, record)
-    return _run(config, run_dir, train_set, val_set, _fresh_state(), [], progress)
+    with _caller_policy_kept():
+        return _run(config, run_dir, train_set, val_set, _fresh_state(), [], progress)
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -142,7 +145,20 @@ def resume(run: str | Path, progress: bool = True, time_budget: float | None = N
         state = runs.read_json(run_dir / runs.STATE)
         history = [row for row in _read_history(run_dir / runs.HISTORY) if row.get("epoch", 0) <= state["epoch"]]
     train_set, val_set = _load_data(config)
-    return _run(config, run_dir, train_set, val_set, state, history, progress)
+    with _caller_policy_kept():
+        return _run(config, run_dir, train_set, val_set, state, history, progress)
+
+
+@contextlib.contextmanager
+def _caller_policy_kept() -> Iterator[None]:
+    """The caller's global Keras dtype policy back after a run that set its own (``_setup_device``)."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _load_data(config: TrainConfig) -> tuple[list[Slice], list[Slice]]:
@@ -220,7 +236,7 @@ def _setup_device(config: TrainConfig, resuming: bool = False) -> tuple[str, boo
     if config.amp and policy is None and not resuming:
         warnings.warn("--amp needs a GPU, or TensorFlow on a CPU with bfloat16 instructions (AVX512-BF16 or AMX); "
                       "training in float32", SegWarning, stacklevel=2)
-    keras.mixed_precision.set_global_policy(policy or "float32")  # a process may run several fits
+    keras.mixed_precision.set_global_policy(policy or "float32")  # fit and resume restore the caller's
     return backend.device_label(gpus), bool(gpus)
 
 

@@ -80,7 +80,7 @@ def test_a_bfloat16_run_trains_saves_its_policy_and_resumes_in_it(isbi_dir: Path
                                batch=2, crop=64, runs_root=str(tmp_path / "runs"), name="amp", amp=True)
     result = train.fit(config, progress=False)
     assert result.device.endswith("mixed bfloat16") and np.isfinite(result.val_mse)
-    keras.mixed_precision.set_global_policy("float32")
+    assert keras.mixed_precision.global_policy().name == "float32"  # the caller's policy is back
     model = keras.models.load_model(result.run_dir / "model.keras")
     assert model.get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
     assert model.get_layer("prob").dtype_policy.name == "float32"  # the sigmoid output stays float32
