@@ -17,6 +17,7 @@ PYTHON=${PYTHON:-python3}
 PROVIDER=${CHECK_PROVIDER:-cuda}
 OUT_DIR=${OUT_DIR:-gpu-check}
 BUDGET=${TRAIN_BUDGET:-120}; CPU_BUDGET=${CPU_BUDGET:-60}; IMAGES=${IMAGES:-64}; LARGE=${LARGE:-8192}
+BATCHES=${BATCHES:-1,8,32}
 : "${MODEL:?set MODEL to an exported model.onnx}" "${ISBI:?set ISBI to the ISBI 2012 dataset folder}"
 MODEL=$(realpath "$MODEL"); ISBI=$(realpath "$ISBI"); mkdir -p "$OUT_DIR"; OUT_DIR=$(realpath "$OUT_DIR")
 seg() { "$PYTHON" -m seg.toolkit "$@"; }
@@ -34,9 +35,10 @@ platform=$([ "$PROVIDER" = cuda ] && echo cuda || echo cpu)
 JAX_PLATFORMS=$platform KERAS_BACKEND=jax seg train --data "$ISBI" --time-budget "$BUDGET" --name accel --quiet
 JAX_PLATFORMS=cpu KERAS_BACKEND=jax seg train --data "$ISBI" --time-budget "$CPU_BUDGET" --name cpu --quiet
 
-step "benchmark: ${PROVIDER}, fp32 and fp16"
-variants=fp32; [ -f "${MODEL%.onnx}.fp16.onnx" ] && variants=fp32,fp16
-seg benchmark --model "$MODEL" --data "$ISBI" --providers "$PROVIDER" --variants "$variants" --batch 1,8,32 \
+step "benchmark: ${PROVIDER}, fp32 and the fp16 / u8 siblings that exist"
+variants=fp32
+for v in fp16 u8; do [ -f "${MODEL%.onnx}.$v.onnx" ] && variants="$variants,$v"; done
+seg benchmark --model "$MODEL" --data "$ISBI" --providers "$PROVIDER" --variants "$variants" --batch "$BATCHES" \
   --images "$IMAGES" --large "$LARGE" --json bench.json
 
 step "seg infer: ${PROVIDER} against cpu masks on the ISBI test slices"
