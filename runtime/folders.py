@@ -105,7 +105,8 @@ def segment_paths(
     ``inputs``: one folder, file, glob or TIFF stack, or a sequence of them (see the module docstring for how
     outputs are named). ``threshold`` defaults to the model's; ``segmenter_options`` go to ``Segmenter``
     (tile_size, halo, batch_size, blend, tta, threads, streams; ``streams`` defaults to None here: one
-    onnxruntime run per physical core on the CPU, for images per second, see ``seg.runtime.streams``).
+    onnxruntime run per physical core on the CPU, two on CUDA, for images per second, see
+    ``seg.runtime.streams``).
     Raises ``InputError``/``ProviderError`` before writing anything when an input, the output folder or the
     model is unusable, or when files from different folders share a stem; per-file problems land in
     ``summary.failures`` (when the only input is one file, its failure raises ``InputError`` instead).

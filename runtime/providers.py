@@ -91,7 +91,7 @@ def check_device_id(device_id: object) -> int:
 
 def _provider_extras(provider_options: Mapping[str, object] | None, device_id: int) -> dict[str, str]:
     """``provider_options`` as onnxruntime's ``{str: str}``; ``InputError`` when its ``device_id`` contradicts
-    ``device_id`` (the one that picks the device of seg's own CUDA buffers) or ``device_id`` is bad."""
+    ``device_id`` (the one ``Segmenter`` reports) or ``device_id`` is bad."""
     check_device_id(device_id)
     if provider_options is not None and not isinstance(provider_options, Mapping):
         raise InputError(f"provider_options must be a dict of onnxruntime provider options, got {provider_options!r}")

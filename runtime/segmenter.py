@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from seg.runtime import binding, tiling
+from seg.runtime import tiling
 from seg.runtime.errors import InputError, SegError
 from seg.runtime.inputs import OnError, Report, is_stack, prepare_image, reporter
 from seg.runtime.metadata import read_model_info
@@ -38,10 +38,12 @@ class Segmenter:
 
     ``provider``: ``"auto"`` | ``"cuda"`` (strict: ``ProviderError`` if CUDA cannot load) | ``"cpu"``;
     ``providers`` lists what onnxruntime really uses. ``device_id``: the CUDA device (int >= 0).
-    ``threads``: CPU intra-op threads of each stream (default: physical cores, split between streams).
-    ``streams``: onnxruntime runs at once on the CPU provider, each on its own session (``seg.runtime.streams``):
-    1 (default) gives one image the lowest latency, several (None: one per physical core, at most 4) give
-    more images per second over many images or tiles, with the same results; CUDA always runs one.
+    ``threads``: CPU intra-op threads of each stream (default: physical cores, split between CPU streams).
+    ``streams``: onnxruntime runs at once, each on its own session (``seg.runtime.streams``): 1 (default) gives
+    one image the lowest latency, several give more images per second over many images or tiles. None: one per
+    physical core (at most 4) on the CPU, with bit-identical results; two on CUDA, whose copies then overlap
+    kernels, each session with its own GPU memory and its own cuDNN algorithm choice (results equal to
+    floating-point rounding).
     ``session_options`` (an onnxruntime ``SessionOptions``, ``threads`` still applied to it when given) and
     ``provider_options`` (merged into the running provider's options) pass through to onnxruntime.
 
@@ -54,12 +56,12 @@ class Segmenter:
     ``blend``: ``"gaussian"`` | ``"ramp"``. ``tta``: average the 8 flips/rotations (8 model runs per tile).
 
     Thread safety: one Segmenter may be shared by threads. Concurrent ``predict``/``predict_stack``/
-    ``predict_batch`` calls, and separate ``predict_iter`` generators, give exactly what serial calls give:
+    ``predict_batch`` calls, and separate ``predict_iter`` generators, give what serial calls give (bit for
+    bit, except that two CUDA streams may round differently):
     onnxruntime runs one session from several threads (with several streams, each run takes a free stream's
-    session), the CUDA IO-binding buffers serve one batch at a time (under a lock) and ``stats`` is updated
-    under a lock. One ``predict_iter`` generator must not be
+    session) and ``stats`` is updated under a lock. One ``predict_iter`` generator must not be
     advanced from two threads at once (no Python generator may). ``close`` (or leaving a ``with`` block)
-    releases the sessions and CUDA buffers; any later call, including batches still to come in other
+    releases the sessions (and their GPU memory); any later call, including batches still to come in other
     threads, raises ``SegError`` ("closed").
     """
 
@@ -101,8 +103,6 @@ class Segmenter:
         self.large_tile, self.small_step, self.multiple = plan.large_tile, plan.small_step, plan.multiple
         self.transforms = tiling.DIHEDRAL if tta else (0,)
         self.stats = RunStats()
-        self._cuda = (binding.CudaRunner(session, self._input, self._output, self.device_id, self.name)
-                      if self.providers[0] == "cuda" else None)
 
     def __repr__(self) -> str:
         state = ", closed" if self.closed else ""
@@ -122,9 +122,7 @@ class Segmenter:
         self.close()
 
     def close(self) -> None:
-        """Release the onnxruntime sessions and any CUDA buffers (idempotent). Later calls raise ``SegError``."""
-        if self._cuda is not None:
-            self._cuda.close()
+        """Release the onnxruntime sessions (idempotent). Later calls raise ``SegError``."""
         self._pool = None
 
     @property
@@ -365,7 +363,7 @@ class Segmenter:
     def _run(self, inputs: np.ndarray) -> np.ndarray:
         """``(B, H, W, 1) float32`` -> ``(B, H, W) float32``; pads B up to a static batch dimension.
 
-        On CUDA the batch goes through IO binding (``binding.CudaRunner``) unless that proved unavailable.
+        A plain ``session.run`` on every provider, CUDA included (docs/design.md says why no IO binding).
         ``SegError`` once closed."""
         pool = self._open_pool()
         count = inputs.shape[0]
@@ -375,9 +373,7 @@ class Segmenter:
         with pool.lend() as session:
             self._open_pool()  # closed while this run waited for a free stream
             with self.stats.run():
-                outputs = self._cuda.run(inputs) if self._cuda is not None else None
-                if outputs is None:
-                    (outputs,) = session.run([self._output], {self._input: inputs})
+                (outputs,) = session.run([self._output], {self._input: inputs})
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
 
 

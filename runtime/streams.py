@@ -6,6 +6,10 @@ over all cores (no waiting at every operator for the slowest thread), and the ho
 long as its stream's cores need for it, so streams are for throughput over many images or tiles; one stream,
 with all cores in its run, gives the lowest latency for a single image. ``seg infer`` and ``segment_paths``
 use ``streams=None``: one per physical core, at most ``MAX_AUTO_STREAMS``.
+
+On CUDA a stream is a session of its own on the same GPU: while one batch's pixels go to the device and its
+probabilities come back, another batch's kernels run, which a single session serialises (copy in, run, copy
+out). ``streams=None`` there makes ``CUDA_AUTO_STREAMS``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 MAX_AUTO_STREAMS = 4
-"""``streams=None`` makes at most this many: each stream holds one batch's activations at a time."""
+"""``streams=None`` makes at most this many on the CPU: each stream holds one batch's activations at a time."""
+
+CUDA_AUTO_STREAMS = 2
+"""``streams=None`` on CUDA: two sessions, so one batch's host-device copies overlap the other's kernels."""
 
 
 def resolve_streams(streams: int | None, threads: int | None) -> tuple[int, list[int | None]]:
@@ -39,8 +46,7 @@ def resolve_streams(streams: int | None, threads: int | None) -> tuple[int, list
     cores) and shares the cores out between several streams, every core to one of them (at least one thread
     each). ``InputError`` for a bad value.
     """
-    if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
-        raise InputError(f"streams must be an int >= 1 (concurrent onnxruntime runs on the CPU), got {streams!r}")
+    check_streams(streams)
     cores = physical_cores()
     count = min(cores, MAX_AUTO_STREAMS) if streams is None else streams
     if count > cores:
@@ -53,14 +59,33 @@ def resolve_streams(streams: int | None, threads: int | None) -> tuple[int, list
     return count, [max(1, share + (k < extra)) for k in range(count)]
 
 
+def auto_streams(provider: str) -> int:
+    """What ``streams=None`` makes for a model running on ``provider``: ``CUDA_AUTO_STREAMS`` for ``"cuda"``,
+    the CPU's count (``resolve_streams``) for any other."""
+    return CUDA_AUTO_STREAMS if check_provider(provider) == "cuda" else resolve_streams(None, None)[0]
+
+
+def check_streams(streams: int | None) -> None:
+    """``InputError`` unless ``streams`` is None or an int >= 1."""
+    if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
+        raise InputError(f"streams must be an int >= 1 (concurrent onnxruntime runs), got {streams!r}")
+
+
 def open_sessions(open_one: Callable[[str, int | None], ort.InferenceSession], provider: str, streams: int | None,
                   threads: int | None) -> list[ort.InferenceSession]:
-    """One session per stream: ``open_one(provider, threads)`` makes each. Streams are a CPU matter: on CUDA
-    (``provider`` ``"cuda"``, or ``"auto"`` where CUDA loads) there is one session, with ``threads`` as given."""
-    count, per_stream = resolve_streams(streams, threads)
+    """One session per stream: ``open_one(provider, threads)`` makes each. On CUDA (``provider`` ``"cuda"``,
+    or ``"auto"`` where CUDA loads) every stream is a session on the GPU (``None``: ``CUDA_AUTO_STREAMS``), with
+    ``threads`` as given, and each holds its own GPU memory; should ``"auto"`` land on the CPU after all, the
+    streams are the CPU's."""
+    check_streams(streams)
     provider = check_provider(provider)
     if provider == "cuda" or (provider == "auto" and cuda_problem() is None):
-        return [open_one(provider, threads)]
+        first = open_one(provider, threads)
+        if session_providers(first)[0] == "cuda" or provider == "cuda":
+            count = auto_streams("cuda") if streams is None else streams
+            return [first, *(open_one("cuda", threads) for _ in range(count - 1))]
+        provider = "cpu"  # the libraries loaded, the session did not: one stream per core, as without CUDA
+    count, per_stream = resolve_streams(streams, threads)
     first = open_one(provider, per_stream[0])
     if count == 1 or session_providers(first)[0] != "cpu":
         return [first]

@@ -5,11 +5,14 @@
 # Run in the repository root of a machine with one NVIDIA GPU:
 #   MODEL=path/to/model.onnx ISBI=path/to/isbi2012 bash scripts/gpu_check.sh
 # MODEL is an exported seg model (export needs TensorFlow, which GPU machines often lack: export it elsewhere
-# and bring the file; its .fp16.onnx sibling is benchmarked too when present). ISBI is the dataset folder.
+# and bring the file; its .fp16.onnx and .u8.onnx siblings are benchmarked too when present). ISBI is the
+# dataset folder. BATCHES (default 1,8,32), STREAMS (default 1,auto: one session, and what seg infer runs)
+# and IMAGES (per timed pass, default 64) size the benchmark.
 #
 # Needs, beyond PyTorch / JAX with CUDA / onnx / numpy: keras>=3.15 (+ namex, optree, ml-dtypes, h5py),
 # onnxruntime-gpu>=1.31 with CUDA 13 and cuDNN 9 libraries (the nvidia-* wheels PyTorch cu13x brings do),
-# typer, rich, pillow, tifffile, pyyaml, dask[distributed], zarr>=3.1, ome-zarr, numcodecs, and seg itself
+# typer, rich, pillow, tifffile, pyyaml, dask[distributed], zarr>=3.1, numcodecs, opencv-python-headless,
+# matplotlib, scikit-image, and seg itself
 # (installed below from this checkout without dependencies). CHECK_PROVIDER=cpu runs the same steps on a CPU
 # (to try the script itself; the figures then mean nothing for a GPU).
 set -euo pipefail
@@ -17,7 +20,7 @@ PYTHON=${PYTHON:-python3}
 PROVIDER=${CHECK_PROVIDER:-cuda}
 OUT_DIR=${OUT_DIR:-gpu-check}
 BUDGET=${TRAIN_BUDGET:-120}; CPU_BUDGET=${CPU_BUDGET:-60}; IMAGES=${IMAGES:-64}; LARGE=${LARGE:-8192}
-BATCHES=${BATCHES:-1,8,32}
+BATCHES=${BATCHES:-1,8,32}; STREAMS=${STREAMS:-1,auto}
 : "${MODEL:?set MODEL to an exported model.onnx}" "${ISBI:?set ISBI to the ISBI 2012 dataset folder}"
 MODEL=$(realpath "$MODEL"); ISBI=$(realpath "$ISBI"); mkdir -p "$OUT_DIR"; OUT_DIR=$(realpath "$OUT_DIR")
 seg() { "$PYTHON" -m seg.toolkit "$@"; }
@@ -39,6 +42,7 @@ step "benchmark: ${PROVIDER}, fp32 and the fp16 / u8 siblings that exist"
 variants=fp32
 for v in fp16 u8; do [ -f "${MODEL%.onnx}.$v.onnx" ] && variants="$variants,$v"; done
 seg benchmark --model "$MODEL" --data "$ISBI" --providers "$PROVIDER" --variants "$variants" --batch "$BATCHES" \
+  --streams "$STREAMS" \
   --images "$IMAGES" --large "$LARGE" --json bench.json
 
 step "seg infer: ${PROVIDER} against cpu masks on the ISBI test slices"

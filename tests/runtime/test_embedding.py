@@ -1,10 +1,9 @@
 """What an app embedding seg.runtime relies on: the top-level names, the context manager and close, onnxruntime
-options, (N, H, W) stacks, reporting bad images and going on, thread safety and no silent CUDA fallback."""
+options, (N, H, W) stacks, reporting bad images and going on, and thread safety."""
 
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,6 @@ import pytest
 
 import seg.runtime
 from seg.runtime import InputError, SegError, Segmenter, SegWarning
-from seg.runtime import binding as binding_module
 from seg.runtime import segmenter as segmenter_module
 from seg.runtime.metadata import ModelInfo
 from tests.runtime.test_providers import tiny_model
@@ -249,66 +247,3 @@ def test_concurrent_predicts_equal_serial_ones_and_stats_add_up(rng: np.random.G
         np.testing.assert_array_equal(got, want)
     assert (shared.stats.images, shared.stats.tiles, shared.stats.batches) == (
         serial_seg.stats.images, serial_seg.stats.tiles, serial_seg.stats.batches)
-
-
-class _RacyBinding:
-    """A stand-in for ``CudaBinding`` on the CPU: one shared buffer per shape, like device buffers, and a pause
-    between filling it and running, so unserialised threads would overwrite each other's tiles."""
-
-    def __init__(self, session: Any, input_name: str, output_name: str, shape: tuple[int, ...],
-                 device_id: int = 0, dtype: type = np.float32) -> None:
-        self.shape, self.session, self.names = shape, session, (input_name, output_name)
-        self.dtype = np.dtype(dtype)
-        self.buffer = np.empty(shape, self.dtype)
-
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        self.buffer[...] = inputs
-        time.sleep(0.002)
-        return self.session.run([self.names[1]], {self.names[0]: self.buffer})[0]
-
-
-def _fake_cuda(monkeypatch: pytest.MonkeyPatch, binding: object) -> None:
-    """Segmenters made after this take the CUDA IO-binding path, with ``binding`` for ``CudaBinding``."""
-    monkeypatch.setattr(segmenter_module, "session_providers", lambda session: ["cuda", "cpu"])
-    monkeypatch.setattr(binding_module, "CudaBinding", binding)
-
-
-def test_concurrent_predicts_through_the_shared_binding_buffers(monkeypatch: pytest.MonkeyPatch,
-                                                                  rng: np.random.Generator) -> None:
-    images = [rng.random((64, 64), dtype=np.float32) for _ in range(24)]
-    serial = [make().predict(image) for image in images]
-    _fake_cuda(monkeypatch, _RacyBinding)
-    seg = make()
-    assert seg.providers[0] == "cuda"
-    for got, want in zip(_threaded(seg, images), serial, strict=True):
-        np.testing.assert_array_equal(got, want)
-    seg.close()
-    assert seg._cuda is not None and seg._cuda._binding is None  # device buffers released
-
-
-# -- no silent fallback -------------------------------------------------------------------------------------
-
-
-def test_io_binding_failure_warns_once_and_never_retries(monkeypatch: pytest.MonkeyPatch,
-                                                          rng: np.random.Generator) -> None:
-    attempts: list[tuple[int, ...]] = []
-
-    def unavailable(session: Any, input_name: str, output_name: str, shape: tuple[int, ...],
-                    device_id: int = 0, dtype: type = np.float32) -> None:
-        attempts.append(shape)
-        raise RuntimeError("no device OrtValues in this build\n(second line of detail)")
-
-    images = [rng.random((64, 64), dtype=np.float32) for _ in range(5)] + [rng.random((40, 40), dtype=np.float32)]
-    expected = make(batch_size=2).predict_batch(images)
-    _fake_cuda(monkeypatch, unavailable)
-    seg = make(batch_size=2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        probs = seg.predict_batch(images) + seg.predict_batch(images)
-    assert seg.stats.batches == 8  # 3 + 1 batches per pass (5 tiles of 64, one of 48), none of them retried
-    assert attempts == [(2, 64, 64, 1)]
-    assert [str(w.message) for w in caught if issubclass(w.category, SegWarning)] == [
-        "model (bytes): CUDA IO binding unavailable (no device OrtValues in this build); "
-        "running every batch with session.run instead"]
-    for got, want in zip(probs, expected + expected, strict=True):
-        np.testing.assert_array_equal(got, want)

@@ -18,7 +18,8 @@ from seg.runtime.segmenter import Segmenter
 from seg.runtime.stats import RunStats
 from seg.runtime.streams import MAX_AUTO_STREAMS, SessionPool, ordered_runs, resolve_streams
 from tests.helpers import write_png
-from tests.runtime.test_segmenter import make
+from tests.runtime.test_providers import tiny_model
+from tests.runtime.test_segmenter import META, make
 
 
 @pytest.mark.parametrize(("cores", "threads"), [(1, [None]), (2, [1, 1]), (3, [1, 1, 1]), (6, [2, 2, 1, 1]),
@@ -234,14 +235,17 @@ class _FakeSession:
         return ["CUDAExecutionProvider" if self.provider == "cuda" else "CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize(("provider", "cuda_loads", "expected"), [
-    ("cpu", True, [("cpu", 1), ("cpu", 1)]),
-    ("auto", False, [("auto", 1), ("cpu", 1)]),
-    ("auto", True, [("auto", None)]),  # CUDA will run it: one session, the CPU threads left as given
-    ("cuda", True, [("cuda", None)]),
+@pytest.mark.parametrize(("provider", "cuda_loads", "streams", "expected"), [
+    ("cpu", True, None, [("cpu", 1), ("cpu", 1)]),
+    ("auto", False, None, [("auto", 1), ("cpu", 1)]),
+    # CUDA runs them: CUDA_AUTO_STREAMS sessions on the GPU, the CPU threads left as given
+    ("auto", True, None, [("auto", None), ("cuda", None)]),
+    ("cuda", True, None, [("cuda", None), ("cuda", None)]),
+    ("cuda", True, 3, [("cuda", None), ("cuda", None), ("cuda", None)]),  # not capped by the CPU's cores
+    ("cuda", True, 1, [("cuda", None)]),
 ])
-def test_streams_open_on_the_cpu_only(monkeypatch: pytest.MonkeyPatch, provider: str, cuda_loads: bool,
-                                      expected: list[tuple[str, int | None]]) -> None:
+def test_streams_open_where_the_model_runs(monkeypatch: pytest.MonkeyPatch, provider: str, cuda_loads: bool,
+                                           streams: int | None, expected: list[tuple[str, int | None]]) -> None:
     monkeypatch.setattr(streams_module, "physical_cores", lambda: 2)
     monkeypatch.setattr(streams_module, "cuda_problem", lambda: None if cuda_loads else "no libcudart")
     opened: list[tuple[str, int | None]] = []
@@ -250,8 +254,53 @@ def test_streams_open_on_the_cpu_only(monkeypatch: pytest.MonkeyPatch, provider:
         opened.append((kind, threads))
         return _FakeSession("cuda" if kind in ("cuda", "auto") and cuda_loads else "cpu")
 
-    sessions = streams_module.open_sessions(open_one, provider, None, None)  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cores-per-stream warning is for the CPU only
+        sessions = streams_module.open_sessions(open_one, provider, streams, None)  # type: ignore[arg-type]
     assert opened == expected and len(sessions) == len(expected)
+
+
+def test_auto_that_lands_on_the_cpu_after_all_gets_the_cpu_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams_module, "physical_cores", lambda: 2)
+    monkeypatch.setattr(streams_module, "cuda_problem", lambda: None)  # the libraries load, the session does not
+    opened: list[tuple[str, int | None]] = []
+
+    def open_one(kind: str, threads: int | None) -> _FakeSession:
+        opened.append((kind, threads))
+        return _FakeSession("cpu")
+
+    sessions = streams_module.open_sessions(open_one, "auto", None, None)  # type: ignore[arg-type]
+    assert opened == [("auto", None), ("cpu", 1), ("cpu", 1)] and len(sessions) == 2
+
+
+def test_every_cuda_stream_gets_the_device_and_provider_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seg.runtime import segmenter as segmenter_module
+
+    calls: list[tuple[str, dict[str, object]]] = []
+    real = segmenter_module.make_session
+
+    def spy(model: object, kind: str, threads: int | None, **kwargs: object) -> object:
+        calls.append((kind, kwargs))
+        return real(model, "cpu", threads, **kwargs)  # a CPU session stands in for each GPU one
+
+    monkeypatch.setattr(streams_module, "cuda_problem", lambda: None)
+    monkeypatch.setattr(streams_module, "session_providers", lambda session: ["cuda", "cpu"])
+    monkeypatch.setattr(segmenter_module, "session_providers", lambda session: ["cuda", "cpu"])
+    monkeypatch.setattr(segmenter_module, "make_session", spy)
+    options = {"arena_extend_strategy": "kSameAsRequested"}
+    model = tiny_model("conv", metadata=META)
+    with Segmenter(model, provider="cuda", streams=None, device_id=1, provider_options=options) as seg:
+        assert seg.streams == streams_module.CUDA_AUTO_STREAMS == 2
+        assert seg.providers[0] == "cuda"
+    assert [kind for kind, _ in calls] == ["cuda", "cuda"]
+    assert all(kw["device_id"] == 1 and kw["provider_options"] == options for _, kw in calls)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_streams_are_refused_on_every_provider(bad: object) -> None:
+    for provider in ("cpu", "cuda", "auto"):
+        with pytest.raises(InputError, match="streams must be an int >= 1"):
+            streams_module.open_sessions(lambda kind, threads: None, provider, bad, None)  # type: ignore
 
 
 def test_intra_op_threads_in_given_session_options_apply_to_each_stream() -> None:

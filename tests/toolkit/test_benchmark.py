@@ -392,16 +392,28 @@ def test_end_to_end_folder_repeats_the_timed_images_to_at_least_32_files(given: 
     assert files[:given] == paths and all(f == paths[i % given] for i, f in enumerate(files))  # in order, cycled
 
 
-@pytest.mark.parametrize(("cores", "asked", "measured"), [
-    (2, (None,), [2]), (1, (1, None), [1]), (3, (None, 1, 2, 2), [1, 2, 3]), (8, (None,), [MAX_AUTO_STREAMS]),
+@pytest.mark.parametrize(("cores", "asked", "cpu", "cuda"), [
+    (2, (None,), [2], [2]), (1, (1, None), [1], [1, 2]), (3, (None, 1, 2, 2), [1, 2, 3], [1, 2]),
+    (8, (None,), [MAX_AUTO_STREAMS], [2]),
 ])
-def test_streams_to_measure_resolve_auto_and_each_count_once(
-        monkeypatch: pytest.MonkeyPatch, cores: int, asked: tuple[int | None, ...], measured: list[int]) -> None:
+def test_streams_to_measure_resolve_auto_per_provider_and_each_count_once(
+        monkeypatch: pytest.MonkeyPatch, cores: int, asked: tuple[int | None, ...], cpu: list[int],
+        cuda: list[int]) -> None:
     from seg.runtime import streams as streams_module
-    from seg.toolkit.bench.benchmark import _check_streams
+    from seg.toolkit.bench.benchmark import _check_streams, _configs
 
     monkeypatch.setattr(streams_module, "physical_cores", lambda: cores)
-    assert _check_streams(asked) == measured
+    streams = _check_streams(asked)
+    assert _configs("cpu", [1, 4], streams) == [(b, s) for b in (1, 4) for s in cpu]
+    assert _configs("cuda", [8], streams) == [(8, s) for s in cuda]  # auto on CUDA: CUDA_AUTO_STREAMS
+
+
+@pytest.mark.parametrize("bad", [(), (0,), (2, -1)])
+def test_bad_streams_to_measure_are_refused(bad: tuple[int, ...]) -> None:
+    from seg.toolkit.bench.benchmark import _check_streams
+
+    with pytest.raises(InputError, match="--streams"):
+        _check_streams(bad)
 
 
 def test_summary_says_when_end_to_end_beats_compute() -> None:

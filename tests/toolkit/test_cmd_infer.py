@@ -75,7 +75,7 @@ def test_infer_exit_codes_for_bad_inputs(setup: tuple[Path, Path], tmp_path: Pat
     streams = runner.invoke(app, ["infer", "-i", str(images), "-m", str(model), "-o", str(tmp_path / "s"),
                                   "--streams", "0"])
     assert streams.exit_code == 2 and not (tmp_path / "s").exists()
-    assert streams.output.strip() == "error: --streams 0: must be >= 1 (onnxruntime runs at once on the CPU), e.g. 2"
+    assert streams.output.strip() == "error: --streams 0: must be >= 1 (onnxruntime runs at once), e.g. 2"
 
 
 def test_infer_takes_the_paths_a_shell_expands_an_unquoted_glob_into(setup: tuple[Path, Path],

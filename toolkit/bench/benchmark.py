@@ -27,7 +27,7 @@ import numpy as np
 from seg.runtime.errors import InputError
 from seg.runtime.io import read_image
 from seg.runtime.metadata import ModelInfo
-from seg.runtime.streams import resolve_streams
+from seg.runtime.streams import auto_streams
 from seg.toolkit.bench.data import BenchImages, bench_images
 from seg.toolkit.bench.flops import achieved, count_flops, cpu_peak, sgemm_gflops
 from seg.toolkit.bench.report import BenchReport, BenchRow, add_ratios, int8_verdict
@@ -63,8 +63,8 @@ def run_benchmark(
 ) -> BenchReport:
     """Measure ``model`` (``.onnx``; its ``.fp16``/``.int8`` siblings for the variants) and optionally the Keras
     model on the same images; ``large`` > 0 adds one ``large x large`` uint8 image through the tiled runtime.
-    ``streams``: the ``Segmenter`` streams to measure on the CPU (None: one per physical core, at most 4, as
-    ``seg infer`` runs; 1: one run at a time on all cores), each count once; CUDA runs one. ``rounds`` > 1
+    ``streams``: the ``Segmenter`` streams to measure (None: as ``seg infer`` runs, one per physical core, at
+    most 4, on the CPU and two on CUDA; 1: one run at a time), each count once. ``rounds`` > 1
     sweeps every configuration that many times, interleaved, and keeps the median per configuration: on a
     shared machine, load that drifts during the run then hits every row alike.
     Raises ``InputError`` (exit 2) for a missing model/keras file, bad data or bad options."""
@@ -108,17 +108,17 @@ def run_benchmark(
     return report
 
 
-def _check_streams(streams: Sequence[int | None]) -> list[int]:
-    """Stream counts to measure, ascending, ``None`` (auto) resolved to what ``seg infer`` would run here."""
+def _check_streams(streams: Sequence[int | None]) -> list[int | None]:
+    """Stream counts to measure, each once; ``None`` (auto) stays, for ``_configs`` to resolve per provider."""
     if not streams or any(s is not None and s < 1 for s in streams):
         raise InputError(f"--streams: each must be an int >= 1 or auto, got {list(streams)}")
-    auto = resolve_streams(None, None)[0]
-    return sorted({auto if s is None else s for s in streams})
+    return list(dict.fromkeys(streams))
 
 
-def _configs(provider: str, batches: list[int], streams: list[int]) -> list[tuple[int, int]]:
-    """``(batch, streams)`` pairs to measure on ``provider``: every pair on the CPU, streams 1 on CUDA."""
-    return [(batch, count) for batch in batches for count in (streams if provider == "cpu" else [1])]
+def _configs(provider: str, batches: list[int], streams: list[int | None]) -> list[tuple[int, int]]:
+    """``(batch, streams)`` pairs to measure on ``provider``, auto resolved to what ``seg infer`` runs there."""
+    counts = sorted({auto_streams(provider) if s is None else s for s in streams})
+    return [(batch, count) for batch in batches for count in counts]
 
 
 def variant_file(model: Path, variant: str) -> Path:

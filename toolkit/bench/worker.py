@@ -46,7 +46,7 @@ class Spec:
     threads: int | None = None
     size: int = 0
     other: str = ""
-    streams: int | None = 1  # Segmenter(streams=...): None = one per core
+    streams: int | None = 1  # Segmenter(streams=...): None = one per core on the CPU, 2 on CUDA
 
 
 def peak_rss_mb() -> float:

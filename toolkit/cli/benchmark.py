@@ -53,8 +53,8 @@ def benchmark(
         "--variants", help="Comma-separated: fp32,fp16,int8,u8 (u8: raw 8-bit input).")] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,4,8",
     streams: Annotated[str, typer.Option(
-        "--streams", help="Comma-separated CPU streams (onnxruntime runs at once): integers and/or auto "
-                          "(one per physical core, at most 4, as seg infer runs); 1 = one run on all cores.")
+        "--streams", help="Comma-separated streams (onnxruntime runs at once): integers and/or auto (as seg "
+                          "infer runs: one per physical core, at most 4, on the CPU; 2 on CUDA); 1 = one run.")
     ] = "auto",
     images: Annotated[int, typer.Option("--images", help="Images per timed pass.")] = 8,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed passes per measurement (median).")] = 3,

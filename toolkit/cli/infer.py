@@ -69,9 +69,9 @@ def infer(
     halo: Annotated[int | None, Opt("--halo", help="Tile overlap margin, pixels (default: the model's).")] = None,
     batch: Annotated[int, Opt("--batch", help="Tiles per onnxruntime call.")] = 4,
     tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
-    streams: Annotated[int | None, Opt("--streams", help="Images: onnxruntime runs at once on the CPU, the "
-                                       "cores shared between them (default: one per core, at most 4; 1 = every "
-                                       "core on one batch at a time).", show_default=False)] = None,
+    streams: Annotated[int | None, Opt("--streams", help="Images: onnxruntime runs at once (default: on the CPU "
+                                       "one per core, at most 4, the cores shared between them; on CUDA 2, so "
+                                       "copies overlap kernels; 1 = one batch at a time).", show_default=False)] = None,
     workers: Annotated[int | None, Opt("--workers", help="Volumes: Dask worker processes on this machine "
                                        "(default: one per CPU; one per GPU with --provider cuda).")] = None,
     threads_per_worker: Annotated[int | None, Opt("--threads-per-worker", help="Volumes: threads per worker "
@@ -96,7 +96,7 @@ def infer(
                       tile_size=tile, halo=halo, batch_size=batch, tta=tta, **volume)
         return
     if streams is not None and streams < 1:
-        raise InputError(f"--streams {streams}: must be >= 1 (onnxruntime runs at once on the CPU), e.g. 2")
+        raise InputError(f"--streams {streams}: must be >= 1 (onnxruntime runs at once), e.g. 2")
     given = [f"--{name.replace('_', '-')}" for name, value in volume.items() if value is not None]
     if given:
         raise InputError(f"{', '.join(given)}: only for volumes (a .zarr or .h5:/dataset --input, or a .zarr "

@@ -120,7 +120,7 @@ def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu",
     if model.suffix == ".onnx":
         from seg.runtime import Segmenter
 
-        with Segmenter(model, provider=provider, tta=tta, streams=None) as segmenter:  # many images: a stream per core
+        with Segmenter(model, provider=provider, tta=tta, streams=None) as segmenter:  # many images: several streams
             engine = f"onnxruntime ({', '.join(segmenter.providers)}){suffix}"
             return segmenter.predict_batch(images), engine, segmenter.info.threshold
     if model.suffix == ".keras":
