@@ -20,8 +20,9 @@ file in it, overlapping globs) is segmented once. Two files with one stem would 
 
 Every file is written atomically, so an output that exists is complete: a rerun skips inputs whose
 outputs all exist (resume after a crash or kill) unless ``overwrite``, or ``SETTINGS_FILE`` shows other
-settings, or cannot be read (then every output is redone). A bad input file is reported and skipped; the
-run goes on and lists the failures in its summary.
+settings, or cannot be read (then every output is redone). Outputs about to be redone are deleted before the
+run starts, so a run killed part-way leaves only outputs made with the settings its record names. A bad
+input file is reported and skipped; the run goes on and lists the failures in its summary.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from seg.runtime.io import TIFF_SUFFIXES, is_image_file, list_images
 from seg.runtime.pipeline import Item, OnError, Progress, run_pipeline
 from seg.runtime.preprocess import check_threshold
 from seg.runtime.resume import GLOB_CHARS as _GLOB_CHARS
-from seg.runtime.resume import SETTINGS_FILE, outputs_to_do, record_settings, write_record
+from seg.runtime.resume import SETTINGS_FILE, outputs_to_do, record_settings, start_record
 from seg.runtime.segmenter import Segmenter
 
 PathOrGlob = str | os.PathLike[str]
@@ -130,17 +131,29 @@ def segment_paths(
         summary.skipped = len(items) - len(todo)
         new_folders = _prepare_folders(out_dir, items, todo)
         new_record = not (out_dir / SETTINGS_FILE).exists()
-        write_record(out_dir, settings)
-        report = _reporter(summary, None if single else on_error)
-        compute_before, start = seg.stats.busy_s, time.perf_counter()
-        summary.images = run_pipeline(seg, todo, cut, report, progress)
-        summary.seconds = time.perf_counter() - start
-        summary.compute_s = seg.stats.busy_s - compute_before
-        if summary.images == 0 and summary.skipped == 0:  # nothing written: leave nothing behind
-            _remove_new(out_dir / SETTINGS_FILE if new_record else None, new_folders)
+        start_record(out_dir, settings, [p for item in todo for p in item.outputs()])
+        undo = (out_dir / SETTINGS_FILE if new_record else None, new_folders)
+        _run_timed(seg, todo, cut, summary, _reporter(summary, None if single else on_error), progress, undo)
         if single and summary.failures:
             raise InputError(summary.failures[0])
         return summary
+
+
+def _run_timed(seg: Segmenter, todo: list[Item], cut: float, summary: InferSummary, report: OnError,
+               progress: Progress | None, undo: tuple[Path | None, list[Path]]) -> None:
+    """``run_pipeline`` into ``summary`` (images, seconds, compute seconds); a run that wrote no output,
+    finished or stopped by an exception, takes back the record and folders it created (``undo``)."""
+    compute_before, start = seg.stats.busy_s, time.perf_counter()
+    try:
+        summary.images = run_pipeline(seg, todo, cut, report, progress)
+    except BaseException:
+        if summary.skipped == 0 and not any(p.exists() for item in todo for p in item.outputs()):
+            _remove_new(*undo)
+        raise
+    summary.seconds = time.perf_counter() - start
+    summary.compute_s = seg.stats.busy_s - compute_before
+    if summary.images == 0 and summary.skipped == 0:
+        _remove_new(*undo)
 
 
 def input_texts(inputs: Inputs) -> list[str]:

@@ -20,6 +20,8 @@ from seg.runtime.segmenter import Segmenter
 
 GLOB_CHARS = "*?["
 SETTINGS_FILE = ".seg-infer.json"
+REPLACING = "replacing"
+"""The record's only key while a run deletes the outputs it will redo (``start_record``)."""
 
 
 def record_settings(texts: list[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
@@ -78,6 +80,8 @@ def _distrust(out_dir: Path, settings: dict[str, object], model_name: str) -> st
         return f"{path}: the resume record is corrupt (not JSON); {redo}"
     if not isinstance(previous, dict):
         return f"{path}: the resume record holds a JSON {type(previous).__name__}, not an object; {redo}"
+    if previous.get(REPLACING):
+        return f"{path}: an earlier run was stopped while it replaced its outputs; {redo}"
     missing = sorted(set(settings) - set(previous))
     if missing:
         return f"{path}: the resume record lacks {', '.join(missing)}; {redo}"
@@ -85,6 +89,24 @@ def _distrust(out_dir: Path, settings: dict[str, object], model_name: str) -> st
     if changed:
         return f"{out_dir}: earlier outputs were made with other {', '.join(changed)}; redoing them all"
     return None
+
+
+def start_record(out_dir: Path, settings: dict[str, object], outputs: list[Path]) -> None:
+    """Record ``settings`` for a run about to write ``outputs``, deleting those already there first: made with
+    other settings (or to be replaced with ``overwrite``), they must not outlive a run killed before it
+    rewrote them. While they are deleted the record says ``REPLACING`` (never trusted), so no moment of a
+    kill leaves old outputs under the new settings. ``InputError`` when the record or an output cannot be
+    written or deleted; nothing is deleted when the record cannot be written."""
+    earlier = [path for path in outputs if path.exists()]
+    if earlier:
+        write_record(out_dir, {REPLACING: True})
+        for path in earlier:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise InputError(f"{path}: cannot replace this earlier output ({exc.strerror or exc}); remove "
+                                 "it, or choose another --output") from None
+    write_record(out_dir, settings)
 
 
 def write_record(out_dir: Path, settings: dict[str, object]) -> None:

@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from seg.runtime import pipeline
 from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.folders import segment_paths
 from seg.runtime.io import read_image
 from seg.runtime.preprocess import to_mask
-from seg.runtime.resume import SETTINGS_FILE
+from seg.runtime.resume import REPLACING, SETTINGS_FILE
 from seg.runtime.segmenter import Segmenter
 from tests.runtime.conftest import FOLDER_META
 from tests.runtime.test_providers import tiny_model
@@ -134,4 +136,73 @@ def test_a_model_that_cannot_be_fingerprinted_is_not_trusted(done: tuple[Path, P
     with pytest.warns(SegWarning, match=r"model \(bytes\): cannot read the model's bytes to fingerprint it"):
         summary = segment_paths(images, segmenter=seg, output_dir=out, save_prob=True)
     assert summary.skipped == 0
+    _assert_all_redone(images, model, out)
+
+
+
+class _Killed(Exception):
+    """Stands for a kill part-way through a run."""
+
+
+def _die_after_one_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the next run write one input's outputs, then die (``_Killed``); returns that input's name."""
+    write, written = pipeline._write, []
+
+    def write_one_then_die(entry: Any, threshold: float) -> None:
+        if written:
+            raise _Killed
+        write(entry, threshold)
+        written.append(entry.item.source.name)
+
+    monkeypatch.setattr(pipeline, "_write", write_one_then_die)
+    return written
+
+
+def test_a_run_killed_after_new_settings_leaves_no_output_of_the_old_ones(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun with another threshold records the new settings before it writes; killed after one file, the
+    outputs it had not rewritten must not be left behind, or the next run would trust them as made with the
+    new settings."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(tiny_model(metadata=FOLDER_META))
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(8):
+        Image.fromarray(rng.integers(0, 255, (48, 64)).astype(np.uint8)).save(images / f"s{k}.png")
+    segment_paths(images, model, out, provider="cpu", threshold=0.5)
+    written = _die_after_one_write(monkeypatch)
+    with pytest.warns(SegWarning, match="other threshold"), pytest.raises(_Killed):
+        segment_paths(images, model, out, provider="cpu", threshold=0.9)
+    monkeypatch.undo()
+    seg = Segmenter(model, "cpu")
+    assert [p.name for p in sorted(out.glob("*.png"))] == written  # the one file written at 0.9, no other
+    resumed = segment_paths(images, model, out, provider="cpu", threshold=0.9)
+    assert (resumed.skipped, resumed.images) == (1, 7)
+    for path in sorted(images.iterdir()):
+        np.testing.assert_array_equal(read_image(out / path.name), to_mask(seg.predict(read_image(path)), 0.9))
+
+
+def test_overwrite_killed_part_way_leaves_no_output_it_meant_to_replace(done: tuple[Path, Path, Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``overwrite`` replaces every output; killed after one, the other (a sentinel) is gone, not kept."""
+    images, model, out = done
+    written = _die_after_one_write(monkeypatch)
+    with pytest.raises(_Killed):
+        segment_paths(images, model, out, provider="cpu", save_prob=True, overwrite=True)
+    monkeypatch.undo()
+    assert [p.name for p in sorted(out.glob("*.png"))] == written
+    assert _rerun(images, model, out) == (1, [])
+    _assert_all_redone(images, model, out)
+
+
+def test_a_run_stopped_while_replacing_outputs_is_not_trusted(done: tuple[Path, Path, Path]) -> None:
+    """The record a run leaves while it deletes the outputs it will redo: whatever survived is redone."""
+    images, model, out = done
+    record = out / SETTINGS_FILE
+    record.write_text(json.dumps({REPLACING: True}))
+    skipped, messages = _rerun(images, model, out)
+    assert skipped == 0
+    assert messages == [f"{record}: an earlier run was stopped while it replaced its outputs; settings unknown, "
+                        f"so every output in {out} is redone"]
     _assert_all_redone(images, model, out)
