@@ -60,6 +60,25 @@ class _Open:
     item: Item
     pages: list[np.ndarray]
     probs: list[np.ndarray] = field(default_factory=list)
+    failure: str | None = None  # why a page could not be segmented: the file is reported, not written
+
+    def add(self, prob: np.ndarray | None, error: Exception | None) -> bool:
+        """Take the next page's map (None: ``error`` stopped it); True once every page is in."""
+        if prob is None and self.failure is None:
+            self.failure = _page_failure(self.item.source, len(self.probs), len(self.pages), error)
+        self.probs.append(prob)  # type: ignore[arg-type]  # a failed file's maps are dropped, never written
+        return len(self.probs) == len(self.pages)
+
+
+def _page_failure(source: Path, page: int, pages: int, error: Exception | None) -> str:
+    """``"<file>[ page k]: <what is wrong>"``, the error's own ``image N:`` prefix (the index of the page in
+    the whole run, meaningless to a user) replaced by the file and page."""
+    text = str(error) if error is not None else "could not be segmented"
+    head, sep, tail = text.partition(": ")
+    if sep and head.startswith("image "):
+        text = tail
+    where = f"{source} page {page}" if pages > 1 else str(source)
+    return f"{where}: {text}"
 
 
 def io_threads(providers: list[str]) -> tuple[int, int]:
@@ -75,20 +94,24 @@ def io_threads(providers: list[str]) -> tuple[int, int]:
 def run_pipeline(seg: Segmenter, todo: list[Item], threshold: float, report: OnError,
               progress: Progress | None) -> int:
     """Read ahead (thread pool) -> ``seg.predict_iter`` -> write behind (thread pool), files finished in
-    order. Returns images done."""
+    order. A file the segmenter refuses a page of (e.g. 16-bit pixels for a uint8-input model) is reported
+    by ``report`` and not written; the run goes on. Returns the images (pages) of the files written."""
     opened: deque[_Open] = deque()
     writes: deque[tuple[Item, Future[None]]] = deque()
+    rejected: dict[int, Exception] = {}  # page index in the run -> why the segmenter could not take it
     done = images = 0
     reading, writing = io_threads(seg.providers)
     with ThreadPoolExecutor(reading, "seg-read") as readers, ThreadPoolExecutor(writing, "seg-write") as writer:
         pages = _pages(todo, readers, seg.info.normalization, opened, report)
-        for prob in seg.predict_iter(pages):
-            entry = opened[0]
-            entry.probs.append(prob)
-            images += 1
-            if len(entry.probs) < len(entry.pages):
+        probs = seg.predict_iter(pages, on_error=rejected.__setitem__)
+        for index, prob in enumerate(probs):
+            if not opened[0].add(prob, rejected.pop(index, None)):
                 continue
-            opened.popleft()
+            entry = opened.popleft()
+            if entry.failure:
+                report(entry.failure)
+                continue
+            images += len(entry.pages)
             writes.append((entry.item, writer.submit(_write, entry, threshold)))
             behind = queue_limit(sum(p.nbytes for p in entry.probs), _WRITE_BEHIND_BYTES)
             while len(writes) > behind or (writes and writes[0][1].done()):

@@ -243,3 +243,43 @@ def test_a_run_that_writes_nothing_leaves_nothing_behind(model: Path, tmp_path: 
     (kept / "mine").mkdir(parents=True)  # a folder that existed before the run stays, with what it holds
     segment_paths(bad, model, kept, provider="cpu")
     assert sorted(p.name for p in kept.iterdir()) == ["mine"]
+
+
+def _uint8_input_model(tmp_path: Path) -> Path:
+    """A model that takes raw uint8 pixels (like ``seg export --uint8``): prob = pixel / 255."""
+    from onnx import TensorProto, helper
+
+    from seg.runtime.metadata import ModelInfo
+
+    x = helper.make_tensor_value_info("image", TensorProto.UINT8, [None, None, None, 1])
+    y = helper.make_tensor_value_info("prob", TensorProto.FLOAT, [None, None, None, 1])
+    scale = helper.make_tensor("k", TensorProto.FLOAT, [], [1 / 255])
+    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["f", "k"], ["prob"])]
+    model = helper.make_model(helper.make_graph(nodes, "u8", [x], [y], [scale]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    for key, value in ModelInfo(tile_size=64, size_multiple=16, halo=0).to_props().items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / "u8.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_a_page_the_model_refuses_fails_its_own_file_named(tmp_path: Path) -> None:
+    """A 16-bit image for a uint8-input model passes reading but not the segmenter: that file is reported by
+    name, the others are written, and the run goes on."""
+    model = _uint8_input_model(tmp_path)
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(images / "a.png")
+    tifffile.imwrite(images / "b.tif", rng.integers(0, 65535, (64, 64), dtype=np.uint16))
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(images / "c.png")
+    failures: list[str] = []
+    summary = segment_paths(images, model, tmp_path / "out", provider="cpu", on_error=failures.append)
+    assert failures == [f"{images / 'b.tif'}: {model} takes 8-bit pixels, this image is uint16; convert it to "
+                        "uint8 or use the float32 model"]
+    assert summary.images == 2 and summary.failures == failures
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a.png", "c.png"]
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "c.png"), to_mask(read_image(images / "c.png") / 255))
