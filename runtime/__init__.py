@@ -18,7 +18,7 @@ Internals (sessions, normalisation, tiling) stay importable from their modules, 
 ``seg.runtime.providers.make_session`` or ``seg.runtime.preprocess.normalize``.
 """
 
-from seg.runtime.errors import GateError, InputError, ProviderError, SegError, SegWarning
+from seg.runtime.errors import GateError, InputError, ProviderError, RunError, SegError, SegWarning
 from seg.runtime.folders import InferSummary, segment_paths
 from seg.runtime.io import read_image, read_pages, write_image
 from seg.runtime.metadata import ModelInfo
@@ -31,6 +31,7 @@ __all__ = [
     "InputError",
     "ModelInfo",
     "ProviderError",
+    "RunError",
     "SegError",
     "SegWarning",
     "Segmenter",

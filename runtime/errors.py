@@ -25,6 +25,12 @@ class ProviderError(SegError):
     exit_code = 2
 
 
+class RunError(SegError):
+    """onnxruntime failed while running a model on valid input (e.g. out of GPU memory). Exit 1."""
+
+    exit_code = 1
+
+
 class GateError(SegError):
     """A quality gate failed (e.g. ONNX/Keras parity). Exit 1; the gated output is not written."""
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from seg.runtime import tiling
-from seg.runtime.errors import InputError, SegError
+from seg.runtime.errors import InputError, RunError, SegError, first_line
 from seg.runtime.inputs import OnError, Report, is_stack, prepare_image, reporter
 from seg.runtime.metadata import read_model_info
 from seg.runtime.package import is_package, open_package
@@ -44,7 +44,8 @@ class Segmenter:
     physical core (at most 4) on the CPU, with bit-identical results; two on CUDA, whose copies then overlap
     kernels, each session with its own GPU memory and its own cuDNN algorithm choice (results equal to
     floating-point rounding).
-    ``session_options`` (an onnxruntime ``SessionOptions``, ``threads`` still applied to it when given) and
+    ``session_options`` (an onnxruntime ``SessionOptions``; ``threads``, or each stream's share of the cores,
+    still sets the sessions' intra-op threads, the object itself is left unchanged) and
     ``provider_options`` (merged into the running provider's options) pass through to onnxruntime.
 
     ``tile_size``/``halo``: from the model's metadata when None; ``tile_size=0`` runs each image whole
@@ -373,8 +374,25 @@ class Segmenter:
         with pool.lend() as session:
             self._open_pool()  # closed while this run waited for a free stream
             with self.stats.run():
-                (outputs,) = session.run([self._output], {self._input: inputs})
+                try:
+                    (outputs,) = session.run([self._output], {self._input: inputs})
+                except Exception as exc:
+                    if _from_onnxruntime(exc):
+                        raise self._run_error(exc, inputs.shape) from exc
+                    raise
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
+
+    def _run_error(self, exc: Exception, shape: tuple[int, ...]) -> RunError:
+        """One line: the model, the batch that failed, the provider, onnxruntime's reason and what to try."""
+        batch, height, width = shape[:3]
+        return RunError(f"{self.name}: onnxruntime failed on a batch of {batch} x {width}x{height} on "
+                        f"{self.providers[0].upper()} ({first_line(exc)}); if it ran out of memory, lower the "
+                        "batch size or the tile size")
+
+
+def _from_onnxruntime(exc: Exception) -> bool:
+    """Whether ``exc`` is one of onnxruntime's own errors (its pybind types, e.g. ``Fail``, ``RuntimeException``)."""
+    return type(exc).__module__.startswith("onnxruntime")
 
 
 def _crop_clip(out: np.ndarray, height: int, width: int) -> np.ndarray:

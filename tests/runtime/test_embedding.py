@@ -32,7 +32,7 @@ def make(**kwargs: Any) -> Segmenter:
 
 def test_top_level_names_are_the_embedding_api() -> None:
     assert sorted(seg.runtime.__all__) == sorted([
-        "GateError", "InferSummary", "InputError", "ModelInfo", "ProviderError", "SegError", "SegWarning",
+        "GateError", "InferSummary", "InputError", "ModelInfo", "ProviderError", "RunError", "SegError", "SegWarning",
         "Segmenter", "read_image", "read_pages", "segment_paths", "to_mask", "write_image",
     ])
     assert all(hasattr(seg.runtime, name) for name in seg.runtime.__all__)

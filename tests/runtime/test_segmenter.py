@@ -284,6 +284,8 @@ def test_rgb_input_becomes_gray_with_a_warning(rng: np.random.Generator) -> None
     [({"tile_size": 40}, "tile size 40 (tile_size, --tile) must be 0 (whole image) or a positive multiple of 16, "
                          "e.g. 32 or 48"),
      ({"halo": 40}, "halo 40 must be in 0..24 for 64-pixel tiles"),
+     ({"tile_size": 0, "halo": 8}, "halo 8 (halo, --halo): tiles overlap only when an image is tiled, and tile size "
+                                   "0 runs each image whole; leave the halo out, or give a tile size"),
      ({"blend": "box"}, "unknown blend 'box'; choose one of gaussian, ramp"),
      ({"batch_size": 0}, "batch size must be >= 1, got 0")],
 )
@@ -363,3 +365,27 @@ def test_wide_integer_images_match_uint8_and_warn_once() -> None:
         got = seg.predict(image.astype(np.int64))
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert len([w for w in caught if "int64" in str(w.message)]) == 1
+
+
+def _model_failing_at_run_time() -> bytes:
+    """A valid graph that onnxruntime loads but cannot run on most inputs: it reshapes every batch to 1x64x64."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, None, None, 1])
+    y = helper.make_tensor_value_info("prob", TensorProto.FLOAT, [None, None, None, 1])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [4], [1, 64, 64, 1])
+    graph = helper.make_graph([helper.make_node("Reshape", ["image", "shape"], ["prob"])], "bad", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_an_onnxruntime_failure_is_a_run_error_naming_the_batch(streams: int) -> None:
+    from seg.runtime.errors import RunError, SegError
+
+    with pytest.warns(SegWarning), Segmenter(_model_failing_at_run_time(), "cpu", tile_size=0,
+                                             streams=streams) as seg:
+        with pytest.raises(RunError, match=r"onnxruntime failed on a batch of 1 x 48x32 on CPU \(.*Reshape"):
+            seg.predict(np.zeros((32, 48), np.uint8))
+        assert issubclass(RunError, SegError) and RunError.exit_code == 1
