@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,8 @@ def make_session(
 
     ``options`` replaces the default ``session_options(threads)`` (e.g. to enable onnxruntime's profiler);
     ``threads`` (CPU intra-op threads, default physical cores) still applies: given with ``options``, it
-    sets ``options.intra_op_num_threads``. ``provider_options`` are merged into the options of the provider
+    is the session's ``intra_op_num_threads`` (the caller's ``options`` object is left unchanged).
+    ``provider_options`` are merged into the options of the provider
     that runs: over seg's CUDA defaults on CUDA, or the CPU's (which ignores keys it does not know).
     ``device_id`` (int >= 0) is the CUDA device. Raises ``ProviderError`` for an unknown provider or an
     unloadable CUDA provider, ``InputError`` for an unusable model file, a bad ``device_id`` or a
@@ -62,21 +63,8 @@ def make_session(
     extra = _provider_extras(provider_options, device_id)
     name = _model_name(model)
     source = _model_source(model, name)
-    options = _with_threads(options, threads)
-    if provider == "cpu":
-        session = _create(source, options, [(CPU_EP, extra)], name)
-    else:
-        problem = cuda_problem()
-        if problem is None:
-            cuda = {**_cuda_options(), "device_id": str(device_id), **extra}
-            session = _create(source, options, [(CUDA_EP, cuda), CPU_EP], name)
-            problem = None if CUDA_EP in session.get_providers() else (
-                f"onnxruntime fell back to the CPU (CUDA device {device_id}; is it a visible GPU?)")
-        if problem is not None and provider == "cuda":
-            raise ProviderError(f"{name}: CUDA provider cannot load: {problem}; fix: {CUDA_FIX}")
-        if problem is not None:
-            log.info("CUDA unavailable (%s); running on CPU", problem)
-            session = _create(source, options, [(CPU_EP, extra)], name)
+    with _with_threads(options, threads) as chosen:
+        session = _open_on(provider, source, chosen, extra, device_id, name)
     check_model_io(session, name)
     log.info("%s: running on %s", name, ", ".join(session_providers(session)))
     return session
@@ -103,13 +91,38 @@ def _provider_extras(provider_options: Mapping[str, object] | None, device_id: i
     return extra
 
 
-def _with_threads(options: ort.SessionOptions | None, threads: int | None) -> ort.SessionOptions:
-    """seg's default options for ``threads``, or ``options`` with ``threads`` (when given) set on it."""
+def _open_on(provider: str, source: str | bytes, options: ort.SessionOptions, extra: dict[str, str],
+             device_id: int, name: str) -> ort.InferenceSession:
+    """The session on ``provider`` ("cpu", "cuda" strict, "auto": CUDA else the CPU, logged)."""
+    if provider == "cpu":
+        return _create(source, options, [(CPU_EP, extra)], name)
+    problem = cuda_problem()
+    if problem is None:
+        cuda = {**_cuda_options(), "device_id": str(device_id), **extra}
+        session = _create(source, options, [(CUDA_EP, cuda), CPU_EP], name)
+        if CUDA_EP in session.get_providers():
+            return session
+        problem = f"onnxruntime fell back to the CPU (CUDA device {device_id}; is it a visible GPU?)"
+    if provider == "cuda":
+        raise ProviderError(f"{name}: CUDA provider cannot load: {problem}; fix: {CUDA_FIX}")
+    log.info("CUDA unavailable (%s); running on CPU", problem)
+    return _create(source, options, [(CPU_EP, extra)], name)
+
+
+@contextlib.contextmanager
+def _with_threads(options: ort.SessionOptions | None, threads: int | None) -> Iterator[ort.SessionOptions]:
+    """seg's default options for ``threads``, or the caller's ``options`` with ``threads`` (when given) set on
+    it while a session is made from it; the caller's object is left as it was given."""
     if options is None:
-        return session_options(threads)
+        yield session_options(threads)
+        return
+    given = options.intra_op_num_threads
     if threads:
         options.intra_op_num_threads = threads
-    return options
+    try:
+        yield options
+    finally:
+        options.intra_op_num_threads = given
 
 
 def session_providers(session: ort.InferenceSession) -> list[str]:
