@@ -118,6 +118,9 @@ def _resolve_tile(info: ModelInfo, shape: Sequence[object], name: str, tile_size
 
 def _resolve_halo(info: ModelInfo, tile: int, halo: int | None, multiple: int) -> int:
     if not tile:
+        if halo:
+            raise InputError(f"halo {halo} (halo, --halo): tiles overlap only when an image is tiled, and tile "
+                             "size 0 runs each image whole; leave the halo out, or give a tile size")
         return 0
     largest = (tile - multiple) // 2
     if halo is None:
