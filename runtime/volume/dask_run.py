@@ -101,7 +101,7 @@ def segment_volume(
     workers: int | None = None,
     threads_per_worker: int | None = None,
     block: int = 4096,
-    provider: str = "cpu",
+    provider: str = "auto",
     device_id: int = 0,
     threshold: float | None = None,
     prob_dtype: str = "uint8",
@@ -123,7 +123,8 @@ def segment_volume(
     one single-threaded worker per usable CPU; with ``provider="cuda"`` one worker per visible GPU from
     ``device_id`` on, worker i on device ``device_id + i``, 2 threads each). Each worker process holds one
     onnxruntime session; on the CPU each of its threads runs one block at a time on one core. ``provider``:
-    "cpu" | "cuda" (strict) | "auto". ``threshold`` defaults to the model's. ``tile_size``/``halo``/
+    "auto" (CUDA where it loads and a GPU is visible, else the CPU; as ``seg infer``) | "cuda" (strict) |
+    "cpu". ``threshold`` defaults to the model's. ``tile_size``/``halo``/
     ``batch_size``/``tta`` as for ``Segmenter``. ``progress(done, total, voxels)`` is called on the client as
     blocks finish; ``log(line)`` gets the dashboard address and the resume count.
 
