@@ -155,6 +155,15 @@ def test_resume_is_wired_with_its_budget(recorder: _Recorder) -> None:
     result = runner.invoke(app, ["train", "--resume", "old-run", "--time-budget", "60", "--quiet"])
     assert result.exit_code == 0, result.output
     assert recorder.calls[0] == ("resume", "old-run", {"progress": False, "time_budget": 60.0})
+    assert "ignored" not in result.output
+
+
+def test_resume_names_the_options_it_does_not_use(recorder: _Recorder) -> None:
+    result = runner.invoke(app, ["train", "--data", "elsewhere", "--resume", "old-run", "--width", "32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert recorder.calls[0][0] == "resume"
+    assert ("warning: --resume continues the run with the settings in its config.json; --data, --width ignored "
+            "(only --time-budget and --quiet apply)") in " ".join(result.output.split())
 
 
 def _modules_after(code: str) -> set[str]:

@@ -19,11 +19,12 @@ def evaluate_command(
     split: Annotated[str, Opt("--split", help="val (slices held out by training), test or train.")] = "val",
     figures: Annotated[Path | None, Opt("--figures", help="Write figures (PNG) into this folder.")] = None,
     json_out: Annotated[Path | None, Opt("--json", help="Write all scores as JSON to this file.")] = None,
-    provider: Annotated[str, Opt("--provider", help="For ONNX models: cpu, cuda or auto.")] = "cpu",
+    provider: Annotated[str, Opt("--provider", help="For ONNX models: cpu, cuda or auto (cpu by default, "
+                                        "so scores do not depend on the machine's GPU).")] = "cpu",
     val: Annotated[float, Opt("--val", help="Validation fraction used by training (for --split val).")] = 0.2,
     seed: Annotated[int, Opt("--seed", help="Seed used by training's split (for --split val).")] = 0,
-    threshold: Annotated[float | None, Opt("--threshold", help="Threshold for the pixel scores [default: the "
-                                           "model's own, chosen on validation by training]")] = None,
+    threshold: Annotated[float | None, Opt("--threshold", help="Threshold for the pixel scores (default: the "
+                                           "model's own, chosen on validation by training).")] = None,
     tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
 ) -> None:
     """Score a model with the seed's MSE and the ISBI 2012 scores (V_rand, V_info after thinning)."""
@@ -45,9 +46,9 @@ def evaluate_command(
     console.print(table)
     if json_out:
         write_json_atomic(json_out, report.to_dict())
-        console.print(f"scores written to {json_out}")
+        console.print(f"scores written to {json_out}", markup=False)
     for path in report.figures:
-        console.print(f"figure: {path}")
+        console.print(f"figure: {path}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

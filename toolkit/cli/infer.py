@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from seg.runtime.errors import InputError
@@ -114,12 +115,12 @@ def _infer_images(texts: list[str], model: Path, output: Path | None, **options:
         summary = segment_paths(
             texts, model, output, **options,
             progress=lambda done, total: update(completed=done, total=total),
-            on_error=lambda line: err_console.print(f"[red]failed:[/] {line}", soft_wrap=True),
+            on_error=lambda line: err_console.print(f"[red]failed:[/] {escape(line)}", soft_wrap=True),
         )
     console.print(_summary_line(summary), soft_wrap=True)
     if summary.failures:
         for line in summary.failures:
-            err_console.print(f"  [red]-[/] {line}", soft_wrap=True)
+            err_console.print(f"  [red]-[/] {escape(line)}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -129,7 +130,7 @@ def _summary_line(summary: InferSummary) -> str:
     timing = (f" in {summary.seconds:.1f} s ({summary.images_per_s:.2f} images/s; "
               f"compute {summary.compute_images_per_s:.2f} images/s)") if summary.images else ""
     skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
-    return (f"{plural(summary.images, 'image')} -> {summary.output_dir} on [bold]{summary.provider.upper()}[/]"
+    return (f"{plural(summary.images, 'image')} -> {escape(summary.output_dir)} on [bold]{summary.provider.upper()}[/]"
             f"{streams}{timing}{skipped}; {len(summary.failures)} failed")
 
 
@@ -159,13 +160,15 @@ def _infer_volume(texts: list[str], model: Path, output: Path | None, *, block: 
 
         summary = segment_volume(texts[0], model, output, block=4096 if block is None else block,
                                  prob_dtype="uint8" if prob_dtype is None else prob_dtype,
-                                 progress=progress, log=lambda line: err_console.print(line, soft_wrap=True),
+                                 progress=progress,
+                                 log=lambda line: err_console.print(line, soft_wrap=True, markup=False),
                                  **options)
     skipped = f"; {summary.skipped} already done, skipped" if summary.skipped else ""
     console.print(
         f"{summary.computed} of {plural(summary.blocks, 'block')} ({_mega(summary.voxels)} voxels) -> "
         f"{summary.output} in {summary.seconds:.1f} s ({_mega(summary.voxels_per_s)} voxels/s){skipped}",
         soft_wrap=True,
+        markup=False,
     )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from seg.toolkit.cli.console import command, console, plural, quiet_tensorflow
 
@@ -17,6 +18,7 @@ Opt = typer.Option
 
 @command
 def train_command(
+    context: typer.Context,
     data: Annotated[Path | None, Opt("--data", help="Dataset: DIR/train/{image,label} or ISBI stacks.")] = None,
     model: Annotated[str, Opt("--model", help="Architecture: unet (default) or cnn (the seed's plain CNN).")] = "unet",
     width: Annotated[int | None, Opt("--width", min=1, max=256,
@@ -59,6 +61,7 @@ def train_command(
     from seg import train
 
     if resume:
+        _warn_ignored_on_resume(context)
         result = train.resume(resume, progress=not quiet, time_budget=time_budget)
     else:
         if data is None:
@@ -73,7 +76,7 @@ def train_command(
         )
         result = train.fit(config, progress=not quiet)
     console.print(
-        f"run [bold]{result.run_dir}[/]: {plural(result.epochs, 'epoch')} on {result.device} "
+        f"run [bold]{escape(str(result.run_dir))}[/]: {plural(result.epochs, 'epoch')} on {result.device} "
         f"(stopped: {result.stopped}), "
         f"{result.crops_per_s:.1f} crops/s; best epoch {result.best_epoch}: "
         f"val MSE {result.val_mse:.4f}, val membrane F1 {result.val_f1:.4f}",
@@ -84,6 +87,27 @@ def train_command(
         console.print(f"labels sit ({dy:+.2f}, {dx:+.2f}) px (dy, dx) from their images; every flip kept them there",
                       soft_wrap=True)
     _write_figures(result.run_dir)
+
+
+RESUME_OPTIONS = {"resume", "time_budget", "quiet"}
+"""What ``--resume`` takes from the command line; everything else comes from the run's config.json."""
+
+
+def _warn_ignored_on_resume(context: typer.Context) -> None:
+    """One ``SegWarning`` naming the options given with ``--resume`` that it does not use (the run keeps its own)."""
+    import warnings
+
+    from seg.runtime.errors import SegWarning
+
+    def typed(name: str | None) -> bool:
+        source = context.get_parameter_source(name or "")
+        return source is not None and source.name == "COMMANDLINE"
+
+    given = [param.opts[0] for param in context.command.params if param.name not in RESUME_OPTIONS
+             and typed(param.name)]
+    if given:
+        warnings.warn(f"--resume continues the run with the settings in its config.json; {', '.join(given)} "
+                      "ignored (only --time-budget and --quiet apply)", SegWarning, stacklevel=2)
 
 
 def _model_spec(model: str, width: int | None, depth: int | None, stem: int | None, batch_norm: bool,
