@@ -25,17 +25,24 @@ from tests.runtime.test_providers import tiny_model
 SENTINEL = 7  # a pixel value no mask holds (masks are 0 or 255)
 
 
-@pytest.fixture
-def done(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """``(images, model, out)``: two images already segmented into ``out``, each mask then replaced by a
-    sentinel image (so a mask that is trusted instead of redone shows up)."""
+def _images_and_model(tmp_path: Path, names: list[str]) -> tuple[Path, Path, Path]:
+    """``(images, model, out)``: random 48x64 images with these names (PNG), the tiny folder model, and the
+    output folder (not made)."""
     model = tmp_path / "model.onnx"
     model.write_bytes(tiny_model(metadata=FOLDER_META))
     images, out = tmp_path / "images", tmp_path / "out"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for name in ("a", "b"):
+    for name in names:
         Image.fromarray(rng.integers(0, 255, (48, 64)).astype(np.uint8)).save(images / f"{name}.png")
+    return images, model, out
+
+
+@pytest.fixture
+def done(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """``(images, model, out)``: two images already segmented into ``out``, each mask then replaced by a
+    sentinel image (so a mask that is trusted instead of redone shows up)."""
+    images, model, out = _images_and_model(tmp_path, ["a", "b"])
     segment_paths(images, model, out, provider="cpu", save_prob=True)
     for name in ("a", "b"):
         Image.fromarray(np.full((48, 64), SENTINEL, np.uint8)).save(out / f"{name}.png")
@@ -163,13 +170,7 @@ def test_a_run_killed_after_new_settings_leaves_no_output_of_the_old_ones(tmp_pa
     """A rerun with another threshold records the new settings before it writes; killed after one file, the
     outputs it had not rewritten must not be left behind, or the next run would trust them as made with the
     new settings."""
-    model = tmp_path / "model.onnx"
-    model.write_bytes(tiny_model(metadata=FOLDER_META))
-    images, out = tmp_path / "images", tmp_path / "out"
-    images.mkdir()
-    rng = np.random.default_rng(1)
-    for k in range(8):
-        Image.fromarray(rng.integers(0, 255, (48, 64)).astype(np.uint8)).save(images / f"s{k}.png")
+    images, model, out = _images_and_model(tmp_path, [f"s{k}" for k in range(8)])
     segment_paths(images, model, out, provider="cpu", threshold=0.5)
     written = _die_after_one_write(monkeypatch)
     with pytest.warns(SegWarning, match="other threshold"), pytest.raises(_Killed):
