@@ -77,6 +77,14 @@ def jit_compile(on_gpu: bool) -> bool:
     return backend == "jax" or (backend == "tensorflow" and on_gpu)
 
 
+def batch_workers() -> int:
+    """Threads that build training batches ahead of the step: 1 on TensorFlow, whose ``tf.data`` pipeline
+    already runs the batch generator in a background thread and prefetches, 2 on JAX and PyTorch, where Keras
+    calls the generator inside the training loop, so on a GPU every step would wait for the host's
+    augmentation. Batches depend only on (seed, epoch, index), so the thread count never changes them."""
+    return 1 if name() == "tensorflow" else 2
+
+
 def versions() -> dict[str, str]:
     """``{"keras", "backend", <backend package>, "numpy"}`` versions, for a run's ``config.json``."""
     import keras

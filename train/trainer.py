@@ -204,7 +204,7 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
         per-pixel loss weights)``."""
 
         def __init__(self) -> None:
-            super().__init__(workers=1, use_multiprocessing=False)
+            super().__init__(workers=backend.batch_workers(), use_multiprocessing=False)
             self.epoch = first_epoch
 
         def __len__(self) -> int:
