@@ -23,6 +23,9 @@ from seg.runtime.providers import make_session
 from seg.runtime.scores import mask_agreement
 from seg.runtime.tiling import pad_to_multiple
 
+STACK_IMAGES, STACK_LABELS = "train-volume.tif", "train-labels.tif"
+"""The ISBI 2012 stacks ``seg train`` also reads (``seg.train.data``); the gate reads slices, not stacks."""
+
 ODD_SIZE = (768, 1024)
 BATCH = 4
 MAX_CALIB = 8
@@ -116,15 +119,21 @@ def image_paths(data: Path) -> tuple[list[Path], Path | None]:
     if not data.exists():
         raise InputError(f"{data}: no such folder; give --data a dataset folder (DIR/train/image) or image folder")
     image_dir = data / "train" / "image" if (data / "train" / "image").is_dir() else data
+    if image_dir == data and (data / STACK_IMAGES).is_file():
+        raise InputError(f"{data}: holds the ISBI stacks ({STACK_IMAGES}), not slices; give --data a folder of "
+                         f"slices, e.g. from: seg data import {data / STACK_IMAGES} {data / STACK_LABELS} DIR")
     label_dir = image_dir.parent / "label"
     return list_images(image_dir), label_dir if label_dir.is_dir() else None
 
 
 def _validation_first(paths: list[Path], config: dict[str, Any], data: Path) -> list[Path]:
+    """``paths`` with the run's validation slices first, when ``data`` is the run's dataset. Runs record each
+    slice's source file (``/data/train/image/04.png``); older ones recorded its name (``04``) or index."""
     run_data = config.get("data", {})
     same = run_data.get("dir") and Path(run_data["dir"]).resolve() == data.resolve()
     wanted = {str(v) for v in run_data.get("val_slices", [])} if same else set()
-    val = [p for i, p in enumerate(paths) if p.stem in wanted or str(i) in wanted]
+    files = {str(Path(v).resolve()) for v in wanted if Path(v).suffix}
+    val = [p for i, p in enumerate(paths) if str(p.resolve()) in files or p.stem in wanted or str(i) in wanted]
     return val + [p for p in paths if p not in val]
 
 

@@ -42,9 +42,21 @@ def test_cnn_receptive_field_counts_every_3x3_conv(depth: int) -> None:
 
 def test_validation_slices_come_first(tmp_path: Path) -> None:
     paths = [tmp_path / f"{i:02d}.png" for i in range(5)]
-    config = {"data": {"dir": str(tmp_path), "val_slices": ["03", "01"]}}
-    assert [p.stem for p in _validation_first(paths, config, tmp_path)] == ["01", "03", "00", "02", "04"]
-    assert [p.stem for p in _validation_first(paths, config, tmp_path / "other")] == ["00", "01", "02", "03", "04"]
+    recorded = {"dir": str(tmp_path), "val_slices": [str(tmp_path / "03.png"), str(tmp_path / "01.png")]}
+    assert [p.stem for p in _validation_first(paths, {"data": recorded}, tmp_path)] == ["01", "03", "00", "02", "04"]
+    older = {"dir": str(tmp_path), "val_slices": ["03", "01"]}  # runs that recorded names
+    assert [p.stem for p in _validation_first(paths, {"data": older}, tmp_path)] == ["01", "03", "00", "02", "04"]
+    elsewhere = _validation_first(paths, {"data": recorded}, tmp_path / "other")
+    assert [p.stem for p in elsewhere] == ["00", "01", "02", "03", "04"]
+
+
+def test_the_isbi_stacks_are_refused_with_the_command_that_makes_slices(tmp_path: Path) -> None:
+    from seg.export.parity import image_paths
+
+    (tmp_path / "train-volume.tif").write_bytes(b"stack")
+    with pytest.raises(InputError, match=r"holds the ISBI stacks \(train-volume.tif\), not slices; give --data a "
+                                         r"folder of slices, e.g. from: seg data import .*train-volume.tif"):
+        image_paths(tmp_path)
 
 
 def test_missing_weights(tmp_path: Path) -> None:
