@@ -80,6 +80,9 @@ def to_onnx(
     out = _check_out(Path(out))
     use_tensorflow_backend()  # before tf2onnx (and Keras with it) is first imported
     _check_numbers(opset, atol, min_agreement)
+    if calib is not None and not int8:
+        raise InputError(f"--calib {calib}: calibration images are only for the INT8 variant; add --int8, or "
+                         "drop --calib")
     if bioimageio:
         from seg.export import bioimageio as zoo
 
@@ -98,14 +101,8 @@ def to_onnx(
         transform(proto)
     result = _gate_fp32(source, proto, out, image_set, info, atol, min_agreement)
     result.cleanups = cleanups
-    options = variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs)
-    if fp16:
-        result.variants.append(variants.export_fp16(proto, out, image_set, info, options))
-    if calib_set is not None:
-        result.variants.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
-    if uint8:
-        result.variants.append(variants.export_uint8(proto, out, image_set, info, options))
-    _warn_stale_variants(out, {"fp16": fp16, "int8": int8, "u8": uint8})
+    result.variants = _export_variants(proto, out, image_set, calib_set, info, (fp16, uint8),
+                                       variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs))
     if bioimageio:
         result.package = zoo.write_package(out, result, image_set, run_dir=source.weights.parent)
     elif (stale := out.with_name(out.stem + ".bioimageio.zip")).exists():
@@ -114,13 +111,37 @@ def to_onnx(
     return result
 
 
+def _export_variants(proto: onnx.ModelProto, out: Path, image_set: parity.ImageSet, calib_set: parity.ImageSet | None,
+                     info: ModelInfo, fp16_uint8: tuple[bool, bool],
+                     options: variants.VariantOptions) -> list[variants.VariantReport]:
+    """The asked-for variants of the ``out`` just written, each behind its gate. An earlier export's file of a
+    kind asked for is deleted first (it was made from other weights), so a failed gate leaves none behind;
+    one of a kind not asked for is named in a ``SegWarning``, also when a gate fails."""
+    fp16, uint8 = fp16_uint8
+    asked = {"fp16": fp16, "int8": calib_set is not None, "u8": uint8}
+    for kind in (kind for kind, wanted in asked.items() if wanted):
+        variants.variant_path(out, kind).unlink(missing_ok=True)
+    made: list[variants.VariantReport] = []
+    try:
+        if fp16:
+            made.append(variants.export_fp16(proto, out, image_set, info, options))
+        if calib_set is not None:
+            made.append(variants.export_int8(proto, out, image_set, calib_set, info, options))
+        if uint8:
+            made.append(variants.export_uint8(proto, out, image_set, info, options))
+    finally:
+        _warn_stale_variants(out, asked)
+    return made
+
+
 def _warn_stale_variants(out: Path, made: dict[str, bool]) -> None:
     """One ``SegWarning`` per variant file beside ``out`` that this export did not write (an earlier one's)."""
     for kind, written in made.items():
         path = variants.variant_path(out, kind)
         if not written and path.exists():
+            flag = "uint8" if kind == "u8" else kind
             warnings.warn(f"{path}: left by an earlier export, not made from these weights; delete it or export "
-                          f"with --{kind}", SegWarning, stacklevel=3)
+                          f"with --{flag}", SegWarning, stacklevel=4)
 
 
 def _gate_fp32(source: Source, proto: onnx.ModelProto, out: Path, image_set: parity.ImageSet,

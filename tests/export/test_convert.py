@@ -120,6 +120,10 @@ def test_missing_data_dir_is_an_input_error(unet_run: Path, tmp_path: Path) -> N
     with pytest.raises(InputError, match="no such folder; give --data"):
         to_onnx(unet_run, tmp_path / "m.onnx", data=tmp_path / "nowhere")
     assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(InputError, match=r"--calib .*calib: calibration images are only for the INT8 variant; "
+                                         r"add --int8, or drop --calib"):
+        to_onnx(unet_run, tmp_path / "m.onnx", calib=tmp_path / "calib")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_a_label_of_the_wrong_shape_is_an_input_error_before_anything_is_written(unet_run: Path,

@@ -117,6 +117,23 @@ def test_a_variant_left_by_an_earlier_export_is_named(edge_run: Path, labelled_d
     assert (tmp_path / "model.int8.onnx").read_bytes() == b"an earlier export's"  # named, never deleted
 
 
+def test_a_failed_variant_gate_leaves_no_earlier_variant_and_names_the_others(edge_run: Path, labelled_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    """The FP32 model is replaced first; an earlier FP16 file (other weights) must not survive a failed FP16
+    gate, and an earlier u8 file, not asked for, is named with the flag that remakes it."""
+    from seg.export import to_onnx
+
+    out = tmp_path / "model.onnx"
+    for name in ("model.fp16.onnx", "model.u8.onnx"):
+        (tmp_path / name).write_bytes(b"an earlier export's")
+    with pytest.warns(SegWarning, match=r"model.u8.onnx: left by an earlier export, not made from these weights; "
+                                        r"delete it or export with --uint8"), \
+            pytest.raises(GateError, match=r"model.fp16.onnx: fp16 gate FAILED"):
+        to_onnx(edge_run, out, data=labelled_dir, fp16=True, max_delta_f1=-1.0, max_images=1, timing_runs=1)
+    assert out.is_file() and not (tmp_path / "model.fp16.onnx").exists()
+    assert (tmp_path / "model.u8.onnx").read_bytes() == b"an earlier export's"
+
+
 def test_the_u8_variant_takes_raw_pixels_and_gives_the_float_models_masks(edge_run: Path, labelled_dir: Path,
                                                                           tmp_path: Path) -> None:
     """``--uint8``: Cast and Div by 255 in front of the graph; fed uint8 tiles, it equals the float32 model fed
