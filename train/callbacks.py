@@ -16,6 +16,7 @@ import numpy as np
 
 from seg.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from seg.runtime.scores import best_pixel_threshold, membrane_f1, mse
+from seg.runtime.tiling import pad_to_multiple
 from seg.train import runs
 from seg.train.averaging import WeightAverage
 from seg.train.data import Slice
@@ -26,9 +27,9 @@ class ValidationScores(keras.callbacks.Callback):
     over the whole validation slices, and ``val_threshold`` with its ``val_pixel_error`` (the threshold with
     the fewest wrong pixels, ``seg.runtime.scores.best_pixel_threshold``) to the logs."""
 
-    def __init__(self, slices: list[Slice], loss: Any) -> None:
+    def __init__(self, slices: list[Slice], loss: Any, size_multiple: int = 1) -> None:
         super().__init__()
-        self.slices, self.loss = slices, keras.losses.get(loss)
+        self.slices, self.loss, self.size_multiple = slices, keras.losses.get(loss), size_multiple
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None or not self.slices:
@@ -45,8 +46,11 @@ class ValidationScores(keras.callbacks.Callback):
         return float(np.mean(keras.ops.convert_to_numpy(value)))
 
     def _predict(self, image: np.ndarray) -> np.ndarray:
-        out = self.model(image[None, :, :, None], training=False)
-        return np.asarray(out, dtype=np.float32)[0, :, :, 0]
+        """``(H, W) float32 in [0, 1]`` -> the model's ``(H, W)`` map, the slice padded as the runtime pads a
+        whole image (``pad_to_multiple`` of the model's size multiple) and cropped back."""
+        padded = pad_to_multiple(image, self.size_multiple)
+        out = self.model(padded[None, :, :, None], training=False)
+        return np.asarray(out, dtype=np.float32)[0, : image.shape[0], : image.shape[1], 0]
 
 
 class Checkpoints(keras.callbacks.Callback):

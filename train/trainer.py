@@ -313,7 +313,7 @@ def _epoch_callbacks(config: TrainConfig, run_dir: Path, state: dict[str, Any], 
     from seg.train.callbacks import Checkpoints, ValidationScores
     from seg.train.losses import get_loss
 
-    validation = ValidationScores(val_set, get_loss(config.loss))
+    validation = ValidationScores(val_set, get_loss(config.loss), config.model.size_multiple)
     if not config.ema:
         return [schedule, validation, Checkpoints(run_dir, state, history)]
     average = WeightAverage(config.ema, run_dir, resume_steps=int(state["steps"]) if state["epoch"] > 0 else None)

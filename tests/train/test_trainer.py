@@ -79,3 +79,23 @@ def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path:
 def test_seed_cnn_trains_one_epoch(isbi_dir: Path, tmp_path: Path) -> None:
     result = train.fit(_config(isbi_dir, tmp_path, model=ModelSpec("cnn", 8, 2), epochs=1), progress=False)
     assert result.epochs == 1 and (result.run_dir / "model.keras").is_file()
+
+
+def test_validation_slices_of_any_size_are_padded_like_the_runtime_pads_them(tmp_path: Path) -> None:
+    """100x100 slices are no multiple of this U-Net's 8 pixels: validation pads and crops back, as the runtime
+    and export do, instead of failing at the first epoch's end."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for kind in ("image", "label"):
+        (tmp_path / "data" / "train" / kind).mkdir(parents=True)
+    for k in range(4):
+        label = (rng.random((100, 100)) > 0.3).astype(np.uint8) * 255
+        Image.fromarray(label).save(tmp_path / "data" / "train" / "label" / f"{k}.png")
+        Image.fromarray(rng.integers(0, 255, (100, 100), dtype=np.uint8)).save(
+            tmp_path / "data" / "train" / "image" / f"{k}.png")
+    config = _config(tmp_path / "data", tmp_path, epochs=1, steps_per_epoch=2, batch=2, crop=32, val=0.5)
+    assert config.model.size_multiple == 8
+    result = train.fit(config, progress=False)
+    assert result.epochs == 1 and 0.0 <= result.val_f1 <= 1.0 and result.val_mse > 0
