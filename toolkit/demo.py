@@ -44,7 +44,7 @@ def run_demo(out: Path = Path("runs/demo"), data: Path | None = None, budget_s: 
     model = _export_stage(report, run_dir, say)
     _infer_stage(report, model, say)
     _volume_stage(report, model, say)
-    _evaluate_stage(report, model, say)
+    _evaluate_stage(report, model, run_dir, say)
     write_text_atomic(out / "report.md", render_report(report))
     say(f"report: {out / 'report.md'}")
     return report
@@ -71,7 +71,7 @@ def _train_stage(report: DemoReport, budget_s: float, seed: int, width: int, say
     from seg.train.models import ModelSpec
 
     run_dir = report.out / "runs" / "demo"
-    if (run_dir / runs.LAST_MODEL).is_file():
+    if (run_dir / runs.CONFIG).is_file():  # started before: resume (from scratch if no epoch finished)
         result = train.resume(run_dir, progress=progress)
     else:
         config = train.TrainConfig(data=str(report.data), model=ModelSpec(width=width), time_budget=budget_s,
@@ -164,12 +164,14 @@ def _volume_stage(report: DemoReport, model: Path, say: Say, workers: int = 2, l
         f"({'the same answer' if same else 'DIFFERENT'})")
 
 
-def _evaluate_stage(report: DemoReport, model: Path, say: Say) -> None:
+def _evaluate_stage(report: DemoReport, model: Path, run_dir: Path, say: Say) -> None:
     from seg.toolkit.evaluation.evaluate import evaluate
 
     has_test_labels = (report.data / "test" / "label").is_dir()
     split = "test" if has_test_labels else "val"
-    result = evaluate(model, report.data, split, figures=report.out / "figures")
+    trained = runs.read_json(run_dir / runs.CONFIG)["train"]  # the held-out slices are those of its split
+    result = evaluate(model, report.data, split, figures=report.out / "figures", val=float(trained["val"]),
+                      seed=int(trained["seed"]))
     report.figures += [Path(p) for p in result.figures]
     report.numbers["evaluate"] = {"split": split, "slices": len(result.slice_names),
                                   **{k: result.scores[k] for k in ("mse", "pixel_error", "membrane_f1",

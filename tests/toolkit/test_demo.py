@@ -43,3 +43,29 @@ def test_demo_on_a_tiny_budget_writes_a_complete_report(tmp_path: Path) -> None:
     again: list[str] = []
     run_demo(tmp_path / "demo", budget_s=8, width=4, say=again.append, progress=False, synth=(8, 256))
     assert again[0].startswith("data: reusing synthetic slices")
+
+
+class _Resumed(Exception):
+    """Stops the train stage once it has chosen to resume."""
+
+
+def test_a_demo_killed_before_its_first_epoch_resumes_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill before the first epoch leaves the run folder with only config.json: the rerun resumes that run
+    (``seg.train.resume`` starts it over) instead of refusing a run name that exists."""
+    from seg import train
+    from seg.toolkit import demo
+
+    run_dir = tmp_path / "demo" / "runs" / "demo"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    resumed: list[Path] = []
+
+    def resume(run: Path, progress: bool = True) -> None:
+        resumed.append(Path(run))
+        raise _Resumed
+
+    monkeypatch.setattr(train, "resume", resume)
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("started a new run over the old one"))
+    with pytest.raises(_Resumed):
+        demo._train_stage(demo.DemoReport(tmp_path / "demo", tmp_path / "data"), 8, 0, 4, lambda line: None, False)
+    assert resumed == [run_dir]
