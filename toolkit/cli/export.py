@@ -33,7 +33,8 @@ def export(
     bioimageio: Annotated[bool, typer.Option("--bioimageio", help="Also write OUT.bioimageio.zip, a bioimage.io "
                                              "model package (needs the zoo extra of seg-toolkit).")] = False,
 ) -> None:
-    """Export a trained Keras model to ONNX; fails (exit 1, nothing written) unless ONNX matches Keras."""
+    """Export a trained Keras model to ONNX; fails (exit 1, no model written, OUT.parity.json says why) unless
+    ONNX matches Keras."""
     from seg.export import to_onnx
     from seg.export.convert import use_tensorflow_backend
     from seg.train.runs import resolve_model
