@@ -21,8 +21,10 @@ def evaluate_command(
     json_out: Annotated[Path | None, Opt("--json", help="Write all scores as JSON to this file.")] = None,
     provider: Annotated[str, Opt("--provider", help="For ONNX models: cpu, cuda or auto (cpu by default, "
                                         "so scores do not depend on the machine's GPU).")] = "cpu",
-    val: Annotated[float, Opt("--val", help="Validation fraction used by training (for --split val).")] = 0.2,
-    seed: Annotated[int, Opt("--seed", help="Seed used by training's split (for --split val).")] = 0,
+    val: Annotated[float, Opt("--val", help="Validation fraction used by training (for --split val; a "
+                              "model.keras in its run folder uses its run's).")] = 0.2,
+    seed: Annotated[int, Opt("--seed", help="Seed used by training's split (for --split val; a model.keras in "
+                             "its run folder uses its run's).")] = 0,
     threshold: Annotated[float | None, Opt("--threshold", help="Threshold for the pixel scores (default: the "
                                            "model's own, chosen on validation by training).")] = None,
     tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
