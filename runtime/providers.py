@@ -29,7 +29,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from seg.runtime.errors import InputError, ProviderError, first_line
+from seg.runtime.errors import InputError, ProviderError, RunError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,21 @@ def _with_threads(options: ort.SessionOptions | None, threads: int | None) -> It
         yield options
     finally:
         options.intra_op_num_threads = given
+
+
+@contextlib.contextmanager
+def run_errors(name: str, provider: str, shape: tuple[int, ...]) -> Iterator[None]:
+    """Around a ``session.run`` of model ``name`` on a ``(B, H, W, 1)`` batch of ``shape``: onnxruntime's own
+    errors (its pybind types, e.g. ``Fail``) become one-line ``RunError``s naming the model, the batch, the
+    provider, onnxruntime's reason and what to try; other exceptions pass unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        batch, height, width = shape[:3]
+        raise RunError(f"{name}: onnxruntime failed on a batch of {batch} x {width}x{height} on {provider.upper()} "
+                       f"({first_line(exc)}); if it ran out of memory, lower the batch size or the tile size") from exc
 
 
 def session_providers(session: ort.InferenceSession) -> list[str]:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from seg.runtime import tiling
-from seg.runtime.errors import InputError, RunError, SegError, first_line
+from seg.runtime.errors import InputError, SegError
 from seg.runtime.inputs import OnError, Report, is_stack, prepare_image, reporter
 from seg.runtime.metadata import read_model_info
 from seg.runtime.package import is_package, open_package
 from seg.runtime.plan import TilePlan
 from seg.runtime.preprocess import scale_small_integers
-from seg.runtime.providers import check_device_id, make_session, session_providers
+from seg.runtime.providers import check_device_id, make_session, run_errors, session_providers
 from seg.runtime.region import region_tiles
 from seg.runtime.stats import RunStats
 from seg.runtime.streams import SessionPool, open_sessions, ordered_runs
@@ -373,26 +373,9 @@ class Segmenter:
             inputs = np.concatenate([inputs, np.zeros((fixed - count, *inputs.shape[1:]), inputs.dtype)])
         with pool.lend() as session:
             self._open_pool()  # closed while this run waited for a free stream
-            with self.stats.run():
-                try:
-                    (outputs,) = session.run([self._output], {self._input: inputs})
-                except Exception as exc:
-                    if _from_onnxruntime(exc):
-                        raise self._run_error(exc, inputs.shape) from exc
-                    raise
+            with self.stats.run(), run_errors(self.name, self.providers[0], inputs.shape):
+                (outputs,) = session.run([self._output], {self._input: inputs})
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
-
-    def _run_error(self, exc: Exception, shape: tuple[int, ...]) -> RunError:
-        """One line: the model, the batch that failed, the provider, onnxruntime's reason and what to try."""
-        batch, height, width = shape[:3]
-        return RunError(f"{self.name}: onnxruntime failed on a batch of {batch} x {width}x{height} on "
-                        f"{self.providers[0].upper()} ({first_line(exc)}); if it ran out of memory, lower the "
-                        "batch size or the tile size")
-
-
-def _from_onnxruntime(exc: Exception) -> bool:
-    """Whether ``exc`` is one of onnxruntime's own errors (its pybind types, e.g. ``Fail``, ``RuntimeException``)."""
-    return type(exc).__module__.startswith("onnxruntime")
 
 
 def _crop_clip(out: np.ndarray, height: int, width: int) -> np.ndarray:
