@@ -101,8 +101,8 @@ def to_onnx(
         transform(proto)
     result = _gate_fp32(source, proto, out, image_set, info, atol, min_agreement)
     result.cleanups = cleanups
-    result.variants = _export_variants(proto, out, image_set, calib_set, info, (fp16, uint8),
-                                       variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs))
+    options = variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs)
+    result.variants = _export_variants(proto, out, image_set, calib_set, info, options, fp16=fp16, uint8=uint8)
     if bioimageio:
         result.package = zoo.write_package(out, result, image_set, run_dir=source.weights.parent)
     elif (stale := out.with_name(out.stem + ".bioimageio.zip")).exists():
@@ -112,12 +112,12 @@ def to_onnx(
 
 
 def _export_variants(proto: onnx.ModelProto, out: Path, image_set: parity.ImageSet, calib_set: parity.ImageSet | None,
-                     info: ModelInfo, fp16_uint8: tuple[bool, bool],
-                     options: variants.VariantOptions) -> list[variants.VariantReport]:
+                     info: ModelInfo, options: variants.VariantOptions, *, fp16: bool,
+                     uint8: bool) -> list[variants.VariantReport]:
     """The asked-for variants of the ``out`` just written, each behind its gate. An earlier export's file of a
     kind asked for is deleted first (it was made from other weights), so a failed gate leaves none behind;
-    one of a kind not asked for is named in a ``SegWarning``, also when a gate fails."""
-    fp16, uint8 = fp16_uint8
+    one of a kind not asked for is named in a ``SegWarning``, also when a gate fails. INT8 is asked for by
+    its calibration images (``calib_set``)."""
     asked = {"fp16": fp16, "int8": calib_set is not None, "u8": uint8}
     for kind in (kind for kind, wanted in asked.items() if wanted):
         variants.variant_path(out, kind).unlink(missing_ok=True)
