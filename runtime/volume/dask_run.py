@@ -174,6 +174,7 @@ def _prepare(input: str | os.PathLike[str], model: str | os.PathLike[str], outpu
         raise InputError(f"--prob-dtype {prob_dtype!r} is not one of {', '.join(PROB_DTYPES)}")
     check_device_id(device_id)
     source = open_volume(input)
+    _check_apart(source, output)
     _check_float_range(source)
     path, digest = _model_file(model)
     with Segmenter(path, provider="cpu", tile_size=tile_size, halo=halo, batch_size=batch_size, tta=tta,
@@ -184,10 +185,26 @@ def _prepare(input: str | os.PathLike[str], model: str | os.PathLike[str], outpu
         _, height, width = source.shape
         settings: dict[str, object] = {
             "model_sha256": digest, "threshold": cut, "block": int(block), "tile": seg.tile_for(height, width),
-            "halo": seg.halo, "tta": tta, "blend": seg.blend, "prob_dtype": prob_dtype, "source": source.spec}
+            "halo": seg.halo, "tta": tta, "blend": seg.blend, "prob_dtype": prob_dtype, "source": _identity(source)}
         blocks = plan_blocks(source.shape, block, seg.halo, name="--block")
     spec = ModelSpec(path, digest, provider, device_id, spread_gpus, tile_size, halo, batch_size, tta)
     return _Job(source, blocks, spec, settings)
+
+
+def _identity(source: VolumeSource) -> str:
+    """The volume an output was made from, as its resume record keeps it: the real absolute path (and HDF5
+    dataset), so ``vol.zarr``, ``./vol.zarr/`` and ``/data/vol.zarr`` resume one output and a same-named
+    volume elsewhere does not."""
+    real = os.path.realpath(source.path)
+    return f"{real}:{source.inner}" if source.inner else real
+
+
+def _check_apart(source: VolumeSource, output: str | os.PathLike[str]) -> None:
+    """``InputError`` when the output store is the input, holds it or sits inside it: replacing the output
+    (``--overwrite``) would delete the volume being read."""
+    src, out = os.path.realpath(source.path), os.path.realpath(output)
+    if src == out or src.startswith(out + os.sep) or out.startswith(src + os.sep):
+        raise InputError(f"{output}: is, holds or sits inside the input {source.spec}; choose another --output")
 
 
 def _check_float_range(source: VolumeSource) -> None:

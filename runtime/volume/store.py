@@ -264,7 +264,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _short(value: Any) -> str:
+    """A setting's value, short: a digest by its start, a path by its end (where two paths differ)."""
     text = value if isinstance(value, str) else json.dumps(value)
+    if isinstance(value, str) and os.sep in value:
+        return text if len(text) <= 60 else "..." + text[-57:]
     return text if len(text) <= 24 else text[:12] + "..."
 
 

@@ -132,6 +132,32 @@ def test_a_run_stopped_after_some_blocks_resumes(dask_client: object, volume_mod
     assert_matches(out, expected)
 
 
+def test_resume_knows_the_volume_by_its_real_path_not_its_spelling(dask_client: object, volume_model: Path,
+                                                                   synth_volume: Synth, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``./synth.zarr/`` from its folder resumes the output of ``/abs/synth.zarr``; a copy of the volume elsewhere,
+    under the same name, does not (its blocks would mix two volumes)."""
+    import shutil
+
+    path, _ = synth_volume
+    out = tmp_path / "out.zarr"
+    first = segment_volume(path, volume_model, out, client=dask_client, block=1024, prob_dtype="float32")
+    monkeypatch.chdir(path.parent)
+    again = segment_volume(f"./{path.name}/", volume_model, out, client=dask_client, block=1024, prob_dtype="float32")
+    assert (again.computed, again.skipped) == (0, first.blocks)
+    copy = shutil.copytree(path, tmp_path / "elsewhere" / path.name)
+    with pytest.raises(InputError, match=r"an existing seg output that differs \(source .* there, .*elsewhere"):
+        segment_volume(copy, volume_model, out, client=dask_client, block=1024, prob_dtype="float32")
+
+
+def test_an_output_that_is_or_holds_the_input_is_refused(volume_model: Path, synth_volume: Synth) -> None:
+    path, _ = synth_volume
+    for output in (path, path.parent):  # --overwrite would delete the volume being read
+        with pytest.raises(InputError, match=r"is, holds or sits inside the input .*synth.zarr; choose another"):
+            segment_volume(path, volume_model, output, overwrite=True)
+    assert (path / "zarr.json").is_file()
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"block": 1000}, "--block 1000: must be a positive multiple of 512"),
     ({"halo": 600, "tile_size": 1280, "block": 512}, "smaller than the model's halo (600 px)"),
