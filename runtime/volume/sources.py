@@ -345,6 +345,9 @@ def _open_tiff(spec: str, path: Path) -> VolumeSource:
                 series = tif.series[0]
     except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
         raise InputError(f"{spec}: corrupt or unreadable TIFF ({type(exc).__name__}: {exc})") from None
+    if "S" in series.axes:  # samples per pixel: an RGB(A) image, not slices
+        raise InputError(f"{spec}: an RGB TIFF (axes {series.axes}), not a gray stack; convert it to gray, one "
+                         "page per slice")
     return _checked(spec, "tiff", str(path), tuple(series.shape), series.dtype, options=options)
 
 

@@ -223,7 +223,11 @@ def test_channel_axes(tmp_path: Path, volume: np.ndarray) -> None:
     assert _error(tmp_path / "rgb.zarr") == (f"{tmp_path / 'rgb.zarr'}: shape (2, 8, 8, 3) has a channel axis of "
                                              "size 3: give a single-channel volume")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 8, 8, 3), np.uint8), photometric="rgb")
-    assert _error(tmp_path / "rgb.tif").endswith("has a channel axis of size 3: give a single-channel volume")
+    assert _error(tmp_path / "rgb.tif").endswith("not a gray stack; convert it to gray, one page per slice")
+    for name, pixels, planar in (("one.tif", np.zeros((500, 600, 3), np.uint8), None),  # read as 500 slices before
+                                 ("planar.tif", np.zeros((3, 50, 60), np.uint8), "separate")):  # as 3 slices
+        tifffile.imwrite(tmp_path / name, pixels, photometric="rgb", planarconfig=planar)
+        assert _error(tmp_path / name).startswith(f"{tmp_path / name}: an RGB TIFF (axes ")
 
 
 def test_leading_size_one_axes_of_a_plain_array_are_squeezed(tmp_path: Path, volume: np.ndarray) -> None:
