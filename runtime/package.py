@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, OSError)
+"""What reading a zip member raises when the archive is damaged (a bad CRC, corrupt deflate data, a cut file)
+or needs a password."""
 SCALES = {"uint8": 255.0, "uint16": 65535.0}  # input dtype -> what seg divides by (dtype-range); floats: 1
 FLOATS = ("float32", "float64")
 AXES = (("batch", "batch"), ("space", "y"), ("space", "x"), ("channel", "channel"))  # (type, id): NHWC
@@ -107,7 +111,9 @@ def _read_rdf(archive: zipfile.ZipFile) -> dict[str, Any]:
         raise Refused(f"no {' or '.join(RDF_NAMES)} inside: not a bioimage.io package")
     try:
         rdf = yaml.safe_load(archive.read(name).decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+    except UNREADABLE as exc:
+        raise Refused(f"{name} cannot be read ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise Refused(f"{name} is not valid YAML{line} ({getattr(exc, 'problem', None) or exc})") from None
@@ -136,7 +142,7 @@ def _read_weights(archive: zipfile.ZipFile, rdf: dict[str, Any]) -> bytes:
         data = archive.read(source)
     except KeyError:
         raise Refused(f"weights {source} named in rdf.yaml are missing from the package") from None
-    except (zipfile.BadZipFile, OSError) as exc:
+    except UNREADABLE as exc:
         raise Refused(f"weights {source} cannot be read ({exc})") from None
     expected = str(onnx.get("sha256") or "").lower()
     actual = hashlib.sha256(data).hexdigest()

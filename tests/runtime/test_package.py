@@ -241,3 +241,20 @@ def test_import_runtime_loads_no_yaml_bioimageio_dask_or_zarr() -> None:
             "('yaml', 'bioimageio', 'dask', 'zarr')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_damaged_zip_member_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Compressed weights with damaged deflate data (zlib.error inside zipfile): one line naming the package."""
+    weights = tiny_model()
+    package = tmp_path / "packed.bioimageio.zip"
+    with zipfile.ZipFile(package, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("rdf.yaml", yaml.safe_dump(_foreign_rdf(weights), sort_keys=False))
+        archive.writestr("weights.onnx", weights + bytes(4096))
+    with zipfile.ZipFile(package) as archive:
+        info = archive.getinfo("weights.onnx")
+    raw = bytearray(package.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)  # the compressed data
+    raw[start:start + 8] = b"\xff" * 8
+    package.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"packed.bioimageio.zip: weights weights.onnx cannot be read \("):
+        Segmenter(package, provider="cpu")
