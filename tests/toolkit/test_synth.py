@@ -142,6 +142,8 @@ def test_overwrite_replaces_train_and_test_but_keeps_other_files(tmp_path: Path)
                                    "train/label/00.png", "train/label/01.png"]
     assert np.array_equal(read_image(out / "train/image/00.png"), synth_slice(np.random.default_rng([5, 0]), 32)[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    synthesize(out, n=1, size=32, seed=7, overwrite=True)  # no test split this time: the old one goes too
+    assert sorted(_files(out)) == ["README.txt", "train/image/00.png", "train/label/00.png"]
 
 
 def test_empty_existing_folder_is_used(tmp_path: Path) -> None:

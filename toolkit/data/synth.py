@@ -257,4 +257,6 @@ def synthesize(
             membrane += float((label == 0).mean())
         if n_test == 0:
             shutil.rmtree(stage / "test")
+    if n_test == 0:  # no test split this time: an earlier one (of other slices) must not stay behind
+        shutil.rmtree(Path(out) / "test", ignore_errors=True)
     return SynthSummary(Path(out), n - n_test, n_test, size, seed, membrane / n, time.perf_counter() - start)
