@@ -65,6 +65,7 @@ def _other_output(out: Path, change: str) -> None:
     ("bad scheduler address", "nonsense: cannot reach the Dask scheduler (missing port number"),
     ("missing model", "nope.onnx: no such model file"),
     ("overlay", "--overlay is for images"),
+    ("save-prob", "--save-prob is for images; a volume's output always holds the probability"),
     ("streams", "--streams is for images; a volume runs one block per Dask worker thread"),
     ("not a zarr output", "a volume is written to an OME-Zarr; give --output OUT.zarr"),
     ("output of another shape", "differs (shape [2, 600, 700] there, [1, 600, 700] now"),
@@ -92,6 +93,7 @@ def test_bad_volume_input_exits_2_with_one_line_and_writes_nothing(case: str, me
         "bad scheduler address": ["--scheduler", "nonsense"],
         "missing model": ["-m", str(tmp_path / "nope.onnx")],
         "overlay": ["--overlay"],
+        "save-prob": ["--save-prob"],
         "streams": ["--streams", "2"],
         "not a zarr output": ["-o", str(tmp_path / "masks")],
     }.get(case, [])

@@ -90,6 +90,9 @@ def infer(
     if _is_volume_run(texts, output):
         if overlay:
             raise InputError("--overlay is for images; a volume's output holds the probability and the mask")
+        if save_prob:
+            raise InputError("--save-prob is for images; a volume's output always holds the probability "
+                             "(uint8 by default; --prob-dtype float32 keeps it exact)")
         if streams is not None:
             raise InputError("--streams is for images; a volume runs one block per Dask worker thread "
                              "(--workers, --threads-per-worker)")
