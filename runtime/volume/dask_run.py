@@ -333,6 +333,8 @@ def _run_blocks(client: Client, job: _Job, out: VolumeOutput, todo: Sequence[Blo
     try:
         for future in as_completed(futures):
             _, count = future.result()
+            if isinstance(count, str):  # the block's pixels are unusable: no retry can fix that
+                raise InputError(count)
             done, voxels = done + 1, voxels + int(count)
             if progress:
                 progress(done, len(todo), voxels)

@@ -105,16 +105,21 @@ def dask_setup(worker: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_block(source: VolumeSource, output: VolumeOutput, block: Block, spec: ModelSpec) -> tuple[str, int]:
+def run_block(source: VolumeSource, output: VolumeOutput, block: Block, spec: ModelSpec) -> tuple[str, int | str]:
     """Segment ``block`` of ``source`` into ``output``: ``predict_region`` over slice ``block.z``'s own tile
     grid (so the answer does not depend on the block size), write the ``(h, w) float32`` probability (and
-    mask) at every level, then mark the block done. Returns ``(block.key, block.voxels)``.
+    mask) at every level, then mark the block done. Returns ``(block.key, block.voxels)``, or ``(block.key,
+    message)`` when the block's pixels are unusable (an ``InputError`` naming the volume and slice): returned,
+    not raised, so Dask neither retries it nor logs a traceback on the worker.
 
     A worker killed anywhere before ``mark_done`` leaves the block unmarked: it is redone, never trusted."""
     seg = worker_segmenter(spec)
     _, height, width = source.shape
-    prob = seg.predict_region(lambda rows, cols: source.read(block.z, rows, cols), (height, width), block.rows,
-                              block.cols)  # (h, w) float32 in [0, 1]
+    try:
+        prob = seg.predict_region(lambda rows, cols: source.read(block.z, rows, cols), (height, width),
+                                  block.rows, block.cols)  # (h, w) float32 in [0, 1]
+    except InputError as exc:
+        return block.key, f"{source.spec}: slice {block.z}, {exc}"
     output.write(block, prob)
     output.mark_done(block)
     return block.key, block.voxels

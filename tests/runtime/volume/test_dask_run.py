@@ -216,3 +216,17 @@ def test_sixteen_slices_of_2048_give_the_whole_slice_answer_for_every_block_size
         assert summary.computed == 16 * (2048 // block) ** 2
         assert_matches(out, expected)
         shutil.rmtree(out)
+
+
+def test_unusable_pixels_in_a_later_slice_name_the_volume_and_the_slice(dask_client: object, volume_model: Path,
+                                                                         tmp_path: Path) -> None:
+    """Slice 0 passes the up-front check; slice 1 holds a float pixel outside [0, 1]. The error is one line with
+    the volume and the slice, raised once (a block's unusable pixels are returned, not retried)."""
+    volume = np.full((2, 512, 512), 0.5, np.float32)
+    volume[1, 10, 10] = 3.0
+    path = write_zarr(tmp_path / "floats.zarr", volume)
+    with pytest.raises(InputError) as caught:
+        segment_volume(path, volume_model, tmp_path / "out.zarr", client=dask_client, block=512)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: slice 1, region 0:512, 0:512: float pixels outside [0, 1]"), message
+    assert "\n" not in message
