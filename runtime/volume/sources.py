@@ -179,7 +179,8 @@ def open_volume(spec: str | os.PathLike[str]) -> VolumeSource:
         return _open_zarr(text, path)
     if path.is_dir():
         raise InputError(f"{text}: a folder without Zarr metadata, not a volume store; give a .zarr array or "
-                         "OME-Zarr image (for a folder of images use seg infer)")
+                         "OME-Zarr image (images in a folder are segmented into a folder of masks: give an "
+                         "--output that is not a .zarr)")
     if not path.exists():
         raise InputError(f"{text}: no such file or folder; check the path")
     raise InputError(f"{text}: not a volume store; give a .zarr array or OME-Zarr image, a multi-page "
@@ -215,6 +216,9 @@ def _rank_error(spec: str, shape: tuple[int, ...]) -> InputError:
                           "use seg infer on image files")
     if len(shape) > 3:
         channels = shape[-1] if shape[-1] <= 4 else shape[0]
+        if channels == 1:  # a trailing (Z, Y, X, 1): one channel already, but stored as a fourth axis
+            return InputError(f"{spec}: shape {shape} has a trailing channel axis of size 1; store the volume "
+                              "as (Z, Y, X)")
         return InputError(f"{spec}: shape {shape} has a channel axis of size {channels}: "
                           "give a single-channel volume")
     return InputError(f"{spec}: a {len(shape)}-D array of shape {shape}, not a (Z, Y, X) volume; "

@@ -195,7 +195,8 @@ def test_a_folder_that_is_not_zarr(tmp_path: Path) -> None:
                                                ".zarray or .zgroup); give a .zarr array or OME-Zarr image")
     (tmp_path / "pngs").mkdir()
     assert _error(tmp_path / "pngs") == (f"{tmp_path / 'pngs'}: a folder without Zarr metadata, not a volume store; "
-                                         "give a .zarr array or OME-Zarr image (for a folder of images use seg infer)")
+                                         "give a .zarr array or OME-Zarr image (images in a folder are "
+                                         "segmented into a folder of masks: give an --output that is not a .zarr)")
     (tmp_path / "broken.zarr").mkdir()
     (tmp_path / "broken.zarr" / "zarr.json").write_text("{")
     assert _error(tmp_path / "broken.zarr").startswith(f"{tmp_path / 'broken.zarr'}: unreadable Zarr metadata (")
@@ -222,6 +223,9 @@ def test_channel_axes(tmp_path: Path, volume: np.ndarray) -> None:
     _zarr_array(tmp_path / "rgb.zarr", np.zeros((2, 8, 8, 3), np.uint8), 3)
     assert _error(tmp_path / "rgb.zarr") == (f"{tmp_path / 'rgb.zarr'}: shape (2, 8, 8, 3) has a channel axis of "
                                              "size 3: give a single-channel volume")
+    _zarr_array(tmp_path / "gray4.zarr", np.zeros((2, 8, 8, 1), np.uint8), 3)
+    assert _error(tmp_path / "gray4.zarr") == (f"{tmp_path / 'gray4.zarr'}: shape (2, 8, 8, 1) has a trailing "
+                                               "channel axis of size 1; store the volume as (Z, Y, X)")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 8, 8, 3), np.uint8), photometric="rgb")
     assert _error(tmp_path / "rgb.tif").endswith("not a gray stack; convert it to gray, one page per slice")
     for name, pixels, planar in (("one.tif", np.zeros((500, 600, 3), np.uint8), None),  # read as 500 slices before
