@@ -1,7 +1,8 @@
 """Losses over interior probabilities ``(N, H, W, 1)`` in [0, 1] against 0/1 labels (1 = interior).
 
 ``mse`` is the seed's (and default) loss. ``dice`` is the soft Dice loss of the membrane class, the
-minority class that the scores are about.
+minority class that the scores are about. ``mse`` and ``bce`` give one value per pixel, so per-pixel loss
+weights (``seg.train.weights``) apply to them; ``dice`` and ``bce-dice`` give one value per crop.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 LOSSES = ("mse", "bce", "dice", "bce-dice")
+PER_PIXEL_LOSSES = ("mse", "bce")
+"""The losses that per-pixel weights (border weights) can weight."""
 
 
 def _serializable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

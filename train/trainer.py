@@ -22,7 +22,7 @@ from seg.runtime.preprocess import DTYPE_RANGE
 from seg.train import backend, runs
 from seg.train.augment import sample_batch
 from seg.train.data import Slice, dataset_summary, load_split, split_by_slice
-from seg.train.losses import LOSSES
+from seg.train.losses import LOSSES, PER_PIXEL_LOSSES
 from seg.train.models import ModelSpec
 from seg.train.offset import MAX_OFFSET, measure_label_offset
 from seg.train.weights import BORDER_W0, border_weights
@@ -47,12 +47,16 @@ class TrainConfig:
     time_budget: float | None = None
     patience: int = 0
     elastic: bool = True
-    border_weight: float = BORDER_W0
+    border_weight: float | None = None  # None: BORDER_W0 for a per-pixel loss, 0 for a per-crop (Dice) loss
     ema: float = EMA_MOMENTUM
     label_offset: tuple[float, float] | None = None  # (dy, dx) px the labels sit from their images; None: measure
     amp: bool = False
     name: str | None = None
     runs_root: str = str(runs.RUNS_ROOT)
+
+    def __post_init__(self) -> None:
+        if self.border_weight is None:
+            self.border_weight = BORDER_W0 if self.loss in PER_PIXEL_LOSSES else 0.0
 
     def check(self) -> None:
         """Raise ``InputError`` for option values that cannot work, naming the option and the fix."""
@@ -67,8 +71,12 @@ class TrainConfig:
                              f"({_multiple_reason(self.model)})")
         if not (self.ema == 0 or 0.5 <= self.ema < 1):
             raise InputError(f"--ema {self.ema}: use 0 (off) or a momentum in [0.5, 1), e.g. 0.99")
-        if not self.border_weight >= 0:
+        if not self.border_weight >= 0:  # type: ignore[operator]
             raise InputError(f"--border-weight {self.border_weight}: must be 0 (off) or positive, e.g. {BORDER_W0:g}")
+        if self.border_weight and self.loss not in PER_PIXEL_LOSSES:
+            raise InputError(f"--border-weight {self.border_weight:g} with --loss {self.loss}: border weights weight "
+                             f"each pixel's loss, and {self.loss} is one value per crop; use --border-weight 0, or "
+                             f"--loss {' or '.join(PER_PIXEL_LOSSES)}")
         if not self.lr > 0:
             raise InputError(f"--lr {self.lr}: must be positive, e.g. 3e-3")
         if self.label_offset is not None and not all(abs(v) <= MAX_OFFSET for v in self.label_offset):
@@ -198,10 +206,11 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
     weights = [border_weights(s.label, config.border_weight) for s in train_set]  # type: ignore[arg-type]
     mean_weight = float(np.mean([w.mean() for w in weights]))
     weights = [w / mean_weight for w in weights]  # mean 1: the weighted loss stays on the MSE's scale
+    per_pixel = config.loss in PER_PIXEL_LOSSES  # a per-crop (Dice) loss takes no per-pixel weights
 
     class CropBatches(keras.utils.PyDataset):
         """``steps_per_epoch`` augmented batches per epoch, reproducible from (seed, epoch, step): ``(x, y,
-        per-pixel loss weights)``."""
+        per-pixel loss weights)``, or ``(x, y)`` for a per-crop loss."""
 
         def __init__(self) -> None:
             super().__init__(workers=backend.batch_workers(), use_multiprocessing=False)
@@ -210,10 +219,11 @@ def _make_batches(train_set: list[Slice], config: TrainConfig, first_epoch: int)
         def __len__(self) -> int:
             return config.steps_per_epoch
 
-        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
             rng = np.random.default_rng([config.seed, self.epoch, index])
-            return sample_batch(train_set, config.batch, config.crop, rng, use_elastic=config.elastic,
-                                weights=weights, label_offset=config.label_offset or (0.0, 0.0))
+            x, y, w = sample_batch(train_set, config.batch, config.crop, rng, use_elastic=config.elastic,
+                                   weights=weights, label_offset=config.label_offset or (0.0, 0.0))
+            return (x, y, w) if per_pixel else (x, y)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from seg import train
 from seg.runtime.errors import InputError
 from seg.runtime.scores import THRESHOLD_CANDIDATES
 from seg.train.data import load_split
+from seg.train.losses import LOSSES, PER_PIXEL_LOSSES
 from seg.train.models import ModelSpec
 from seg.train.offset import measure_label_offset
 from seg.train.trainer import EMA_MOMENTUM
@@ -74,6 +76,22 @@ def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path:
     resumed = train.resume(first.run_dir, progress=False, time_budget=3600)
     assert resumed.epochs == 3 and resumed.stopped == "epochs"
     assert [int(float(r["epoch"])) for r in _history(resumed.run_dir)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_with_its_default_weighting(isbi_dir: Path, tmp_path: Path, loss: str) -> None:
+    """Per-pixel losses take the border weights by default; the per-crop Dice losses train unweighted."""
+    result = train.fit(_config(isbi_dir, tmp_path, loss=loss, epochs=1, steps_per_epoch=2), progress=False)
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["train"]["border_weight"] == (BORDER_W0 if loss in PER_PIXEL_LOSSES else 0.0)
+    assert result.epochs == 1 and math.isfinite(float(_history(result.run_dir)[0]["loss"]))
+
+
+@pytest.mark.parametrize("loss", sorted(set(LOSSES) - set(PER_PIXEL_LOSSES)))
+def test_border_weights_with_a_per_crop_loss_are_refused(tmp_path: Path, loss: str) -> None:
+    with pytest.raises(InputError, match=f"--border-weight 10 with --loss {loss}.*--border-weight 0"):
+        _config(Path("data"), tmp_path, loss=loss, border_weight=10.0).check()
+    _config(Path("data"), tmp_path, loss=loss, border_weight=0.0).check()
 
 
 def test_seed_cnn_trains_one_epoch(isbi_dir: Path, tmp_path: Path) -> None:

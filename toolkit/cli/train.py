@@ -41,8 +41,9 @@ def train_command(
     time_budget: Annotated[float | None, Opt("--time-budget", help="Stop cleanly after this many seconds.")] = None,
     patience: Annotated[int, Opt("--patience", help="Stop after N epochs without better val F1.")] = 0,
     elastic: Annotated[bool, Opt("--elastic/--no-elastic", help="Elastic deformation in the augmentation.")] = True,
-    border_weight: Annotated[float, Opt("--border-weight", help="Extra loss weight of thin borders between cells "
-                                        "(U-Net w0); 0 = plain MSE.")] = 10.0,
+    border_weight: Annotated[float | None, Opt("--border-weight", help="Extra loss weight of thin borders between "
+                                               "cells (U-Net w0; default 10 for mse and bce, 0 for the per-crop "
+                                               "dice losses); 0 = plain MSE.")] = None,
     ema: Annotated[float, Opt("--ema", help="Validate and keep a moving average of the weights with this "
                               "momentum; 0 = off.")] = 0.995,
     label_offset: Annotated[str, Opt("--label-offset", help="Where the labels sit from their images, DY,DX px, "
