@@ -95,10 +95,15 @@ def _normalize_float(image: np.ndarray, name: str) -> np.ndarray:
 def binarize_label(label: np.ndarray, name: str = "label") -> np.ndarray:
     """Label ``(H, W)`` of any dtype -> ``(H, W) float32`` with 1.0 = interior, 0.0 = membrane.
 
-    Pixels at or above half of the normalised range count as interior (255 = interior in ISBI labels).
-    A label with more than two distinct values (a soft, JPEG or instance-id label) warns once per file.
+    An integer label of exactly two values, 0 and another (0/255 as in ISBI, 0/1 as numpy and scikit-image
+    save masks), is 0 = membrane and the other = interior. Otherwise pixels at or above half of the
+    normalised range count as interior; a label with more than two distinct values (a soft, JPEG or
+    instance-id label) warns once per file.
     """
-    values = normalize(label, name=name)
+    mask = np.asarray(label)
+    if mask.ndim == 2 and mask.dtype.kind in "ui" and _zero_and_one_other_value(mask):
+        return (mask > 0).astype(np.float32)
+    values = normalize(mask, name=name)
     distinct = np.unique(values[:: max(1, values.shape[0] // 256), :: max(1, values.shape[1] // 256)]).size
     if distinct > 2:
         warnings.warn(
@@ -108,6 +113,15 @@ def binarize_label(label: np.ndarray, name: str = "label") -> np.ndarray:
             stacklevel=2,
         )
     return (values >= 0.5).astype(np.float32)
+
+
+def _zero_and_one_other_value(mask: np.ndarray) -> bool:
+    """Whether the integer ``mask`` holds exactly two values, one of them 0."""
+    low = int(mask.min()) if mask.size else 1
+    if low != 0:
+        return False
+    high = int(mask.max())
+    return high > 0 and not np.any((mask != 0) & (mask != high))
 
 
 def check_threshold(threshold: float) -> float:

@@ -188,6 +188,15 @@ def test_normalize_rejects_nan_and_inf(bad: float) -> None:
 
 def test_label_mask_and_prob_conversions() -> None:
     np.testing.assert_array_equal(binarize_label(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+@pytest.mark.parametrize("interior", [1, 255])
+def test_a_two_valued_integer_label_is_membrane_at_0_and_interior_at_the_other_value(dtype, interior) -> None:
+    """A 0/1 mask (as numpy and scikit-image save them) must not read as all membrane after / 255."""
+    label = np.array([[0, interior], [interior, 0]], dtype)
+    np.testing.assert_array_equal(binarize_label(label), [[0, 1], [1, 0]])
+    assert binarize_label(np.full((2, 2), 1, np.uint8)).max() == 0  # one value: the half-range rule
     np.testing.assert_array_equal(to_mask(np.array([[0.2, 0.5, 0.9]], np.float32)), [[0, 255, 255]])
 
 
