@@ -273,9 +273,11 @@ def undo_dihedral(pred: np.ndarray, k: int, label_offset: Offset = (0.0, 0.0)) -
 
 
 def undo_reach(label_offset: Offset) -> float:
-    """The farthest, in px along either axis, ``undo_dihedral`` resamples for ``label_offset``: |dy| + |dx|,
+    """The farthest, in px along either axis, ``undo_dihedral`` resamples for ``label_offset``: the largest
+    component of its shift over the 8 transforms (up to twice the offset's, for a half turn or a flip),
     rounded up to whole pixels (bilinear reads the next one)."""
-    return float(math.ceil(abs(label_offset[0]) + abs(label_offset[1])))
+    shifts = (offset_turn(label_offset, dihedral_inverse_vector(label_offset, k)) for k in range(8))
+    return float(math.ceil(max(max(abs(dy), abs(dx)) for dy, dx in shifts)))
 
 
 def resample_shifted(array: np.ndarray, shift: Offset) -> np.ndarray:

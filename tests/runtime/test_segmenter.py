@@ -163,16 +163,16 @@ def test_tta_keeps_the_label_offset_the_model_learned(tile_size: int) -> None:
     assert np.abs(unaware[inner] - plain[inner]).max() > 0.02  # without the offset, TTA blurs it away
 
 
-def test_tiled_tta_equals_whole_image_tta_for_an_offset_model() -> None:
-    """Mapping a flip back resamples up to |dy| + |dx| px, so the blend gives no weight that far further in
-    from a tile's inner edge: tiled TTA still equals whole-image TTA."""
+@pytest.mark.parametrize(("offset", "reach"), [((0.75, 0.5), 2), ((1.0, 0.0), 2), ((0.6, 0.15), 2), ((0.4, 0.1), 1)])
+def test_tiled_tta_equals_whole_image_tta_for_an_offset_model(offset: tuple[float, float], reach: int) -> None:
+    """Mapping a half turn or a flip back resamples up to twice the offset's largest component, so the blend
+    gives no weight that far further in from a tile's inner edge: tiled TTA still equals whole-image TTA."""
     rows, cols = np.mgrid[0:200, 0:170]
     image = (0.5 + 0.4 * np.sin(rows / 6.0) * np.cos(cols / 9.0)).astype(np.float32)
-    offset = (0.75, 0.5)
     props = ModelInfo(tile_size=64, halo=16, size_multiple=16, receptive_field=3, label_offset=offset).to_props()
     tiled = Segmenter(_shifting_model(offset, props), provider="cpu", tta=True)
     whole = Segmenter(_shifting_model(offset, props), provider="cpu", tile_size=0, tta=True).predict(image)
-    assert tiled.plan.context == 1.5 + 2  # half the receptive field, plus the reach of the resampling
+    assert tiled.plan.context == 1.5 + reach  # half the receptive field, plus the reach of the resampling
     np.testing.assert_allclose(tiled.predict(image), whole, atol=1e-5)
     assert tiled.stats.tiles > 8
 
