@@ -373,12 +373,15 @@ def test_int8_speed_up_is_paired_in_one_process(bench_dir: Path, tmp_path: Path)
     shutil.copy(bench_dir / "model.onnx", model)
     shutil.copy(bench_dir / "model.onnx", tmp_path / "model.int8.onnx")  # a stand-in: the same graph
     report = run_benchmark(model, data=bench_dir / "data", providers=("cpu",), variants=("fp32", "int8"),
-                           batches=(1, 2), images=2, repeats=1, latency_runs=0, large=0, profile=False)
+                           batches=(1, 2), streams=(2,), images=2, repeats=1, latency_runs=0, large=0,
+                           profile=False)
     paired = report.paired
     assert paired is not None and "error" not in paired, paired
     assert paired["batch"] in (1, 2) and paired["pairs"] == 7
+    assert paired["streams"] == 2  # as the table's rows ran
     assert paired["fp32_ips"] > 0 and paired["other_ips"] > 0 and paired["ratio"] > 0
-    assert f"{paired['ratio']:.2f}x (paired in one process at batch {paired['batch']}" in report.int8_verdict
+    assert (f"{paired['ratio']:.2f}x (paired in one process at batch {paired['batch']}, 2 streams"
+            in report.int8_verdict)
     assert report.to_dict()["paired"] == paired
 
 
@@ -424,3 +427,64 @@ def test_summary_says_when_end_to_end_beats_compute() -> None:
     report.rows[0].e2e_ips = 12.0
     add_ratios(report.rows)
     assert any("end-to-end above compute" in line and "--images 16" in line for line in report.summary())
+
+
+def test_gflops_count_the_tiles_each_image_took(bench_dir: Path, tmp_path: Path) -> None:
+    """72x72 images on a 32-pixel-tile model run as a grid of tiles: GFLOP/s counts every tile computed."""
+    from seg.runtime import Segmenter
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "big").mkdir()
+    for index in range(2):
+        write_image(tmp_path / "big" / f"{index}.png", rng.integers(0, 256, (72, 72), dtype=np.uint8))
+    report = run_benchmark(bench_dir / "model.onnx", data=tmp_path / "big", providers=("cpu",), variants=("fp32",),
+                           batches=(2,), images=2, repeats=1, latency_runs=0, large=0, profile=False)
+    (row,) = report.rows
+    segmenter = Segmenter(bench_dir / "model.onnx", provider="cpu", batch_size=2)
+    segmenter.predict(rng.integers(0, 256, (72, 72), dtype=np.uint8))
+    tile = segmenter.tile_for(72, 72)
+    assert row.pixels_per_image == segmenter.stats.tiles * tile**2 > 72 * 72  # the tiles overlap
+    flop_per_pixel = count_flops(bench_dir / "model.onnx", TILE)["total"] / TILE**2
+    assert row.gflops == pytest.approx(flop_per_pixel * row.pixels_per_image / 1e9 * row.compute_ips)
+    assert f"{row.pixels_per_image / TILE**2:.2f} x the {TILE}x{TILE} tile's pixels" in "\n".join(report.summary())
+
+
+def test_a_provider_failing_after_measured_rows_keeps_them(bench_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second CUDA stream that cannot load fails its own configuration; the rows measured before it stay,
+    and later configurations still get the variant's accuracy."""
+    from seg.toolkit.bench import benchmark
+
+    def measure(self, engine, path, provider, variant, batch, first, threshold, streams=1):  # noqa: ANN001, ANN202
+        row = BenchRow("onnxruntime", provider, variant, batch, streams_asked=streams, compute_ips=10.0)
+        if streams == 2:
+            row.status = benchmark.PROVIDER_FAILED + "out of memory"
+        elif first:
+            row.membrane_f1, row.v_rand = 0.8, 0.9
+        return row
+
+    monkeypatch.setattr(benchmark._Runner, "measure", measure)
+    runner = benchmark._Runner(bench_dir, None, 1, 0, None, 60.0, lambda _line: None)  # type: ignore[arg-type]
+    rows = runner.onnx_rows(bench_dir / "model.onnx", "cuda", ["fp32"], [(1, 1), (1, 2), (2, 1)], False, 0.5)
+    assert [(r.variant, r.batch, r.streams_asked, r.ok) for r in rows] == [
+        ("fp32", 1, 1, True), ("fp32", 1, 2, False), ("fp32", 2, 1, True)]
+    assert rows[1].status == "out of memory" and rows[2].membrane_f1 == 0.8
+    failing = runner.onnx_rows(bench_dir / "model.onnx", "cuda", ["fp32"], [(1, 2), (2, 2)], False, 0.5)
+    assert [(r.variant, r.batch, r.status) for r in failing] == [("all", None, "out of memory")]
+
+
+def test_keras_worker_hides_gpus_before_importing_a_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keras rows are CPU rows: the worker must not let TensorFlow or JAX pick a GPU up."""
+    from seg.toolkit.bench.worker import keras_on_cpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    keras_on_cpu()
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "-1" and os.environ["JAX_PLATFORMS"] == "cpu"
+
+
+@pytest.mark.parametrize(("option", "kwargs"), [("--providers", {"providers": ()}), ("--variants", {"variants": ()})])
+def test_nothing_to_measure_is_refused_up_front(bench_dir: Path, option: str, kwargs: dict) -> None:
+    with pytest.raises(InputError, match=f"{option}: give at least one of"):
+        run_benchmark(bench_dir / "model.onnx", data=bench_dir / "data", **kwargs)

@@ -96,7 +96,7 @@ def run_benchmark(
                                                 cpu_fp16, threshold)]
             sweeps.append(rows + (runner.keras_rows(keras_path, batches, threshold) if keras_path else []))
         report.rows = merge_rounds(sweeps)
-        _add_compute_rates(report)
+        _add_compute_rates(report, flops["total"] / tile**2)
         report.sgemm_gflops = sgemm_gflops() if "cpu" in providers else None
         add_ratios(report.rows)
         report.paired = runner.paired(model, report.rows, max(7, 2 * repeats)) if "int8" in variants else None
@@ -142,6 +142,9 @@ def _check_keras(keras: Path) -> Path:
 
 def _check_options(variants: Sequence[str], providers: Sequence[str], batches: Sequence[int],
                    images: int) -> tuple[list[str], list[str], list[int]]:
+    for option, names, known in (("--variants", variants, VARIANTS), ("--providers", providers, PROVIDERS)):
+        if not names:
+            raise InputError(f"{option}: give at least one of {', '.join(known)}")
     for name in variants:
         if name not in VARIANTS:
             raise InputError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
@@ -188,15 +191,19 @@ class _Runner:
                 rows.append(BenchRow("onnxruntime", provider, variant, None,
                                      f"not found: {path.name} (export it with `seg export {model.name} --{variant}`)"))
                 continue
+            scored: BenchRow | None = None  # accuracy is the variant's, scored at its first configuration
             for index, (batch, streams) in enumerate(configs):
                 row = self.measure("onnx", path, provider, variant, batch, first=index == 0, threshold=threshold,
                                    streams=streams)
-                if row.status.startswith(PROVIDER_FAILED):  # the provider, not this model: one row says why
-                    row.status, row.variant, row.batch = row.status.removeprefix(PROVIDER_FAILED), "all", None
-                    return [r for r in rows if not r.ok] + [row]
+                if row.status.startswith(PROVIDER_FAILED):
+                    row.status = row.status.removeprefix(PROVIDER_FAILED)
+                    if not any(r.ok for r in rows):  # the provider, not this model: one row says why
+                        row.variant, row.batch = "all", None
+                        return [r for r in rows if not r.ok] + [row]
                 row.size_mb = path.stat().st_size / 1e6
-                if index > 0 and rows[-1].ok and row.ok:  # accuracy is the variant's, scored at its first batch
-                    row.membrane_f1, row.v_rand = rows[-1].membrane_f1, rows[-1].v_rand
+                scored = row if index == 0 and row.ok else scored
+                if index > 0 and scored is not None and row.ok:
+                    row.membrane_f1, row.v_rand = scored.membrane_f1, scored.v_rand
                 rows.append(row)
         return rows
 
@@ -226,7 +233,7 @@ class _Runner:
             kind = result.get("error_kind", "")
             row.status = (PROVIDER_FAILED if kind == "ProviderError" else "") + result["error"]
             return row
-        row.providers = result.get("providers", [])
+        row.providers, row.pixels_per_image = result.get("providers", []), result.get("pixels_per_image")
         row.compute_ips, row.e2e_ips, row.peak_rss_mb = result["compute_ips"], result["e2e_ips"], result["peak_rss_mb"]
         if "latency_ms" in result:
             row.p50_ms, row.p95_ms = result["latency_ms"]["p50"], result["latency_ms"]["p95"]
@@ -237,14 +244,16 @@ class _Runner:
     def paired(self, model: Path, rows: list[BenchRow], pairs: int) -> dict[str, Any] | None:
         """FP32 and INT8 alternating in one CPU worker at INT8's fastest batch
         (``seg.toolkit.bench.worker.measure_paired``); None unless both measured on the CPU."""
-        cpu = {(r.variant, r.batch): r for r in rows if r.ok and r.provider == "cpu" and r.engine == "onnxruntime"}
-        int8 = [r for (variant, batch), r in cpu.items() if variant == "int8" and ("fp32", batch) in cpu]
+        cpu = {(r.variant, r.batch, r.streams_asked): r for r in rows
+               if r.ok and r.provider == "cpu" and r.engine == "onnxruntime"}
+        int8 = [r for (variant, *config), r in cpu.items() if variant == "int8" and ("fp32", *config) in cpu]
         if not int8:
             return None
-        batch = max(int8, key=lambda r: r.compute_ips or 0.0).batch or 1
+        fastest = max(int8, key=lambda r: r.compute_ips or 0.0)
+        batch, streams = fastest.batch or 1, fastest.streams_asked or 1
         spec = Spec("paired", str(model), "cpu", batch, [str(p) for p in self.bench.timing], repeats=pairs,
-                    threads=self.threads, other=str(variant_file(model, "int8")))
-        self.say(f"paired fp32 vs int8 cpu batch {batch}")
+                    threads=self.threads, other=str(variant_file(model, "int8")), streams=streams)
+        self.say(f"paired fp32 vs int8 cpu batch {batch} streams {streams}")
         return self.spawn(spec)
 
     def large(self, model: Path, provider: str | None, size: int) -> dict[str, Any]:
@@ -300,10 +309,13 @@ def score(probs: np.ndarray, labels: list[np.ndarray], threshold: float) -> tupl
     return float(scores["membrane_f1"]), float(scores["v_rand"])  # type: ignore[arg-type]
 
 
-def _add_compute_rates(report: BenchReport) -> None:
+def _add_compute_rates(report: BenchReport, flop_per_pixel: float) -> None:
+    """GFLOP/s and the fraction of the CPU's peak of each measured row, from the pixels the row computed per
+    image (the network's FLOPs grow linearly with them); a row that reported none is charged one tile."""
     for row in report.rows:
         if row.ok and row.compute_ips:
-            row.gflops, fraction = achieved(report.gflop_per_image, row.compute_ips, report.machine)
+            gflop = flop_per_pixel * row.pixels_per_image / 1e9 if row.pixels_per_image else report.gflop_per_image
+            row.gflops, fraction = achieved(gflop, row.compute_ips, report.machine)
             row.peak_fraction = fraction if row.provider == "cpu" else None
 
 

@@ -47,6 +47,7 @@ class BenchRow:
     vs_keras_compute: float | None = None
     vs_keras_e2e: float | None = None
     e2e_fraction: float | None = None
+    pixels_per_image: float | None = None  # what the model computed per image: tiles, padding and TTA included
 
     @property
     def ok(self) -> bool:
@@ -97,6 +98,7 @@ class BenchReport:
                     f"here on all cores ({self.sgemm_gflops / self.machine.gflops:.0%} of the estimated peak)"]
                    if self.sgemm_gflops and self.machine.gflops else []),
                  f"images: {len(self.images)} for timing; accuracy on {len(self.accuracy_on) or 'no'} labelled slices"]
+        lines.extend(work_lines(self.rows, tile, self.gflop_per_image))
         if self.large:
             lines.append(large_line(self.large))
         if self.int8_verdict:
@@ -108,6 +110,19 @@ class BenchReport:
         if ceiling:
             lines.append(ceiling)
         return lines
+
+
+def work_lines(rows: list[BenchRow], tile: int, gflop_per_tile: float) -> list[str]:
+    """A line for each different amount of work per image that rows computed other than one ``tile`` (images of
+    another size, a grid of tiles, TTA): GFLOP/s counts what each row computed."""
+    lines = []
+    for pixels in sorted({r.pixels_per_image for r in rows if r.ok and r.pixels_per_image}):
+        tiles = pixels / tile**2
+        if abs(tiles - 1.0) > 0.01:
+            engines = sorted({r.engine for r in rows if r.ok and r.pixels_per_image == pixels})
+            lines.append(f"work per image ({', '.join(engines)}): {tiles:.2f} x the {tile}x{tile} tile's pixels "
+                         f"(image size, tiles and padding), {tiles * gflop_per_tile:.2f} GFLOP; GFLOP/s counts it")
+    return lines
 
 
 def keras_ceiling(rows: list[BenchRow], peak_gflops: float) -> str:
@@ -191,7 +206,9 @@ def int8_verdict(rows: list[BenchRow], paired: dict[str, Any] | None = None, max
     table_speed = best.compute_ips / base.compute_ips
     if paired and "ratio" in paired:
         speed = float(paired["ratio"])
-        how = (f"paired in one process at batch {paired['batch']}, median of {paired['pairs']} alternating passes; "
+        streams = f", {paired['streams']} streams" if paired.get("streams", 1) > 1 else ""
+        how = (f"paired in one process at batch {paired['batch']}{streams}, median of {paired['pairs']} alternating "
+               "passes; "
                f"the table's best INT8 / best FP32: {table_speed:.2f}x")
     else:
         speed, how = table_speed, f"the table's best INT8 (batch {best.batch}) / best FP32 (batch {base.batch})"

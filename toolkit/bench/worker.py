@@ -82,7 +82,7 @@ def measure_onnx(spec: Spec) -> dict[str, Any]:
                     streams=spec.streams)
     images = [read_image(p) for p in spec.images]
     result: dict[str, Any] = {"providers": seg.providers, "tile": seg.tile_for(*images[0].shape),
-                              "streams": seg.streams}
+                              "streams": seg.streams, "pixels_per_image": computed_pixels(seg, images)}
     result["compute_ips"] = compute_rate(seg, images, spec.repeats)
     with tempfile.TemporaryDirectory(prefix="seg-bench-") as folder:
         files = folder_of(spec.images)
@@ -97,6 +97,21 @@ def measure_onnx(spec: Spec) -> dict[str, Any]:
         probs = seg.predict_batch([read_image(p) for p in spec.labelled])
         np.save(spec.probs_out, np.stack(probs).astype(np.float32))
     return result
+
+
+def computed_pixels(seg: Any, images: list[np.ndarray]) -> float:
+    """Pixels the model computes per image, on average over ``images``, as ``seg`` (a ``Segmenter``) runs them:
+    every tile of the grid it picks for each image's size (or the whole image padded to the size multiple),
+    for each TTA transform. The network's FLOPs grow with exactly these pixels."""
+    from seg.runtime.tiling import padded_length
+
+    plan, total = seg.plan, 0
+    for image in images:
+        height, width = image.shape[:2]
+        tile = seg.tile_for(height, width)
+        total += (plan.grid_pixels(height, width, tile) if tile else
+                  padded_length(height, 0, plan.multiple) * padded_length(width, 0, plan.multiple))
+    return total * len(seg.transforms) / max(1, len(images))
 
 
 def compute_seconds(seg: Any, images: list[np.ndarray]) -> float:
@@ -120,13 +135,14 @@ def measure_paired(spec: Spec) -> dict[str, Any]:
     from seg.runtime import Segmenter, read_image
 
     images = [read_image(p) for p in spec.images]
-    segmenters = [Segmenter(path, provider=spec.provider, batch_size=spec.batch, threads=spec.threads)
-                  for path in (spec.model, spec.other)]
+    segmenters = [Segmenter(path, provider=spec.provider, batch_size=spec.batch, threads=spec.threads,
+                            streams=spec.streams) for path in (spec.model, spec.other)]
     for seg in segmenters:
         compute_seconds(seg, images)  # warm-up
     pairs = [tuple(compute_seconds(seg, images) for seg in segmenters) for _ in range(max(3, spec.repeats))]
     base, other = (float(np.median(times)) for times in zip(*pairs, strict=True))
-    return {"providers": segmenters[0].providers, "batch": spec.batch, "pairs": len(pairs),
+    return {"providers": segmenters[0].providers, "batch": spec.batch, "streams": segmenters[0].streams,
+            "pairs": len(pairs),
             "fp32_ips": len(images) / base, "other_ips": len(images) / other,
             "ratio": float(np.median([b / o for b, o in pairs]))}
 
@@ -169,18 +185,28 @@ def _linked_inputs(paths: list[str], folder: Path) -> Path:
     return folder
 
 
+def keras_on_cpu() -> None:
+    """Hide any GPU from TensorFlow and JAX in this worker (before either is imported): Keras rows are CPU rows,
+    scored against the CPU's peak and compared with onnxruntime on the CPU."""
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def measure_keras(spec: Spec) -> dict[str, Any]:
     """Keras ``model.predict``: compute-only on prepared batches, end-to-end read -> predict -> write masks."""
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras_on_cpu()
     from seg.export import load_keras
     from seg.runtime import read_image, to_mask, write_image
     from seg.runtime.preprocess import normalize
 
     model = load_keras(Path(spec.model))
     stack = np.stack([normalize(read_image(p)) for p in spec.images])[..., None]  # (N, H, W, 1) float32
-    result: dict[str, Any] = {"providers": ["keras"]}
+    result: dict[str, Any] = {"providers": ["keras"], "pixels_per_image": float(stack.shape[1] * stack.shape[2])}
     result["compute_ips"] = median_rate(lambda: model.predict(stack, batch_size=spec.batch, verbose=0),
                                         len(spec.images), spec.repeats)
     with tempfile.TemporaryDirectory(prefix="seg-bench-keras-") as folder:
