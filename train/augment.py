@@ -31,7 +31,8 @@ def random_crop(
     """The same random ``(crop, crop)`` window of ``image``, ``label`` and each of ``others``."""
     height, width = image.shape
     if crop > min(height, width):
-        raise ValueError(f"crop {crop} is larger than a {width}x{height} slice; use --crop {min(height, width)}")
+        raise ValueError(f"crop {crop} is larger than a {width}x{height} slice; use a --crop of at most "
+                         f"{min(height, width)} (a multiple of the model's size multiple)")
     top = int(rng.integers(0, height - crop + 1))
     left = int(rng.integers(0, width - crop + 1))
     window = (slice(top, top + crop), slice(left, left + crop))

@@ -77,6 +77,11 @@ class TrainConfig:
             raise InputError(f"--border-weight {self.border_weight:g} with --loss {self.loss}: border weights weight "
                              f"each pixel's loss, and {self.loss} is one value per crop; use --border-weight 0, or "
                              f"--loss {' or '.join(PER_PIXEL_LOSSES)}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise InputError(f"--time-budget {self.time_budget:g}: must be a positive number of seconds, e.g. 600")
+        if self.patience and not self.val:
+            raise InputError(f"--patience {self.patience} with --val 0: early stopping watches the validation "
+                             "F1; hold slices out (--val 0.2) or drop --patience")
         if not self.lr > 0:
             raise InputError(f"--lr {self.lr}: must be positive, e.g. 3e-3")
         if self.label_offset is not None and not all(abs(v) <= MAX_OFFSET for v in self.label_offset):
@@ -145,8 +150,9 @@ def resume(run: str | Path, progress: bool = True, time_budget: float | None = N
     run_dir = runs.resolve_run(run, Path(runs.RUNS_ROOT))
     record = runs.read_json(run_dir / runs.CONFIG)
     config = TrainConfig.from_dict(record["train"])
-    if time_budget is not None:
-        config.time_budget = time_budget
+    if time_budget is not None and time_budget != config.time_budget:  # kept for the next resume too
+        config.time_budget = record["train"]["time_budget"] = time_budget
+        write_json_atomic(run_dir / runs.CONFIG, record)
     remove_temporaries(run_dir)
     state, history = _fresh_state(), []
     if (run_dir / runs.LAST_MODEL).is_file() and (run_dir / runs.STATE).is_file():
@@ -337,8 +343,11 @@ def _budget_spent(config: TrainConfig, state: dict[str, Any]) -> bool:
 
 def _result(config: TrainConfig, run_dir: Path, state: dict[str, Any], schedule: Any,
             steps_per_s: float, device: str) -> TrainResult:
-    if state["best_epoch"] == 0:
+    if state["best_epoch"] == 0 and state["epoch"] == 0:
         raise InputError(f"{run_dir}: training stopped before one epoch finished; raise --time-budget")
+    if state["best_epoch"] == 0:
+        raise InputError(f"{run_dir}: {state['epoch']} epochs trained but none scored (a NaN loss or validation "
+                         "score: the training diverged); lower --lr, or check the images and labels")
     best = state.get("best_logs", {})
     if schedule.out_of_time or _budget_spent(config, state):
         stopped = "time budget"

@@ -67,6 +67,20 @@ def test_old_run_records_resume_without_border_weighting_and_bad_weights_are_ref
     assert old.border_weight == 0.0 and old.ema == 0.0 and old.label_offset == (0.0, 0.0)
     with pytest.raises(InputError, match="--border-weight -1"):
         _config(Path("data"), tmp_path, border_weight=-1.0).check()
+    with pytest.raises(InputError, match="--patience 3 with --val 0: early stopping watches the validation F1"):
+        _config(Path("data"), tmp_path, patience=3, val=0.0).check()
+    with pytest.raises(InputError, match="--time-budget 0: must be a positive number of seconds"):
+        _config(Path("data"), tmp_path, time_budget=0.0).check()
+
+
+def test_a_run_whose_epochs_all_failed_to_score_says_it_diverged(tmp_path: Path) -> None:
+    from seg.train.trainer import _fresh_state, _result
+
+    state = {**_fresh_state(), "epoch": 3}
+    with pytest.raises(InputError, match="3 epochs trained but none scored .*lower --lr"):
+        _result(_config(Path("data"), tmp_path), tmp_path, state, None, 1.0, "cpu")
+    with pytest.raises(InputError, match="before one epoch finished; raise --time-budget"):
+        _result(_config(Path("data"), tmp_path), tmp_path, _fresh_state(), None, 1.0, "cpu")
 
 
 def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path: Path) -> None:
@@ -75,6 +89,7 @@ def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path:
     assert (first.run_dir / "model.keras").is_file()
     resumed = train.resume(first.run_dir, progress=False, time_budget=3600)
     assert resumed.epochs == 3 and resumed.stopped == "epochs"
+    assert json.loads((first.run_dir / "config.json").read_text())["train"]["time_budget"] == 3600  # for next time
     assert [int(float(r["epoch"])) for r in _history(resumed.run_dir)] == [1, 2, 3]
 
 

@@ -57,7 +57,8 @@ def train_command(
 ) -> None:
     """Train a segmentation model and write runs/train/<name>/: model.keras (best, of the weight average),
     last.keras + average.npz + state.json (resume), config.json, history.csv, loss.png, samples.png.
-    --time-budget counts the run's total time, also across --resume."""
+    --time-budget counts the run's total time, also across --resume; given with --resume it replaces the run's
+    budget (kept for later resumes), and the learning-rate schedule stretches to the new length."""
     quiet_tensorflow()
     from seg import train
 
