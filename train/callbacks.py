@@ -23,7 +23,8 @@ from seg.train.data import Slice
 
 
 class ValidationScores(keras.callbacks.Callback):
-    """Adds ``val_loss`` (the training loss), ``val_mse`` and ``val_f1`` (membrane F1 at 0.5), each the mean
+    """Adds ``val_loss`` (the training loss function, without the border weights the training ``loss`` carries,
+    so the two are not on one scale), ``val_mse`` and ``val_f1`` (membrane F1 at 0.5), each the mean
     over the whole validation slices, and ``val_threshold`` with its ``val_pixel_error`` (the threshold with
     the fewest wrong pixels, ``seg.runtime.scores.best_pixel_threshold``) to the logs."""
 
