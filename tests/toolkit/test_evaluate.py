@@ -25,6 +25,31 @@ def test_select_split_val_matches_training_split(tmp_path: Path) -> None:
     assert len(select_split(tmp_path, "train", 0.2, 0)) == 8
 
 
+def test_a_runs_recorded_split_is_kept_when_its_dataset_gains_slices(tmp_path: Path) -> None:
+    """Re-splitting 12 slices by the run's --val/--seed would hold out other slices than the 10 it trained
+    on; evaluate picks the very slices the run recorded, and warns on another dataset."""
+    from seg.runtime.errors import InputError
+    from seg.train.data import load_split, split_by_slice
+
+    make_dataset(tmp_path / "data", n=10, size=16)
+    train_set, val_set = split_by_slice(load_split(tmp_path / "data"), 0.2, 0)
+    record = {"train": {"val": 0.2, "seed": 0},
+              "data": {"dir": str(tmp_path / "data"), "train_slices": [s.source for s in train_set],
+                       "val_slices": [s.source for s in val_set]}}
+    make_dataset(tmp_path / "data", n=12, size=16)  # two more slices since
+    assert [s.name for s in select_split(tmp_path / "data", "val", 0.2, 0)] != [s.name for s in val_set]
+    for split, expected in (("val", val_set), ("train", train_set)):
+        chosen = select_split(tmp_path / "data", split, 0.2, 0, recorded=record)
+        assert [s.name for s in chosen] == [s.name for s in expected]
+    make_dataset(tmp_path / "copy", n=10, size=16)
+    with pytest.warns(SegWarning, match="not the dataset this run trained on"):
+        assert len(select_split(tmp_path / "copy", "val", 0.2, 0, recorded=record)) == 2
+    for kind in ("image", "label"):
+        next((tmp_path / "data" / "train" / kind).glob(f"{val_set[0].name}.*")).unlink()
+    with pytest.raises(InputError, match=f"the run's val slice .*{val_set[0].name}.* is no longer there"):
+        select_split(tmp_path / "data", "val", 0.2, 0, recorded=record)
+
+
 def test_unlabelled_test_split_says_so(tmp_path: Path) -> None:
     make_dataset(tmp_path, n=2, size=16, split="test")
     for path in (tmp_path / "test/label").iterdir():

@@ -16,7 +16,8 @@ Opt = typer.Option
 def evaluate_command(
     model: Annotated[Path, Opt("--model", help="A .onnx (run through the runtime, tiled) or .keras model, or a run.")],
     data: Annotated[Path, Opt("--data", help="Dataset folder in the seed layout (or ISBI stacks).")],
-    split: Annotated[str, Opt("--split", help="val (slices held out by training), test or train.")] = "val",
+    split: Annotated[str, Opt("--split", help="val (slices held out by training; for a model.keras in its run "
+                              "folder, the very slices its run recorded), test or train.")] = "val",
     figures: Annotated[Path | None, Opt("--figures", help="Write figures (PNG) into this folder.")] = None,
     json_out: Annotated[Path | None, Opt("--json", help="Write all scores as JSON to this file.")] = None,
     provider: Annotated[str, Opt("--provider", help="For ONNX models: cpu, cuda or auto (cpu by default, "

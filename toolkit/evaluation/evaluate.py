@@ -60,7 +60,7 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
         raise InputError(f"--figures {figures}: is a file; give a folder for the figures")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
-    slices = select_split(Path(data), split, *_split_options(model, val, seed))
+    slices = select_split(Path(data), split, *_split_options(model, val, seed), recorded=_run_record(model))
     if split == "val" and model.suffix == ".onnx":
         warnings.warn(f"{model}: --split val rebuilds the held-out slices from --val {val:g} --seed {seed}; they "
                       "match training only if the run used the same values (evaluate its model.keras to be sure)",
@@ -83,16 +83,31 @@ def run_threshold(model: Path) -> float:
     return DEFAULT_THRESHOLD
 
 
-def _split_options(model: Path, val: float, seed: int) -> tuple[float, int]:
+def _run_record(model: Path) -> dict[str, Any] | None:
+    """The ``config.json`` of the run a ``.keras`` model sits in, or None."""
     config = model.parent / runs.CONFIG
-    if model.suffix == ".keras" and config.is_file():
-        record = runs.read_json(config)["train"]
-        return float(record["val"]), int(record["seed"])
+    if model.suffix != ".keras" or not config.is_file():
+        return None
+    record = runs.read_json(config)
+    if not isinstance(record.get("train"), dict):
+        raise InputError(f"{config}: not a seg run record (no 'train' section); move the model out of that "
+                         "folder or restore its config.json")
+    return record
+
+
+def _split_options(model: Path, val: float, seed: int) -> tuple[float, int]:
+    record = _run_record(model)
+    if record is not None:
+        return float(record["train"]["val"]), int(record["train"]["seed"])
     return val, seed
 
 
-def select_split(data: Path, split: str, val: float, seed: int) -> list[Slice]:
-    """The labelled slices of ``split``; a split without labels is an ``InputError`` that says so."""
+def select_split(data: Path, split: str, val: float, seed: int, recorded: dict[str, Any] | None = None) -> list[Slice]:
+    """The labelled slices of ``split``; a split without labels is an ``InputError`` that says so.
+
+    ``recorded``: a run's ``config.json``. When ``data`` is the dataset it trained on, ``val`` and ``train`` are
+    the very slices it recorded, even if the folder has gained slices since; on another dataset they are
+    re-split by ``val`` and ``seed``, with a warning."""
     if split not in SPLITS:
         raise InputError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     if data.name in ("image", "label") and not (data / "train").is_dir():
@@ -104,11 +119,36 @@ def select_split(data: Path, split: str, val: float, seed: int) -> list[Slice]:
             raise InputError(f"{data / 'test' / 'label'}: the test split has no labels, so it cannot be scored; "
                              "use --split val")
         return slices
-    train_set, val_set = split_by_slice(load_split(data, "train"), val, seed)
-    chosen = val_set if split == "val" else train_set
+    slices = load_split(data, "train")
+    chosen = _recorded_slices(slices, split, recorded, data) if recorded else None
+    if chosen is None:
+        train_set, val_set = split_by_slice(slices, val, seed)
+        chosen = val_set if split == "val" else train_set
     if not chosen:
         raise InputError(f"--split {split}: no slices (the validation fraction is 0); use --split train")
     return chosen
+
+
+def _recorded_slices(slices: list[Slice], split: str, recorded: dict[str, Any], data: Path) -> list[Slice] | None:
+    """The slices of ``split`` (val or train) that the run recorded, when ``data`` is its dataset; else None
+    (with a warning when it is another dataset). Runs before slice paths were recorded give None."""
+    run_data = recorded.get("data", {})
+    trained_on = run_data.get("dir")
+    if trained_on and Path(trained_on).resolve() != data.resolve():
+        warnings.warn(f"{data}: not the dataset this run trained on ({trained_on}); --split {split} re-splits it "
+                      "with the run's --val and --seed, which holds out the same slices only if it has the same "
+                      "slices in the same order", SegWarning, stacklevel=3)
+        return None
+    wanted = [str(Path(v).resolve()) for v in run_data.get(f"{split}_slices", []) if Path(v).suffix]
+    if not trained_on or not wanted:
+        return None
+    by_source = {str(Path(s.source).resolve()): s for s in slices}
+    missing = [w for w in wanted if w not in by_source]
+    if missing:
+        raise InputError(f"{data}: the run's {split} slice {missing[0]} is no longer there ({len(missing)} of "
+                         f"{len(wanted)} missing); restore it, or score another split")
+    keep = set(wanted)
+    return [s for s in slices if str(Path(s.source).resolve()) in keep]
 
 
 def predict_slices(model: Path, images: list[np.ndarray], provider: str = "cpu",
