@@ -95,14 +95,18 @@ def _normalize_float(image: np.ndarray, name: str) -> np.ndarray:
 def binarize_label(label: np.ndarray, name: str = "label") -> np.ndarray:
     """Label ``(H, W)`` of any dtype -> ``(H, W) float32`` with 1.0 = interior, 0.0 = membrane.
 
-    An integer label of exactly two values, 0 and another (0/255 as in ISBI, 0/1 as numpy and scikit-image
-    save masks), is 0 = membrane and the other = interior. Otherwise pixels at or above half of the
-    normalised range count as interior; a label with more than two distinct values (a soft, JPEG or
-    instance-id label) warns once per file.
+    An integer label of exactly two values is low = membrane, high = interior: 0/255 as in ISBI, 0/1 as
+    numpy and scikit-image save masks (two values without a 0, such as 1/2, warn once per file). Otherwise
+    pixels at or above half of the normalised range count as interior; a label with more than two
+    distinct values (a soft, JPEG or instance-id label) warns once per file.
     """
     mask = np.asarray(label)
-    if mask.ndim == 2 and mask.dtype.kind in "ui" and _zero_and_one_other_value(mask):
-        return (mask > 0).astype(np.float32)
+    two = _two_values(mask) if mask.ndim == 2 and mask.dtype.kind in "ui" else None
+    if two is not None:
+        if two[0] != 0:
+            warnings.warn(f"{name}: label has the two values {two[0]} and {two[1]}; read as {two[0]} = membrane, "
+                          f"{two[1]} = interior", SegWarning, stacklevel=2)
+        return (mask == two[1]).astype(np.float32)
     values = normalize(mask, name=name)
     distinct = np.unique(values[:: max(1, values.shape[0] // 256), :: max(1, values.shape[1] // 256)]).size
     if distinct > 2:
@@ -115,13 +119,14 @@ def binarize_label(label: np.ndarray, name: str = "label") -> np.ndarray:
     return (values >= 0.5).astype(np.float32)
 
 
-def _zero_and_one_other_value(mask: np.ndarray) -> bool:
-    """Whether the integer ``mask`` holds exactly two values, one of them 0."""
-    low = int(mask.min()) if mask.size else 1
-    if low != 0:
-        return False
-    high = int(mask.max())
-    return high > 0 and not np.any((mask != 0) & (mask != high))
+def _two_values(mask: np.ndarray) -> tuple[int, int] | None:
+    """``(low, high)`` when the integer ``mask`` holds exactly two values, else None."""
+    if not mask.size:
+        return None
+    low, high = int(mask.min()), int(mask.max())
+    if low == high or np.any((mask != low) & (mask != high)):
+        return None
+    return low, high
 
 
 def check_threshold(threshold: float) -> float:

@@ -197,6 +197,13 @@ def test_a_two_valued_integer_label_is_membrane_at_0_and_interior_at_the_other_v
     label = np.array([[0, interior], [interior, 0]], dtype)
     np.testing.assert_array_equal(binarize_label(label), [[0, 1], [1, 0]])
     assert binarize_label(np.full((2, 2), 1, np.uint8)).max() == 0  # one value: the half-range rule
+
+
+@pytest.mark.parametrize("values", [(1, 2), (128, 255)])
+def test_two_label_values_without_a_zero_are_low_membrane_high_interior_with_a_warning(values) -> None:
+    label = np.array([[values[0], values[1]]], np.uint8)
+    with pytest.warns(SegWarning, match=f"l.png: label has the two values {values[0]} and {values[1]}"):
+        np.testing.assert_array_equal(binarize_label(label, name="l.png"), [[0, 1]])
     np.testing.assert_array_equal(to_mask(np.array([[0.2, 0.5, 0.9]], np.float32)), [[0, 255, 255]])
 
 
