@@ -56,20 +56,25 @@ def test_perfect_prediction_scores_one(shape: tuple[int, int]) -> None:
     assert result["mse"] == 0.0 and result["pixel_error"] == 0.0 and result["membrane_f1"] == 1.0
 
 
-def test_all_interior_prediction_merges_everything() -> None:
+@pytest.mark.parametrize("value", [1.0, 0.0])
+def test_all_interior_or_all_membrane_prediction_merges_everything(value: float) -> None:
+    """Certain interior stays interior at t = 1.0, and a binarisation without interior is one segment (as the
+    reference's watershed floods it), not n singletons that would credit a blank model with V_info 0.42."""
     label = cells(2, 2)  # 4 cells of 49 pixels: n = 196, sum a^2 = 4 * 49^2 = 9604
-    result = metrics.score_slices([np.ones_like(label)], [label])
+    result = metrics.score_slices([np.full_like(label, value)], [label])
     rand_curve, info_curve = result["v_rand_curve"], result["v_info_curve"]
-    # t < 1: one segment of 196 pixels. V_rand = 2 * 9604 / (9604 + 196^2) = 2 / (k + 1) = 0.4, and
-    # the proposal carries no information: H(T) = 0, I = 0, V_info = 0.
-    assert rand_curve[:10] == pytest.approx([0.4] * 10)
-    assert info_curve[:10] == pytest.approx([0.0] * 10)
-    # t = 1.0: nothing is > 1, so every pixel is a singleton: sum b^2 = sum c^2 = 0, c0 = 196.
-    # V_rand = 2 * 196 / (9604 + 196) = 0.04; H(T) = log 196, I = H(S) = log 4.
-    assert rand_curve[10] == pytest.approx(0.04)
-    assert info_curve[10] == pytest.approx(2 * math.log(4) / (math.log(4) + math.log(196)))
+    # one segment of 196 pixels at every threshold. V_rand = 2 * 9604 / (9604 + 196^2) = 2 / (k + 1) = 0.4,
+    # and the proposal carries no information: H(S) = 0, I = 0, V_info = 0.
+    assert rand_curve == pytest.approx([0.4] * 11)
+    assert info_curve == pytest.approx([0.0] * 11)
     assert (result["v_rand"], result["v_rand_threshold"]) == (pytest.approx(0.4), 0.0)
-    assert (result["v_info"], result["v_info_threshold"]) == (pytest.approx(0.4161, abs=1e-4), 1.0)
+    assert (result["v_info"], result["v_info_threshold"]) == (0.0, 0.0)
+
+
+def test_the_last_threshold_cuts_just_below_one() -> None:
+    prob = np.array([[1.0, np.nextafter(np.float32(1.0), np.float32(0.0)), 0.95]], np.float32)
+    np.testing.assert_array_equal(metrics.binarise(prob, 1.0), [[True, False, False]])
+    np.testing.assert_array_equal(metrics.binarise(prob, 0.9), [[True, True, True]])
 
 
 def test_split_error_hand_computed() -> None:
@@ -132,8 +137,8 @@ def test_best_threshold_is_reported() -> None:
     prob = np.array([[0.95, 0.95, 0.95, 0.25, 0.95, 0.95, 0.95]], np.float32)
     v_rand, v_info = metrics.isbi_curves(prob, label)
     # t = 0.0-0.2: the membrane pixel (0.25) counts as interior -> merge (2/3, see above);
-    # t = 0.3-0.9: perfect; t = 1.0: six singletons, V_rand = 2 * 6 / (18 + 6) = 0.5.
-    np.testing.assert_allclose(v_rand, [2 / 3] * 3 + [1.0] * 7 + [0.5])
+    # t = 0.3-0.9: perfect; t = 1.0: no interior, one segment: a merge again (2/3).
+    np.testing.assert_allclose(v_rand, [2 / 3] * 3 + [1.0] * 7 + [2 / 3])
     np.testing.assert_allclose(v_info[3:10], 1.0)
     result = metrics.score_slices([prob], [label])
     assert (result["v_rand"], result["v_rand_threshold"]) == (pytest.approx(1.0), 0.3)
@@ -214,9 +219,9 @@ def test_score_slices_averages_per_threshold_and_pools_pixels() -> None:
     label_a, label_b = cells(2, 2), row("1110111")
     prob_b = np.array([[0.95, 0.95, 0.95, 0.25, 0.95, 0.95, 0.95]], np.float32)
     result = metrics.score_slices([label_a, prob_b], [label_a, label_b])
-    # slice A is perfect below 1.0 (1.0 at t = 1.0 is all singletons: 2 * 196 / 9800 = 0.04);
+    # slice A (a 0/1 prediction) is perfect at every threshold, t = 1.0 included (1.0 stays interior);
     # slice B's curve is the one of test_best_threshold_is_reported.
-    expected = (np.array([1.0] * 10 + [0.04]) + np.array([2 / 3] * 3 + [1.0] * 7 + [0.5])) / 2
+    expected = (np.array([1.0] * 11) + np.array([2 / 3] * 3 + [1.0] * 7 + [2 / 3])) / 2
     np.testing.assert_allclose(result["v_rand_curve"], expected)
     assert (result["v_rand"], result["v_rand_threshold"]) == (pytest.approx(1.0), 0.3)
     flat_prob = np.concatenate([label_a.ravel(), prob_b.ravel()])

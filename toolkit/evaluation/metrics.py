@@ -16,10 +16,12 @@ evaluation after border thinning" on imagej.net). The recipe, per slice and thre
 1. **Ground truth.** Interior pixels (label >= 0.5) are labelled by 4-connected components; each
    component is one true segment. Membrane pixels of the ground truth are *not scored at all*
    ("foreground-restricted"): ``n`` below counts ground-truth interior pixels only.
-2. **Proposal.** The interior probability is binarised (``prob > t``), interior pixels are labelled
+2. **Proposal.** The interior probability is binarised (``prob > t``; at ``t`` = 1.0, ``prob`` >= 1, as
+   the reference's accumulated threshold 0.9999999999999999 cuts), interior pixels are labelled
    by 4-connected components, and the proposal's boundaries are thinned: the components are flooded
    into the boundary pixels by a watershed on the binary image, which leaves one-pixel watershed
    lines (label 0). A thick predicted membrane is therefore not penalised, only a missing or extra one.
+   A binarisation without interior pixels is one segment, as the reference's watershed makes it.
 3. **Scores** over the ground-truth interior pixels, in the paper's notation: ``S`` is the proposed
    segmentation, ``T`` the ground truth, ``p_ij`` the fraction of the ``n`` scored pixels that lie in
    proposed segment ``i`` and true segment ``j``, ``s_i = sum_j p_ij`` and ``t_j = sum_i p_ij``.
@@ -53,7 +55,8 @@ from seg.runtime import scores
 from seg.runtime.errors import InputError
 
 THRESHOLDS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(11))
-"""The challenge's binarisation thresholds: 0.0 to 1.0 in steps of 0.1 (interior = ``prob > t``)."""
+"""The challenge's binarisation thresholds: 0.0 to 1.0 in steps of 0.1 (interior = ``prob > t``; see
+``binarise`` for the last one)."""
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
@@ -72,7 +75,8 @@ def thinned_segments(interior: np.ndarray) -> np.ndarray:
 
     4-connected interior components are grown into the boundary pixels by a watershed on the binary
     image (boundary = 1, interior = 0); where two components meet, a one-pixel watershed line with
-    label 0 remains. A proposal without interior pixels stays all 0 (every pixel a boundary pixel).
+    label 0 remains. A proposal without interior pixels is one segment (all 1): with no component to
+    grow, the reference's watershed floods the whole plateau from one minimum.
 
     scikit-image labels a pixel's neighbours before deciding whether the pixel itself becomes a
     watershed line, which can leave a few flooded pixels cut off from their own component behind a
@@ -82,7 +86,7 @@ def thinned_segments(interior: np.ndarray) -> np.ndarray:
     interior = np.asarray(interior, dtype=bool)
     markers, count = ndimage.label(interior, structure=_FOUR_CONNECTED)
     if count == 0:
-        return np.zeros(interior.shape, np.int32)
+        return np.ones(interior.shape, np.int32)
     relief = (~interior).astype(np.uint8)  # flat plateau of boundary pixels: flooded breadth-first
     grown = watershed(relief, markers, connectivity=1, watershed_line=True).astype(np.int32, copy=False)
     pieces, _ = ndimage.label(grown > 0, structure=_FOUR_CONNECTED)
@@ -153,6 +157,13 @@ def _v_info(a: np.ndarray, b: np.ndarray, c: np.ndarray, n: int) -> float:
     return float(np.clip(2.0 * mutual / denominator, 0.0, 1.0))
 
 
+def binarise(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Interior ``(H, W) bool``: ``prob > threshold``, except that 1.0 cuts just below 1 as the reference
+    does (it reaches its last threshold by adding 0.1 ten times: 0.9999999999999999), so pixels certain to
+    be interior stay interior there."""
+    return np.asarray(prob) > (np.nextafter(1.0, 0.0) if threshold >= 1.0 else threshold)
+
+
 def isbi_curves(
     prob: np.ndarray, label: np.ndarray, thresholds: Sequence[float] = THRESHOLDS
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +178,7 @@ def isbi_curves(
     v_info = np.full(len(thresholds), np.nan)
     previous: tuple[int, float, float] | None = None
     for k, threshold in enumerate(thresholds):
-        interior = prob > threshold
+        interior = binarise(prob, threshold)
         count = int(np.count_nonzero(interior))
         if previous is not None and previous[0] == count:  # nested sets: same count = same binarisation
             v_rand[k], v_info[k] = previous[1], previous[2]
