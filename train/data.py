@@ -9,12 +9,13 @@ Every problem raises ``InputError`` with one line naming the file.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from seg.runtime.errors import InputError
+from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.io import list_images, read_image, read_pages
 from seg.runtime.preprocess import binarize_label, normalize
 
@@ -41,7 +42,10 @@ def load_split(root: str | Path, split: str = "train", require_labels: bool = Tr
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder not found (expected DIR/train/image and DIR/train/label)")
     if split == "train" and (root / STACK_IMAGES).is_file():
-        return _load_stacks(root / STACK_IMAGES, root / STACK_LABELS)
+        if (root / "train").is_dir():
+            warnings.warn(f"{root}: holds both the ISBI stacks and a train/ folder; the stacks are used. Move one "
+                          "of them out to choose", SegWarning, stacklevel=2)
+        return _warn_if_inverted(_load_stacks(root / STACK_IMAGES, root / STACK_LABELS), root)
     image_dir, label_dir = root / split / "image", root / split / "label"
     if not image_dir.is_dir():
         raise InputError(f"{image_dir}: folder not found (dataset layout: DIR/{split}/image, DIR/{split}/label)")
@@ -51,7 +55,24 @@ def load_split(root: str | Path, split: str = "train", require_labels: bool = Tr
         return [_load_slice(path, None) for path in _by_stem(image_dir).values()]
     images, labels = _by_stem(image_dir), _by_stem(label_dir)
     _check_pairing(images, labels)
-    return [_load_slice(images[stem], labels[stem]) for stem in sorted(images)]
+    return _warn_if_inverted([_load_slice(images[stem], labels[stem]) for stem in sorted(images)], label_dir)
+
+
+MIN_INTERIOR = 0.5
+"""Below this fraction of interior pixels over all labels, the labels probably mark membranes white."""
+
+
+def _warn_if_inverted(slices: list[Slice], where: Path) -> list[Slice]:
+    """``slices``, after a warning when under ``MIN_INTERIOR`` of their labelled pixels are interior: membranes
+    are thin, so EM labels are mostly interior (ISBI 2012: about 78 %)."""
+    labels = [s.label for s in slices if s.label is not None]
+    pixels = sum(label.size for label in labels)
+    interior = sum(float(label.sum()) for label in labels) / pixels if pixels else 1.0
+    if interior < MIN_INTERIOR:
+        warnings.warn(f"{where}: only {interior:.0%} of the labelled pixels are interior; seg reads white (255) as "
+                      "cell interior and black (0) as membrane. If these labels mark membranes white, invert them",
+                      SegWarning, stacklevel=3)
+    return slices
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
-from seg.runtime.errors import InputError
+from seg.runtime.errors import InputError, SegWarning
 from seg.train.data import load_split, split_by_slice
 from tests.helpers import make_dataset, write_png
 
@@ -24,9 +26,10 @@ def test_pairs_by_stem_and_normalises(tmp_path: Path) -> None:
 
 def test_label_binarised_at_half_range(tmp_path: Path) -> None:
     make_dataset(tmp_path, n=1, size=16)
-    write_png(tmp_path / "train/label/00.png", np.array([[127, 128] * 8] * 16, np.uint8))
-    label = load_split(tmp_path)[0].label
-    assert label[0, 0] == 0.0 and label[0, 1] == 1.0
+    write_png(tmp_path / "train/label/00.png", np.array([[127, 128, 255, 0] * 4] * 16, np.uint8))
+    with pytest.warns(SegWarning, match="label is not binary"):
+        label = load_split(tmp_path)[0].label
+    np.testing.assert_array_equal(label[0, :4], [0.0, 1.0, 1.0, 0.0])
 
 
 def test_unlabelled_test_split_loads_without_labels(tmp_path: Path) -> None:
@@ -94,3 +97,23 @@ def test_split_needs_a_training_slice(tmp_path: Path) -> None:
     make_dataset(tmp_path, n=1, size=16)
     with pytest.raises(InputError, match="too few"):
         split_by_slice(load_split(tmp_path), 0.5, seed=0)
+
+
+def test_labels_that_mark_membranes_white_warn(tmp_path: Path) -> None:
+    make_dataset(tmp_path, n=2, size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the seed layout's labels are mostly interior: silent
+        load_split(tmp_path)
+    for path in (tmp_path / "train/label").iterdir():
+        write_png(path, 255 - np.asarray(Image.open(path)))
+    with pytest.warns(SegWarning, match=r"train/label: only \d+% of the labelled pixels are interior.*invert them"):
+        load_split(tmp_path)
+
+
+def test_stacks_beside_a_train_folder_say_which_is_used(tmp_path: Path) -> None:
+    make_dataset(tmp_path, n=2, size=32)
+    volume = np.full((2, 32, 32), 200, np.uint8)
+    tifffile.imwrite(tmp_path / "train-volume.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "train-labels.tif", np.full_like(volume, 255), photometric="minisblack")
+    with pytest.warns(SegWarning, match="holds both the ISBI stacks and a train/ folder; the stacks are used"):
+        assert load_split(tmp_path)[0].source.endswith("train-volume.tif[0]")
