@@ -21,7 +21,7 @@ SPLITS = ("val", "test", "train")
 SCORE_ROWS = (
     ("mse", "MSE (seed metric)"),
     ("threshold", "threshold (pixel scores)"),
-    ("pixel_error", "pixel error"),
+    ("pixel_error", "pixel error (fraction of wrong pixels)"),
     ("membrane_f1", "membrane F1 (= Dice)"),
     ("membrane_iou", "membrane IoU"),
     ("v_rand", "V_rand (thinned, foreground-restricted)"),
