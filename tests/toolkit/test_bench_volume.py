@@ -116,6 +116,7 @@ def test_cli_passes_options_prints_the_table_and_writes_json(report: VolumeBench
     (["--volume", "--data", "nowhere"], "nowhere: no such folder"),
     (["--volume-size", "512"], "--volume-size: only with --volume"),
     (["--block", "512", "--volume-slices", "2"], "--volume-slices, --block: only with --volume"),
+    (["--volume", "--providers", "cuda", "--batch", "4"], "--providers, --batch: not with --volume"),
 ])
 def test_bad_volume_options_exit_2_with_one_line(model: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["benchmark", "--model", str(model), *args])

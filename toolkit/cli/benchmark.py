@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from seg.runtime.errors import InputError
-from seg.toolkit.cli.console import command, console, err_console, fail
+from seg.toolkit.cli.console import command, console, err_console, fail, typed_options
 
 
 def register(app: typer.Typer) -> None:
@@ -39,8 +39,13 @@ def _names(text: str) -> list[str]:
     return [part.strip().lower() for part in text.split(",") if part.strip()]
 
 
+VOLUME_OPTIONS = {"model", "data", "rounds", "json_out", "volume", "volume_size", "volume_slices", "block", "keras"}
+"""The parameters ``--volume`` uses (``--keras`` is refused with its own message)."""
+
+
 @command
 def benchmark(
+    context: typer.Context,
     model: Annotated[Path, typer.Option(
         "--model", help="The FP32 .onnx model; variants are its .fp16/.int8 siblings.")],
     keras: Annotated[Path | None, typer.Option(
@@ -79,6 +84,10 @@ def benchmark(
 ) -> None:
     """Measure speed, memory and accuracy of every configuration on the same images; print a markdown table."""
     if volume:
+        ignored = typed_options(context, VOLUME_OPTIONS)
+        if ignored:
+            raise InputError(f"{', '.join(ignored)}: not with --volume (it takes only --model, --data, --rounds, "
+                             "--json, --volume-size, --volume-slices and --block)")
         _volume(model, data, keras, rounds, json_out, size=volume_size, slices=volume_slices, block=block)
         return
     given = [name for name, value in (("--volume-size", volume_size), ("--volume-slices", volume_slices),

@@ -93,3 +93,14 @@ def command(fn: F) -> F:
             warnings.showwarning = previous
 
     return wrapper  # type: ignore[return-value]
+
+
+def typed_options(context: typer.Context, besides: set[str]) -> list[str]:
+    """The options typed on the command line (not defaults), as written (``--batch``), other than the
+    parameters named in ``besides``."""
+
+    def typed(name: str | None) -> bool:
+        source = context.get_parameter_source(name or "")
+        return source is not None and source.name == "COMMANDLINE"
+
+    return [param.opts[0] for param in context.command.params if param.name not in besides and typed(param.name)]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from seg.toolkit.cli.console import command, console, plural, quiet_tensorflow
+from seg.toolkit.cli.console import command, console, plural, quiet_tensorflow, typed_options
 
 if TYPE_CHECKING:
     from seg.train.models import ModelSpec
@@ -101,12 +101,7 @@ def _warn_ignored_on_resume(context: typer.Context) -> None:
 
     from seg.runtime.errors import SegWarning
 
-    def typed(name: str | None) -> bool:
-        source = context.get_parameter_source(name or "")
-        return source is not None and source.name == "COMMANDLINE"
-
-    given = [param.opts[0] for param in context.command.params if param.name not in RESUME_OPTIONS
-             and typed(param.name)]
+    given = typed_options(context, set(RESUME_OPTIONS))
     if given:
         warnings.warn(f"--resume continues the run with the settings in its config.json; {', '.join(given)} "
                       "ignored (only --time-budget and --quiet apply)", SegWarning, stacklevel=2)
