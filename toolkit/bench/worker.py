@@ -89,6 +89,7 @@ def measure_onnx(spec: Spec) -> dict[str, Any]:
         source = _linked_inputs(files, Path(folder) / "in")
         run = lambda: segment_paths(source, segmenter=seg, output_dir=Path(folder) / "out", overwrite=True)  # noqa: E731
         result["e2e_ips"] = median_rate(run, len(files), spec.repeats)
+    result["peak_rss_mb"] = peak_rss_mb()  # this configuration's own: before latency and scoring add sessions
     if spec.latency_runs:
         single = Segmenter(spec.model, provider=spec.provider, batch_size=1, threads=spec.threads,
                            streams=spec.streams)
@@ -254,7 +255,7 @@ def main(argv: list[str]) -> int:
         result = ENGINES[spec.engine](spec)
     except SegError as exc:
         result = {"error": str(exc), "error_kind": type(exc).__name__}
-    result["peak_rss_mb"] = peak_rss_mb()
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     from seg.runtime.atomic import write_json_atomic
 
     write_json_atomic(argv[1], result)
