@@ -60,7 +60,10 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
         raise InputError(f"--figures {figures}: is a file; give a folder for the figures")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
-    slices = select_split(Path(data), split, *_split_options(model, val, seed), recorded=_run_record(model))
+    record = _run_record(model)
+    if record is not None:  # the run's own split options, whatever was given
+        val, seed = float(record["train"]["val"]), int(record["train"]["seed"])
+    slices = select_split(Path(data), split, val, seed, recorded=record)
     if split == "val" and model.suffix == ".onnx":
         warnings.warn(f"{model}: --split val rebuilds the held-out slices from --val {val:g} --seed {seed}; they "
                       "match training only if the run used the same values (evaluate its model.keras to be sure)",
@@ -93,13 +96,6 @@ def _run_record(model: Path) -> dict[str, Any] | None:
         raise InputError(f"{config}: not a seg run record (no 'train' section); move the model out of that "
                          "folder or restore its config.json")
     return record
-
-
-def _split_options(model: Path, val: float, seed: int) -> tuple[float, int]:
-    record = _run_record(model)
-    if record is not None:
-        return float(record["train"]["val"]), int(record["train"]["seed"])
-    return val, seed
 
 
 def select_split(data: Path, split: str, val: float, seed: int, recorded: dict[str, Any] | None = None) -> list[Slice]:
