@@ -101,7 +101,7 @@ def _warn_ignored_on_resume(context: typer.Context) -> None:
 
     from seg.runtime.errors import SegWarning
 
-    given = typed_options(context, set(RESUME_OPTIONS))
+    given = typed_options(context, RESUME_OPTIONS)
     if given:
         warnings.warn(f"--resume continues the run with the settings in its config.json; {', '.join(given)} "
                       "ignored (only --time-budget and --quiet apply)", SegWarning, stacklevel=2)
