@@ -102,7 +102,7 @@ def _load_slice(image_path: Path, label_path: Path | None) -> Slice:
                 f"of {image_path.name}"
             )
         label = binarize_label(raw_label, name=str(label_path))
-    return Slice(image_path.stem, image, label, str(image_path))
+    return Slice(image_path.stem, image, label, str(image_path.resolve()))
 
 
 def _load_stacks(volume: Path, labels: Path) -> list[Slice]:
@@ -117,7 +117,7 @@ def _load_stacks(volume: Path, labels: Path) -> list[Slice]:
             raise InputError(f"{labels}: page {index} size {_size(label)} does not match image {_size(image)}")
         name = f"{index:02d}"
         slices.append(Slice(name, normalize(image, name=f"{volume}[{index}]"),
-                            binarize_label(label, name=f"{labels}[{index}]"), f"{volume}[{index}]"))
+                            binarize_label(label, name=f"{labels}[{index}]"), f"{volume.resolve()}[{index}]"))
     return slices
 
 

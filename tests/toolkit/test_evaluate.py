@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,9 @@ def test_keras_and_onnx_agree_and_figures_exist(trained_run: Path, exported_mode
                                                 tmp_path: Path) -> None:
     keras_report = evaluate(trained_run / "model.keras", isbi_dir, "val")
     onnx_report = evaluate(exported_model, isbi_dir, "val", figures=tmp_path / "fig")
+    with warnings.catch_warnings():  # the run's recorded split: nothing to warn about
+        warnings.simplefilter("error", SegWarning)
+        assert evaluate(exported_model, isbi_dir, "val", run=trained_run).scores == onnx_report.scores
     assert keras_report.slice_names == onnx_report.slice_names and len(onnx_report.slice_names) == 5
     for key, _ in SCORE_ROWS:
         assert abs(keras_report.scores[key] - onnx_report.scores[key]) <= 1e-4, key
@@ -189,3 +193,25 @@ def test_onnx_tta_is_reported_and_changes_an_asymmetric_models_scores(tmp_path: 
     tta = evaluate(model, tmp_path / "data", "train", tta=True)
     assert tta.engine.endswith("+ TTA") and not plain.engine.endswith("+ TTA")
     assert tta.scores["mse"] != pytest.approx(plain.scores["mse"])
+
+
+def test_recorded_slices_are_found_from_any_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run trained on a relative --data records absolute slice paths, so evaluate and the run's
+    samples.png find its validation slices wherever they are called from."""
+    from seg.toolkit.evaluation.figures import _validation_samples
+    from seg.train.data import load_split, split_by_slice
+
+    make_dataset(tmp_path / "data", n=10, size=16)
+    monkeypatch.chdir(tmp_path)
+    slices = load_split(Path("data"))
+    assert all(Path(s.source).is_absolute() for s in slices)
+    train_set, val_set = split_by_slice(slices, 0.2, 0)
+    record = {"train": {"val": 0.2, "seed": 0},
+              "data": {"dir": str(Path("data").resolve()), "train_slices": [s.source for s in train_set],
+                       "val_slices": [s.source for s in val_set]}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path / "data")
+    chosen = select_split(Path("."), "val", 0.5, 3, recorded=record)
+    assert [s.name for s in chosen] == [s.name for s in val_set]
+    assert [s.name for s in _validation_samples(tmp_path / "run", 1)] == [val_set[0].name]

@@ -47,12 +47,15 @@ class EvalReport:
 
 
 def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | None = None, provider: str = "cpu",
-             val: float = 0.2, seed: int = 0, threshold: float | None = None, tta: bool = False) -> EvalReport:
+             val: float = 0.2, seed: int = 0, threshold: float | None = None, tta: bool = False,
+             run: Path | None = None) -> EvalReport:
     """Score ``model`` (``.onnx`` or ``.keras``) on ``split``: ``val`` is the slices held out by training
     with ``--val``/``--seed`` (taken from the run's config.json when the model sits in a run folder).
     The pixel scores cut at ``threshold``, by default the model's own (ONNX metadata or the run's
     config.json, where training wrote the validation-chosen value; 0.5 when neither has one). ``tta``
-    averages the 8 flips/rotations (8x the model runs)."""
+    averages the 8 flips/rotations (8x the model runs). ``run``: the run folder an ``.onnx`` model was
+    exported from, whose recorded slices and options then define the split (a ``.keras`` model in its run
+    folder needs none)."""
     from seg.toolkit.evaluation import metrics
 
     model = runs.resolve_model(model)
@@ -60,11 +63,13 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
         raise InputError(f"--figures {figures}: is a file; give a folder for the figures")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
-    record = _run_record(model)
+    record = _run_record(model if run is None else Path(run) / runs.BEST_MODEL)
+    if run is not None and record is None:
+        raise InputError(f"--run {run}: no {runs.CONFIG} there; give the folder of the training run")
     if record is not None:  # the run's own split options, whatever was given
         val, seed = float(record["train"]["val"]), int(record["train"]["seed"])
     slices = select_split(Path(data), split, val, seed, recorded=record)
-    if split == "val" and model.suffix == ".onnx":
+    if split == "val" and record is None and model.suffix == ".onnx":
         warnings.warn(f"{model}: --split val rebuilds the held-out slices from --val {val:g} --seed {seed}; they "
                       "match training only if the run used the same values (evaluate its model.keras to be sure)",
                       SegWarning, stacklevel=2)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seg.toolkit.evaluation.evaluate import keras_predict_file
+from seg.toolkit.evaluation.evaluate import keras_predict_file, select_split
 from seg.train import runs
-from seg.train.data import Slice, load_split
+from seg.train.data import Slice
 
 
 def write_run_figures(run_dir: Path, n_samples: int = 2) -> list[Path]:
@@ -25,5 +25,7 @@ def write_run_figures(run_dir: Path, n_samples: int = 2) -> list[Path]:
 
 def _validation_samples(run_dir: Path, n_samples: int) -> list[Slice]:
     record = runs.read_json(run_dir / runs.CONFIG)
-    wanted = set(record["data"]["val_slices"][:n_samples])
-    return [s for s in load_split(record["data"]["dir"], "train") if s.source in wanted]
+    if not record["data"].get("val_slices"):
+        return []
+    train = record["train"]
+    return select_split(Path(record["data"]["dir"]), "val", train["val"], train["seed"], recorded=record)[:n_samples]
