@@ -2,11 +2,14 @@
 large mosaic, the test slices as a volume on Dask, evaluation, figures and ``report.md`` — with no dataset
 needed (it synthesises one).
 
-Each stage reuses what an interrupted earlier demo left complete in ``out`` (data, run, model).
+Rerun into the same ``out``, it reuses the synthetic data and continues the training run (up to the new
+budget); the later stages run again. ``out/demo.json`` records the data, seed and width it was made with, and
+a rerun that asks for others is refused rather than mixing two demos.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from seg.runtime.atomic import write_text_atomic
+from seg.runtime.atomic import write_json_atomic, write_text_atomic
+from seg.runtime.errors import InputError
 from seg.runtime.io import list_images, read_image, write_image
 from seg.train import runs
 
@@ -37,8 +41,16 @@ def run_demo(out: Path = Path("runs/demo"), data: Path | None = None, budget_s: 
              width: int = 16, say: Say = print, progress: bool = True, synth: tuple[int, int] = (30, 512),
              ) -> DemoReport:
     """Run every stage into ``out`` and return the report; ``budget_s`` bounds the training time.
-    ``synth`` = (number of slices, size) of the synthetic data made when ``data`` is None."""
-    out.mkdir(parents=True, exist_ok=True)
+    ``synth`` = (number of slices, size) of the synthetic data made when ``data`` is None.
+
+    Raises ``InputError`` for a ``budget_s`` that is not positive, a ``data`` folder the demo cannot use, or an
+    ``out`` that holds a demo made with other data, seed or width."""
+    if not budget_s > 0:
+        raise InputError(f"--budget {budget_s:g}: must be a positive number of seconds, e.g. 240")
+    if data is not None:
+        _check_dataset(data)
+    _claim_out(out, data, seed, width)
+    (out / "report.md").unlink(missing_ok=True)  # a rerun that fails leaves no report of the last one
     report = DemoReport(out, _data_stage(out, data, seed, say, synth))
     run_dir = _train_stage(report, budget_s, seed, width, say, progress)
     model = _export_stage(report, run_dir, say)
@@ -48,6 +60,35 @@ def run_demo(out: Path = Path("runs/demo"), data: Path | None = None, budget_s: 
     write_text_atomic(out / "report.md", render_report(report))
     say(f"report: {out / 'report.md'}")
     return report
+
+
+def _check_dataset(data: Path) -> None:
+    """Refuse, before any work, a dataset the later stages cannot use: no such folder, or the ISBI stacks
+    (training reads them, but export and inference take folders of slices)."""
+    from seg.export.parity import image_paths
+
+    image_paths(data)  # raises InputError naming the folder and the fix
+
+
+def _claim_out(out: Path, data: Path | None, seed: int, width: int) -> None:
+    """Record in ``out/demo.json`` what this demo is made of; refuse an ``out`` holding a demo made of
+    something else, which a rerun would otherwise resume and mix with the new settings."""
+    settings = {"data": str(data.resolve()) if data is not None else None, "seed": seed, "width": width}
+    record = out / "demo.json"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; give a folder for the demo")
+    if record.is_file():
+        before = runs.read_json(record)
+        changed = [f"{key} {before.get(key)} -> {value}" for key, value in settings.items() if before.get(key) != value]
+        if changed:
+            raise InputError(f"--out {out}: holds a demo made with other settings ({'; '.join(changed)}); pass "
+                             "another --out, or delete that folder to start over")
+        return
+    if (out / "runs" / "demo" / runs.CONFIG).is_file() or (out / "data").is_dir():
+        raise InputError(f"--out {out}: holds an earlier demo whose settings were not recorded; pass another "
+                         "--out, or delete that folder to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, settings)
 
 
 def _data_stage(out: Path, data: Path | None, seed: int, say: Say, synth: tuple[int, int]) -> Path:
@@ -71,20 +112,40 @@ def _train_stage(report: DemoReport, budget_s: float, seed: int, width: int, say
     from seg.train.models import ModelSpec
 
     run_dir = report.out / "runs" / "demo"
+    start = time.perf_counter()
     if (run_dir / runs.CONFIG).is_file():  # started before: resume (from scratch if no epoch finished)
-        result = train.resume(run_dir, progress=progress)
+        result = train.resume(run_dir, progress=progress, time_budget=budget_s)
     else:
-        config = train.TrainConfig(data=str(report.data), model=ModelSpec(width=width), time_budget=budget_s,
-                                   seed=seed, runs_root=str(run_dir.parent), name=run_dir.name)
+        spec = ModelSpec(width=width)
+        config = train.TrainConfig(data=str(report.data), model=spec, time_budget=budget_s, seed=seed,
+                                   crop=_crop_for(report.data, spec.size_multiple), runs_root=str(run_dir.parent),
+                                   name=run_dir.name)
         result = train.fit(config, progress=progress)
+    seconds = time.perf_counter() - start
     from seg.toolkit.evaluation.figures import write_run_figures
 
     report.figures += write_run_figures(result.run_dir)
     report.numbers["train"] = {"epochs": result.epochs, "best_epoch": result.best_epoch, "device": result.device,
                                "val_mse": result.val_mse, "val_f1": result.val_f1, "crops_per_s": result.crops_per_s}
-    say(f"train: {result.epochs} epochs on {result.device} in <= {budget_s:.0f}s, "
+    say(f"train: {result.epochs} epochs on {result.device} in {seconds:.0f}s (budget {budget_s:g}s), "
         f"val membrane F1 {result.val_f1:.3f} (best epoch {result.best_epoch})")
     return result.run_dir
+
+
+def _crop_for(data: Path, multiple: int, largest: int = 256) -> int:
+    """The training crop: ``largest`` px, or less on smaller slices (a multiple of ``multiple``, the model's
+    size multiple), so the demo runs on any dataset without a crop option of its own."""
+    from PIL import Image
+
+    smallest = largest
+    for path in list_images(data / "train" / "image"):
+        with Image.open(path) as image:
+            smallest = min(smallest, *image.size)
+    crop = smallest // multiple * multiple
+    if crop < multiple:
+        raise InputError(f"{data / 'train' / 'image'}: a slice of {smallest} px is smaller than the U-Net's "
+                         f"{multiple}-px size multiple; give the demo slices of at least {multiple} px")
+    return crop
 
 
 def _export_stage(report: DemoReport, run_dir: Path, say: Say) -> Path:
@@ -102,8 +163,11 @@ def _export_stage(report: DemoReport, run_dir: Path, say: Say) -> Path:
 
 
 def make_mosaic(images: list[Path], grid: int = 3) -> np.ndarray:
-    """A ``(grid*H, grid*W)`` uint8 mosaic of the first ``grid**2`` images (repeated when fewer)."""
-    tiles = [read_image(images[i % len(images)]) for i in range(grid * grid)]
+    """A ``(grid*H, grid*W)`` uint8 mosaic of the first ``grid**2`` images (repeated when fewer); images of
+    another size than the first are left out."""
+    first = read_image(images[0])
+    same = [first] + [image for image in map(read_image, images[1:grid * grid]) if image.shape == first.shape]
+    tiles = [same[i % len(same)] for i in range(grid * grid)]
     rows = [np.concatenate(tiles[r * grid:(r + 1) * grid], axis=1) for r in range(grid)]
     return np.concatenate(rows, axis=0)
 
@@ -169,9 +233,7 @@ def _evaluate_stage(report: DemoReport, model: Path, run_dir: Path, say: Say) ->
 
     has_test_labels = (report.data / "test" / "label").is_dir()
     split = "test" if has_test_labels else "val"
-    trained = runs.read_json(run_dir / runs.CONFIG)["train"]  # the held-out slices are those of its split
-    result = evaluate(model, report.data, split, figures=report.out / "figures", val=float(trained["val"]),
-                      seed=int(trained["seed"]))
+    result = evaluate(model, report.data, split, figures=report.out / "figures", run=run_dir)  # its held-out slices
     report.figures += [Path(p) for p in result.figures]
     report.numbers["evaluate"] = {"split": split, "slices": len(result.slice_names),
                                   **{k: result.scores[k] for k in ("mse", "pixel_error", "membrane_f1",

@@ -24,7 +24,7 @@ def evaluate_command(
                                         "so scores do not depend on the machine's GPU).")] = "cpu",
     val: Annotated[float, Opt("--val", help="Validation fraction used by training (for --split val; a "
                               "model.keras in its run folder uses its run's).")] = 0.2,
-    seed: Annotated[int, Opt("--seed", help="Seed used by training's split (for --split val; a model.keras in "
+    seed: Annotated[int, Opt("--seed", min=0, help="Seed used by training's split (for --split val; a model.keras in "
                              "its run folder uses its run's).")] = 0,
     threshold: Annotated[float | None, Opt("--threshold", help="Threshold for the pixel scores (default: the "
                                            "model's own, chosen on validation by training).")] = None,

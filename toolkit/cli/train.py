@@ -37,7 +37,7 @@ def train_command(
     crop: Annotated[int, Opt("--crop", help="Random crop size (a multiple of stem x 2^depth).")] = 256,
     lr: Annotated[float, Opt("--lr", help="Peak Adam learning rate (warm-up, then cosine decay).")] = 3e-3,
     val: Annotated[float, Opt("--val", help="Fraction of slices held out for validation.")] = 0.2,
-    seed: Annotated[int, Opt("--seed", help="Seed for the split, the crops and the weights.")] = 0,
+    seed: Annotated[int, Opt("--seed", min=0, help="Seed for the split, the crops and the weights.")] = 0,
     time_budget: Annotated[float | None, Opt("--time-budget", help="Stop cleanly after this many seconds.")] = None,
     patience: Annotated[int, Opt("--patience", help="Stop after N epochs without better val F1.")] = 0,
     elastic: Annotated[bool, Opt("--elastic/--no-elastic", help="Elastic deformation in the augmentation.")] = True,
