@@ -25,7 +25,9 @@ from seg.runtime.errors import SegWarning
 if TYPE_CHECKING:
     import numpy as np
 
-TRIAL_SHAPES = ((1, 64, 128), (2, 192, 64))  # (batch, then sizes for the other dynamic dims), multiples of 64
+TRIAL_SHAPES = ((1, 128, 256), (2, 384, 128))
+"""(batch, then sizes for the other dynamic dims): multiples of 128, the largest size multiple a model may
+have (``seg.train.models.MAX_SIZE_MULTIPLE``), so every model runs at both."""
 
 
 def tidy(proto: onnx.ModelProto, name: str = "model") -> dict[str, int]:

@@ -97,7 +97,7 @@ def test_a_crop_that_is_not_the_identity_is_undone_with_a_warning() -> None:
     message = str(record[0].message)
     assert message.startswith("runs/train/a/model.keras: kept tf2onnx's Slice/Pad crop after ConvTranspose 'up' "
                               "(output 'y' changed by up to ")
-    assert "on a (1, 2, 64, 128) trial input); the model is still exact" in message and "\n" not in message
+    assert "on a (1, 2, 128, 256) trial input); the model is still exact" in message and "\n" not in message
     assert counts == {"identity_crops": 0, "reverted": 1, "dead_nodes": 1}  # the rewrite undone, the dead Neg gone
     assert {"Slice", "Pad", "ConvTranspose"} <= set(_ops(model)) and "Neg" not in _ops(model)
     np.testing.assert_array_equal(_run(model, x), before)
@@ -169,3 +169,21 @@ def test_a_leading_unit_axis_on_the_output_is_squeezed_away(opset: int) -> None:
     np.testing.assert_array_equal(prob, 2 * image)
     assert not tidy.squeeze_leading_unit_output(proto)  # already 4-D: nothing to do
     assert not tidy.squeeze_leading_unit_output(_unit_axis_graph(17, leading=3))  # not a unit axis: left alone
+
+
+def test_a_model_with_the_largest_size_multiple_is_tidied() -> None:
+    """A U-Net whose inputs must be multiples of 128 (depth 6, stem 2) runs at the trial shapes, so its
+    identity crops are removed, not all undone as unproven."""
+    import keras
+
+    from seg.export.convert import convert_keras, tidy_checked
+    from seg.train.models import MAX_SIZE_MULTIPLE, ModelSpec, build_model
+
+    spec = ModelSpec(width=1, depth=6)
+    assert spec.size_multiple == MAX_SIZE_MULTIPLE
+    keras.utils.set_random_seed(0)
+    proto = convert_keras(build_model(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegWarning)
+        cleanups = tidy_checked(proto, "deep")
+    assert cleanups["reverted"] == 0 and cleanups["identity_crops"] > 0
