@@ -98,29 +98,29 @@ def load_images(data: Path, config: dict[str, Any], max_images: int = 8) -> Imag
 
 
 def load_calibration(calib: str | Path | None, gate: ImageSet, data: Path) -> ImageSet:
-    """INT8 calibration images (labels are not read): up to ``MAX_CALIB`` from ``calib``; by default the
-    dataset's images the gate does not use. A dataset with no other images calibrates on the gate's own,
-    with a ``SegWarning`` and ``source`` saying so (the INT8 gate is then judged on its calibration data).
-    Raises ``InputError`` when ``calib`` does not exist or holds no images."""
-    if calib is not None:
-        paths, _ = image_paths(Path(calib))
-        return _read(paths[:MAX_CALIB], None, str(calib))
-    paths, _ = image_paths(data)
-    unused = [p for p in paths if p.stem not in gate.names]
+    """INT8 calibration images (labels are not read): up to ``MAX_CALIB`` from ``calib`` (default: the
+    dataset ``data``), leaving out the files the gate scores, so the INT8 gate is not judged on its own
+    calibration data. When every image is one of the gate's, it calibrates on those, with a ``SegWarning``
+    and ``source`` saying so. Raises ``InputError`` when ``calib`` does not exist or holds no images."""
+    source = data if calib is None else Path(calib)
+    paths, _ = image_paths(source, flag="--data" if calib is None else "--calib")
+    gated = {path.resolve() for path in image_paths(data)[0] if path.stem in gate.names}
+    unused = [path for path in paths if path.resolve() not in gated]
     if unused:
-        return _read(unused[:MAX_CALIB], None, str(data))
-    warnings.warn(f"{data}: every image is one of the parity gate's, so INT8 calibrates on the images it is "
+        return _read(unused[:MAX_CALIB], None, str(source))
+    warnings.warn(f"{source}: every image is one of the parity gate's, so INT8 calibrates on the images it is "
                   "gated on; pass --calib DIR with other images of the same kind", SegWarning, stacklevel=2)
-    return _read(paths[:MAX_CALIB], None, f"{data} (the gate's own images: no others)")
+    return _read(paths[:MAX_CALIB], None, f"{source} (the gate's own images: no others)")
 
 
-def image_paths(data: Path) -> tuple[list[Path], Path | None]:
-    """Image files of a dataset (``DIR/train/image``) or an image folder, and the label folder if any."""
+def image_paths(data: Path, flag: str = "--data") -> tuple[list[Path], Path | None]:
+    """Image files of a dataset (``DIR/train/image``) or an image folder, and the label folder if any;
+    ``flag`` is the option that named ``data``, for the errors."""
     if not data.exists():
-        raise InputError(f"{data}: no such folder; give --data a dataset folder (DIR/train/image) or image folder")
+        raise InputError(f"{data}: no such folder; give {flag} a dataset folder (DIR/train/image) or image folder")
     image_dir = data / "train" / "image" if (data / "train" / "image").is_dir() else data
     if image_dir == data and (data / STACK_IMAGES).is_file():
-        raise InputError(f"{data}: holds the ISBI stacks ({STACK_IMAGES}), not slices; give --data a folder of "
+        raise InputError(f"{data}: holds the ISBI stacks ({STACK_IMAGES}), not slices; give {flag} a folder of "
                          f"slices, e.g. from: seg data import {data / STACK_IMAGES} {data / STACK_LABELS} DIR")
     label_dir = image_dir.parent / "label"
     return list_images(image_dir), label_dir if label_dir.is_dir() else None

@@ -50,7 +50,18 @@ def test_calibration_reads_no_labels_and_prefers_images_the_gate_does_not_use(tm
     gate = parity.ImageSet(str(data), ["00"], [], [])
     calib = parity.load_calibration(None, gate, data)
     assert calib.names == ["01", "02"] and calib.labels == [None, None] and calib.source == str(data)
-    assert parity.load_calibration(data / "train" / "image", gate, data).names == ["00", "01", "02"]
+    other = _dataset(tmp_path / "other", ["00", "05"])  # same names, other files: all calibrate
+    assert parity.load_calibration(other, gate, data).names == ["00", "05"]
+
+
+def test_calib_leaves_out_the_gates_own_files_and_names_its_flag(tmp_path: Path) -> None:
+    """``--calib`` given the dataset itself must not calibrate on the images the INT8 gate is judged on."""
+    data = _dataset(tmp_path, ["00", "01", "02"])
+    gate = parity.ImageSet(str(data), ["00", "01", "mosaic-768x1024"], [], [])
+    for calib in (data, data / "train" / "image"):
+        assert parity.load_calibration(calib, gate, data).names == ["02"]
+    with pytest.raises(InputError, match="no such folder; give --calib a dataset folder"):
+        parity.load_calibration(tmp_path / "nowhere", gate, data)
 
 
 def test_calibrating_on_the_gate_images_is_a_warning(tmp_path: Path) -> None:
