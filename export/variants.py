@@ -234,7 +234,8 @@ def _gate_and_write(kind: str, fp32: onnx.ModelProto, variant_bytes: bytes, out:
     report.reason = _reason(report)
     speedup = report.ms_fp32 / report.ms_variant if report.ms_variant > 0 else 0.0
     report.settings["cpu_speedup"] = round(speedup, 3)
-    report.settings["recommended_on_this_cpu"] = speedup >= RECOMMEND_SPEEDUP
+    if kind == "int8":  # INT8 is made for speed; FP16 and u8 for size and input type
+        report.settings["recommended_on_this_cpu"] = speedup >= RECOMMEND_SPEEDUP
     write_json_atomic(report_path(path), report.to_dict())
     if not report.passed:
         raise GateError(f"{path}: {kind} gate FAILED ({report.reason}); not written, see {report_path(path)}")

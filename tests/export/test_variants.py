@@ -30,6 +30,7 @@ def test_variant_written_and_gated(edge_export: Any, kind: str) -> None:
     assert report.ms_fp32 > 0 and report.ms_variant > 0
     if kind == "fp16":
         assert report.settings["clamped_extremes"] == 0  # no weight below 1e-7 or above 1e4 in magnitude
+    assert ("recommended_on_this_cpu" in report.settings) == (kind == "int8")  # speed advice: INT8's only
     saved = json.loads(report.path.with_name(f"model.{kind}.parity.json").read_text())
     assert saved["passed"] is True and saved["kind"] == kind
 
