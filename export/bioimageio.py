@@ -22,11 +22,12 @@ How seg's contract is written in the spec's terms:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import math
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,7 @@ def write_package(onnx_path: str | Path, report: ExportReport | ModelInfo, image
         weights = onnx_path.read_bytes()
     except OSError as exc:
         raise InputError(f"{onnx_path}: cannot read the exported model ({exc.strerror or exc})") from None
-    readme = docs.readme(info, parity, image_set, run_dir, onnx_path.name, license)
+    readme = functools.partial(docs.readme, info, parity, image_set, run_dir, onnx_path.name, license)
     with tempfile.TemporaryDirectory(prefix="seg-bioimageio-") as folder:
         staged = _stage(Path(folder), onnx_path.name, weights, info, image_set.images[0], readme, parity_json)
         with _rejected_by_spec(out):
@@ -132,10 +133,11 @@ def default_license(info: ModelInfo) -> str:
     return "CC-BY-NC-4.0" if docs.trained_on_isbi(info) else "MIT"
 
 
-def _stage(folder: Path, name: str, weights: bytes, info: ModelInfo, image: np.ndarray, readme: str,
-           parity_json: Path | None) -> Staged:
+def _stage(folder: Path, name: str, weights: bytes, info: ModelInfo, image: np.ndarray,
+           readme: Callable[[str], str], parity_json: Path | None) -> Staged:
     """Write the package's files into ``folder``: the weights as ``name``, test tensors and samples from
-    ``image`` (``(H, W) float32 in [0, 1]``, cropped to a valid size), cover, ``readme``, the parity report."""
+    ``image`` (``(H, W) float32 in [0, 1]``, cropped to a valid size), cover, ``readme(input dtype)``, the
+    parity report."""
     from seg.export import bioimageio_docs as docs
 
     size_min, step, _ = sizes(info)
@@ -151,7 +153,7 @@ def _stage(folder: Path, name: str, weights: bytes, info: ModelInfo, image: np.n
     write_image(paths["sample_input"], raw)
     write_image(paths["sample_output"], prob)
     docs.cover(normalize(raw), prob, paths["cover"])
-    paths["readme"].write_text(readme, encoding="utf-8")
+    paths["readme"].write_text(readme(str(raw.dtype)), encoding="utf-8")
     staged_parity = None
     if parity_json is not None and parity_json.is_file():
         staged_parity = folder / parity_json.name

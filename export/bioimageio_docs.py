@@ -73,9 +73,11 @@ def citations(info: ModelInfo) -> list[tuple[str, str]]:
 
 def zoo_config(info: ModelInfo, run_dir: str | Path | None) -> dict[str, Any]:
     """Keyword arguments for the spec's ``BioimageioConfig``: what the model is for and, when the run's
-    ``config.json`` says, how it was trained."""
-    train = _run_files(run_dir)[0].get("train")
-    training = {"training_epochs": train.get("epochs"), "training_batch_size": train.get("batch"),
+    ``config.json`` says, how it was trained (``training_epochs``: the epochs it trained, from ``state.json``;
+    left out when that is missing)."""
+    config, state = _run_files(run_dir)
+    train = config.get("train")
+    training = {"training_epochs": state.get("epoch"), "training_batch_size": train.get("batch"),
                 "initial_learning_rate": train.get("lr"), "loss_function": train.get("loss"),
                 "optimizer": "keras.optimizers.Adam"} if isinstance(train, dict) else {}
     return {"architecture_type": architecture(info).split(",")[0], "architecture_description": architecture(info),
@@ -84,15 +86,18 @@ def zoo_config(info: ModelInfo, run_dir: str | Path | None) -> dict[str, Any]:
 
 
 def readme(info: ModelInfo, parity: ParityReport | None, image_set: ImageSet, run_dir: str | Path | None,
-           weights: str, license: str) -> str:
+           weights: str, license: str, input_dtype: str = "uint8") -> str:
     """The package's README.md: model, training data and its terms, recipe, validation, parity, how to run,
-    licence."""
+    licence. ``input_dtype``: the test input's dtype, the type the package declares."""
+    from seg.export.bioimageio import sizes
+
     config, state = _run_files(run_dir)
+    size_min, step, _ = sizes(info)
     lines = [f"# {title(info)}", "", description(info), "", "## Model", "",
              f"- Architecture: {architecture(info)}; receptive field {info.receptive_field} px.",
              "- Input: a 2-D gray image, axes batch, y, x, channel (NHWC); integers are scaled by their dtype's "
-             "range (uint8 / 255), as seg-toolkit does. Height and width: multiples of "
-             f"{info.size_multiple}.",
+             "range (uint8 / 255), as seg-toolkit does. Height and width: "
+             f"{size_min} + n x {step} px in bioimage.io tools (seg-toolkit tiles any size).",
              f"- Output: the cell-interior probability in [0, 1]; masks at threshold {info.threshold:g}.",
              f"- Tiling: tiles of {info.tile_size} px overlapping by a halo of {info.halo} px (declared on the "
              "output, so block-wise prediction crops it).",
@@ -103,7 +108,7 @@ def readme(info: ModelInfo, parity: ParityReport | None, image_set: ImageSet, ru
              "", "## Training data", "", f"- {info.training_data or 'Not recorded.'}"]
     lines += ["", ISBI_TERMS] if trained_on_isbi(info) else []
     lines += ["", "## Training recipe", "", *_recipe(config)]
-    lines += ["", "## Validation", "", *_scores(state), *_parity(parity, image_set)]
+    lines += ["", "## Validation", "", *_scores(state), *_parity(parity, image_set, input_dtype)]
     lines += ["", "## How to run it", "", "With seg-toolkit (`pip install seg-toolkit`), on CPU or CUDA, tiled:",
               "", "```console", f"seg infer --model {weights.rsplit('.', 1)[0]}.bioimageio.zip --input images/",
               "```", "", "```python", "from seg.runtime import Segmenter", "",
@@ -152,7 +157,7 @@ def _scores(state: dict[str, Any]) -> list[str]:
             f"{float(best['val_f1']):.4f}, MSE {float(best.get('val_mse', float('nan'))):.4f}."]
 
 
-def _parity(parity: ParityReport | None, image_set: ImageSet) -> list[str]:
+def _parity(parity: ParityReport | None, image_set: ImageSet, input_dtype: str) -> list[str]:
     if parity is None:
         return ["- Keras-vs-ONNX parity: not measured for this package."]
     second = (f" A second ONNX host ({parity.second_host}) agreed with onnxruntime to "
@@ -163,7 +168,8 @@ def _parity(parity: ParityReport | None, image_set: ImageSet) -> list[str]:
             f"max |Δ| {parity.max_abs_diff:.2e} (allowed {parity.atol:g}), mean |Δ| {parity.mean_abs_diff:.2e}, "
             f"mask agreement {parity.mask_agreement:.4%}, batch-of-4 max |Δ| {parity.batch4_max_abs_diff:.2e}."
             + second,
-            "- The test tensors are a real slice (uint8, as read from the PNG) and the ONNX model's output for it."]
+            f"- The test tensors are a real slice ({input_dtype}, as read from its file) and the ONNX model's "
+            "output for it."]
 
 
 def cover(image: np.ndarray, prob: np.ndarray, path: Path) -> None:

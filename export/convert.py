@@ -101,13 +101,20 @@ def to_onnx(
         transform(proto)
     result = _gate_fp32(source, proto, out, image_set, info, atol, min_agreement)
     result.cleanups = cleanups
-    options = variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs)
-    result.variants = _export_variants(proto, out, image_set, calib_set, info, options, fp16=fp16, uint8=uint8)
-    if bioimageio:
-        result.package = zoo.write_package(out, result, image_set, run_dir=source.weights.parent)
-    elif (stale := out.with_name(out.stem + ".bioimageio.zip")).exists():
-        warnings.warn(f"{stale}: left by an earlier export, not made from these weights; delete it or export with "
-                      "--bioimageio", SegWarning, stacklevel=2)
+    package = out.with_name(out.stem + ".bioimageio.zip")
+    try:
+        if bioimageio:  # an earlier package holds other weights: gone, whether or not this one is written
+            package.unlink(missing_ok=True)
+            result.package = zoo.write_package(out, result, image_set, run_dir=source.weights.parent)
+        options = variants.VariantOptions(variant_agreement, max_delta_f1, timing_runs)
+        result.variants = _export_variants(proto, out, image_set, calib_set, info, options, fp16=fp16,
+                                           uint8=uint8)
+    except GateError as exc:
+        raise GateError(f"{exc}; {out} itself passed its gate and was written") from None
+    finally:
+        if not bioimageio and package.exists():
+            warnings.warn(f"{package}: left by an earlier export, not made from these weights; delete it or "
+                          "export with --bioimageio", SegWarning, stacklevel=3)
     return result
 
 
@@ -151,9 +158,12 @@ def _gate_fp32(source: Source, proto: onnx.ModelProto, out: Path, image_set: par
     report = parity.check(source.model, model_bytes, image_set, info.size_multiple, info.threshold, atol,
                           min_agreement)
     parity_path = parity.report_path(out)
+    _make_folder(out)
     write_json_atomic(parity_path, report.to_dict(out))
     if not report.passed:
-        raise GateError(f"{out}: parity gate FAILED ({report.reason}); model not written, see {parity_path}")
+        kept = (f" (the {out.name} there is an earlier export's, kept with its variants; the report is this "
+                "export's)") if out.exists() else ""
+        raise GateError(f"{out}: parity gate FAILED ({report.reason}); model not written{kept}, see {parity_path}")
     write_bytes_atomic(out, model_bytes)
     return ExportReport(out, len(model_bytes), info, report, parity_path)
 
@@ -198,13 +208,18 @@ def _check_out(out: Path) -> Path:
         raise InputError(f"{out}: the output must end in .onnx, e.g. model.onnx")
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give a file name such as {out / 'model.onnx'}")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise InputError(f"{out}: {out.parent} is a file, not a folder; choose another path")
+    existing = next((parent for parent in out.parents if parent.exists()), None)  # the folder is made later
+    if existing is not None and not existing.is_dir():
+        raise InputError(f"{out}: {existing} is a file, not a folder; choose another path")
+    return out
+
+
+def _make_folder(out: Path) -> None:
+    """Create ``out``'s folder when the first file is about to be written (not before the inputs are read)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create its folder ({exc.strerror or exc}); choose another path") from None
-    return out
 
 
 def _data_dir(data: str | Path | None, source: Source) -> Path:

@@ -133,6 +133,10 @@ def test_readme_quotes_the_parity_and_says_how_to_run(unet: Any) -> None:
     assert f"max |Δ| {unet.parity.max_abs_diff:.2e}" in readme
     assert f"mask agreement {unet.parity.mask_agreement:.4%}" in readme
     assert "seg infer --model model.bioimageio.zip" in readme
+    size = rdf["inputs"][0]["axes"][1]["size"]  # y: what bioimage.io tools accept
+    assert f"Height and width: {size['min']} + n x {size['step']} px in bioimage.io tools" in readme
+    dtype = rdf["inputs"][0]["data"]["type"]
+    assert f"The test tensors are a real slice ({dtype}, as read from its file)" in readme
     cover = _member(unet.package, rdf["covers"][0]["source"])
     assert cover[:8] == b"\x89PNG\r\n\x1a\n" and len(cover) < 500_000
 
@@ -213,3 +217,31 @@ def test_write_package_from_model_info_alone(unet: Any, tmp_path: Path, labelled
     assert isinstance(unet.info, ModelInfo) and out == tmp_path / "x.bioimageio.zip"
     readme = _member(out, "README.md").decode()
     assert "parity: not measured" in readme and [p.name for p in tmp_path.iterdir()] == ["x.bioimageio.zip"]
+
+
+def test_training_epochs_are_the_epochs_trained(tmp_path: Path) -> None:
+    """``epochs`` in config.json is a maximum; the zoo metadata quote what ``state.json`` says was trained."""
+    import json
+
+    from seg.export.bioimageio_docs import zoo_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"epochs": 1000, "batch": 8}}))
+    info = ModelInfo()
+    assert "training_epochs" not in zoo_config(info, tmp_path)["training"]
+    (tmp_path / "state.json").write_text(json.dumps({"epoch": 105, "best_epoch": 72}))
+    assert zoo_config(info, tmp_path)["training"]["training_epochs"] == 105
+
+
+def test_a_failed_variant_leaves_the_new_package_not_an_earlier_one(unet: Any, tmp_path: Path) -> None:
+    """The package is written right after the FP32 gate: a variant that then fails cannot leave an earlier
+    export's package (other weights) beside the new model."""
+    from seg.export import to_onnx
+    from seg.runtime.errors import GateError
+
+    out = tmp_path / "model.onnx"
+    out.with_name("model.bioimageio.zip").write_bytes(b"an earlier export's")
+    with pytest.raises(GateError, match=r"fp16 gate FAILED .*; .*model.onnx itself passed its gate and was written"):
+        to_onnx(unet.out.parent / "run", out, max_images=1, timing_runs=1, bioimageio=True, fp16=True,
+                max_delta_f1=-1.0)
+    weights = _member(out.with_name("model.bioimageio.zip"), "model.onnx")
+    assert hashlib.sha256(weights).digest() == hashlib.sha256(out.read_bytes()).digest()

@@ -112,6 +112,21 @@ def test_gate_really_gates(unet_run: Path, tmp_path: Path) -> None:
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.parity.json"]
     assert json.loads((tmp_path / "model.parity.json").read_text())["passed"] is False
+    out.write_bytes(b"an earlier export")  # a re-export that fails keeps it, and says so
+    with pytest.raises(GateError, match=r"model not written \(the model.onnx there is an earlier export's, kept"):
+        to_onnx(unet_run, out, max_images=2, transform=_bump_one_weight)
+    assert out.read_bytes() == b"an earlier export"
+
+
+def test_a_missing_input_leaves_no_output_folder(unet_run: Path, tmp_path: Path) -> None:
+    from seg.export import to_onnx
+
+    with pytest.raises(InputError, match="no such folder; give --data"):
+        to_onnx(unet_run, tmp_path / "new" / "m.onnx", data=tmp_path / "nowhere")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="file is a file, not a folder"):
+        to_onnx(unet_run, tmp_path / "file" / "sub" / "m.onnx")
 
 
 def test_missing_data_dir_is_an_input_error(unet_run: Path, tmp_path: Path) -> None:
