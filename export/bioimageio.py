@@ -141,7 +141,7 @@ def _stage(folder: Path, name: str, weights: bytes, info: ModelInfo, image: np.n
     from seg.export import bioimageio_docs as docs
 
     size_min, step, _ = sizes(info)
-    raw = raw_pixels(valid_crop(image, size_min, step))  # (H, W) as read from the file
+    raw = raw_pixels(valid_crop(image, size_min, step, largest=max(size_min, info.tile_size)))  # as read
     prob = onnx_output(weights, normalize(raw))  # (H, W) float32
     sample = "sample_input.tif" if raw.dtype.kind == "f" else "sample_input.png"
     paths = {key: folder / file for key, file in (
@@ -171,11 +171,13 @@ def sizes(info: ModelInfo) -> tuple[int, int, int]:
     return size_min, step, halo
 
 
-def valid_crop(image: np.ndarray, size_min: int, step: int) -> np.ndarray:
+def valid_crop(image: np.ndarray, size_min: int, step: int, largest: int | None = None) -> np.ndarray:
     """``(H, W)`` -> the top-left crop whose sides are the largest valid sizes ``min + n * step`` that fit
-    (reflect-padded up to ``min`` where a side is shorter)."""
+    in the image and in ``largest`` (reflect-padded up to ``min`` where a side is shorter), so a huge gate
+    image does not make a huge package."""
     sides = []
     for length in image.shape:
+        length = length if largest is None else min(length, largest)
         sides.append(size_min + max(0, (length - size_min) // step) * step)
     padded = np.pad(image, [(0, max(0, s - n)) for s, n in zip(sides, image.shape, strict=True)], mode="symmetric")
     return np.ascontiguousarray(padded[: sides[0], : sides[1]])

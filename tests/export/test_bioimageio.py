@@ -245,3 +245,13 @@ def test_a_failed_variant_leaves_the_new_package_not_an_earlier_one(unet: Any, t
                 max_delta_f1=-1.0)
     weights = _member(out.with_name("model.bioimageio.zip"), "model.onnx")
     assert hashlib.sha256(weights).digest() == hashlib.sha256(out.read_bytes()).digest()
+
+
+def test_the_test_tensor_is_at_most_one_tile() -> None:
+    """A huge first gate image must not make a huge package: the test input is cropped to a tile."""
+    from seg.export.bioimageio import valid_crop
+
+    image = np.zeros((2000, 1000), np.float32)
+    assert valid_crop(image, 240, 16, largest=512).shape == (512, 512)
+    assert valid_crop(image, 240, 16).shape == (2000, 992)
+    assert valid_crop(np.zeros((100, 300), np.float32), 240, 16, largest=512).shape == (240, 288)
