@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def test_split_by_slice_is_disjoint_and_seeded(tmp_path: Path, n: int, fraction:
 
 def test_split_needs_a_training_slice(tmp_path: Path) -> None:
     make_dataset(tmp_path, n=1, size=16)
-    with pytest.raises(InputError, match="too few"):
+    folder = (tmp_path / "train" / "image").resolve()
+    with pytest.raises(InputError, match=f"^{re.escape(str(folder))}: only 1 labelled slice.*too few.*--val 0$"):
         split_by_slice(load_split(tmp_path), 0.5, seed=0)
 
 
