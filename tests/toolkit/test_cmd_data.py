@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,16 @@ def test_import_binarizes_labels_at_half_range(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "l.tif", labels, photometric="minisblack")
     out = import_isbi_stacks(tmp_path / "v.tif", tmp_path / "l.tif", tmp_path / "isbi")
     assert read_image(out / "train/label/00.png").tolist() == [[0, 0, 255, 255]]
+
+
+def test_import_warns_once_for_a_label_stack_not_once_per_page(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "v.tif", np.zeros((6, 1, 4), np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "l.tif", np.tile(np.array([0, 90, 200, 255], np.uint8), (6, 1, 1)),
+                     photometric="minisblack")  # four values: not a binary label, on every page
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        import_isbi_stacks(tmp_path / "v.tif", tmp_path / "l.tif", tmp_path / "isbi")
+    assert len(said) == 1 and "l.tif" in str(said[0].message)
 
 
 def test_import_page_count_mismatch_names_the_labels_file(tmp_path: Path) -> None:

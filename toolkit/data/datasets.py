@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -109,11 +110,14 @@ def import_isbi_stacks(
     labels = read_pages(labels_tif)
     _check_pairs(images, labels, volume_tif, labels_tif)
     width = max(2, len(str(len(images) - 1)))
-    with dataset_stage(Path(out), overwrite, splits=("train",)) as stage:
+    with dataset_stage(Path(out), overwrite, splits=("train",)) as stage, warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             name = slice_name(index, width)
             write_image(stage / "train" / "image" / name, image)
             write_image(stage / "train" / "label" / name, to_mask(binarize_label(label, str(labels_tif))))
+    for message, category in dict.fromkeys((str(w.message), w.category) for w in said):  # once, not per page
+        warnings.warn(message, category, stacklevel=2)
     return Path(out)
 
 
