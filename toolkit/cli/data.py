@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
 def synth(
     out: Annotated[Path, Arg(help="Dataset folder to create.", show_default=False)],
     n: Annotated[int, Opt("--n", min=1, help="Slices in all (train + test).")] = 30,
-    size: Annotated[int, Opt("--size", min=16, help="Slice width and height, pixels.")] = 512,
+    size: Annotated[int, Opt("--size", min=16, max=8192, help="Slice width and height, pixels.")] = 512,
     seed: Annotated[int, Opt("--seed", min=0, help="Random seed; the same seed gives the same bytes.")] = 0,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace OUT's train/ and test/ if present.")] = False,
 ) -> None:
