@@ -186,7 +186,7 @@ def _load_data(config: TrainConfig) -> tuple[list[Slice], list[Slice]]:
 def _config_record(config: TrainConfig, train_set: list[Slice], val_set: list[Slice]) -> dict[str, Any]:
     spec = config.model
     return {
-        "train": config.to_dict(),
+        "train": {**config.to_dict(), "data": str(Path(config.data).resolve())},  # resumable from any folder
         "model": {**spec.to_dict(), "receptive_field": spec.receptive_field, "size_multiple": spec.size_multiple},
         "data": {"dir": str(Path(config.data).resolve()), "train_slices": [s.source for s in train_set],
                  "val_slices": [s.source for s in val_set],

@@ -83,10 +83,13 @@ def test_a_run_whose_epochs_all_failed_to_score_says_it_diverged(tmp_path: Path)
         _result(_config(Path("data"), tmp_path), tmp_path, _fresh_state(), None, 1.0, "cpu")
 
 
-def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path: Path) -> None:
-    first = train.fit(_config(isbi_dir, tmp_path, epochs=3, time_budget=0.01), progress=False)
+def test_time_budget_stops_cleanly_and_resume_finishes(isbi_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(isbi_dir.parent)  # a relative --data: the run resumes from any working folder
+    first = train.fit(_config(Path(isbi_dir.name), tmp_path, epochs=3, time_budget=0.01), progress=False)
     assert first.stopped == "time budget" and first.epochs == 1
     assert (first.run_dir / "model.keras").is_file()
+    monkeypatch.chdir(tmp_path)
     resumed = train.resume(first.run_dir, progress=False, time_budget=3600)
     assert resumed.epochs == 3 and resumed.stopped == "epochs"
     assert json.loads((first.run_dir / "config.json").read_text())["train"]["time_budget"] == 3600  # for next time
