@@ -35,12 +35,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import tifffile
 
 from seg.runtime.atomic import remove_temporaries
 from seg.runtime.errors import InputError
-from seg.runtime.io import TIFF_SUFFIXES, is_image_file, list_images
+from seg.runtime.io import TIFF_SUFFIXES, is_image_file, list_images, tiff_page_count
 from seg.runtime.pipeline import Item, OnError, Progress, run_pipeline
 from seg.runtime.preprocess import check_threshold
 from seg.runtime.resume import GLOB_CHARS as _GLOB_CHARS
@@ -127,11 +126,12 @@ def segment_paths(
         summary = InferSummary(str(out_dir), files=len(files), failures=failures, providers=list(seg.providers),
                                streams=seg.streams)
         settings = record_settings(texts, model, seg, cut)
-        todo = outputs_to_do(items, out_dir, settings, seg.name, overwrite)
+        todo, trusted = outputs_to_do(items, out_dir, settings, seg.name, overwrite)
         summary.skipped = len(items) - len(todo)
         new_folders = _prepare_folders(out_dir, items, todo)
         new_record = not (out_dir / SETTINGS_FILE).exists()
-        start_record(out_dir, settings, [p for item in todo for p in item.outputs()])
+        stale = [path for item in todo for path in (item.outputs() if trusted else item.every_output())]
+        start_record(out_dir, settings, stale)
         undo = (out_dir / SETTINGS_FILE if new_record else None, new_folders)
         _run_timed(seg, todo, cut, summary, _reporter(summary, None if single else on_error), progress, undo)
         if single and summary.failures:
@@ -329,11 +329,7 @@ def _is_stack(path: Path) -> bool:
         return False
     try:
         with tifffile.TiffFile(path) as tif:
-            if len(tif.series) > 1:
-                return True
-            series = tif.series[0]
-            planes = series.ndim - (1 if series.axes.endswith("S") else 0)
-            return planes > 2 and int(np.prod(series.shape[: planes - 2])) > 1
+            return tiff_page_count(tif) > 1
     except Exception:  # unreadable: reported when it is read
         return False
 

@@ -124,7 +124,7 @@ def _read_tiff_pages(path: Path) -> list[np.ndarray]:
         with tifffile.TiffFile(path) as tif:
             _check_tiff_size(tif, path)
             series = tif.series
-            if len(series) == 1 and series[0].ndim >= 3 and "S" not in series[0].axes[:1]:
+            if _one_stack_series(tif):
                 stack = series[0].asarray()
                 return _split_stack(stack, series[0].axes)
             pages = [_page_array(page) for page in tif.pages]
@@ -155,11 +155,29 @@ def _page_array(page: tifffile.TiffPage) -> np.ndarray:
     return np.moveaxis(array, 0, -1) if page.axes.startswith("S") and array.ndim == 3 else array
 
 
+def _one_stack_series(tif: tifffile.TiffFile) -> bool:
+    """True when the TIFF is read as one ``(N, H, W[, S])`` series (else page by page)."""
+    series = tif.series
+    return len(series) == 1 and series[0].ndim >= 3 and "S" not in series[0].axes[:1]
+
+
+def tiff_page_count(tif: tifffile.TiffFile) -> int:
+    """How many ``(H, W)`` pages ``read_pages`` gives for an open TIFF, without reading its pixels: a
+    sample (colour) axis, wherever it sits, is not a page."""
+    if _one_stack_series(tif):
+        series = tif.series[0]
+        planes = [n for n, axis in zip(series.shape, series.axes, strict=True) if axis != "S"]
+        return int(np.prod(planes[:-2]))
+    return len(tif.pages)
+
+
 def _split_stack(stack: np.ndarray, axes: str) -> list[np.ndarray]:
-    """Split a ``(N, H, W[, S])`` series into pages; other layouts are flattened over leading axes."""
-    spatial = 3 if axes.endswith("S") else 2
-    pages = stack.reshape((-1, *stack.shape[-spatial:]))
-    return list(pages)
+    """Split a series into ``(H, W[, S])`` pages: the sample (colour) axis, wherever it sits (``ZYXS``, or
+    ``ZSYX`` for planar colour), goes last; other leading axes are flattened."""
+    if "S" in axes:
+        stack = np.moveaxis(stack, axes.index("S"), -1)
+        return list(stack.reshape((-1, *stack.shape[-3:])))
+    return list(stack.reshape((-1, *stack.shape[-2:])))
 
 
 def _to_gray(page: np.ndarray, path: Path) -> np.ndarray:

@@ -95,6 +95,16 @@ def test_tiff_stack_in_stack_out(tmp_path: Path, model: Path) -> None:
         np.testing.assert_array_equal(mask, to_mask(seg.predict(page)))
 
 
+def test_one_planar_rgb_tiff_page_is_not_a_stack(tmp_path: Path, model: Path) -> None:
+    """A single colour page stored plane by plane (axes ``SYX``) is one image: a ``.png`` mask, not a stack."""
+    rgb = np.random.default_rng(1).integers(0, 255, (3, 40, 60)).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    with pytest.warns(SegWarning, match="3-channel image converted to gray"):
+        segment_paths(tmp_path / "in", model, tmp_path / "out", provider="cpu", overlay=True)
+    assert (tmp_path / "out" / "planar.png").is_file() and (tmp_path / "out" / "overlay" / "planar.png").is_file()
+
+
 def test_resolve_inputs(folder: Path) -> None:
     assert [p.name for p in resolve_inputs(folder)] == ["s0.png", "s1.png", "s2.png"]
     assert resolve_inputs(folder / "s1.png") == [folder / "s1.png"]

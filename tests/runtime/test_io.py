@@ -66,6 +66,23 @@ def test_planar_rgb_tiff_is_gray_with_warning(tmp_path: Path) -> None:
     assert gray.shape == (6, 7) and gray[0, 0] == round(0.587 * 200)
 
 
+def test_a_stack_of_planar_rgb_pages_is_one_gray_page_per_image(tmp_path: Path) -> None:
+    """Planar colour (axes ``ZSYX``) reads as the same gray pages as contiguous colour (``ZYXS``), not as a
+    page per colour plane; the page count known without reading pixels agrees."""
+    from seg.runtime.io import tiff_page_count
+
+    rgb = np.random.default_rng(0).integers(0, 255, (4, 3, 6, 7)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "contig.tif", np.moveaxis(rgb, 1, -1), photometric="rgb")
+    tifffile.imwrite(tmp_path / "one.tif", rgb[0], photometric="rgb", planarconfig="separate")
+    with pytest.warns(SegWarning, match="3-channel image converted to gray"):
+        planar, contig = read_pages(tmp_path / "planar.tif"), read_pages(tmp_path / "contig.tif")
+    assert len(planar) == len(contig) == 4 and all((a == b).all() for a, b in zip(planar, contig, strict=True))
+    for name, pages in (("planar", 4), ("contig", 4), ("one", 1)):
+        with tifffile.TiffFile(tmp_path / f"{name}.tif") as tif:
+            assert tiff_page_count(tif) == pages, name
+
+
 def test_stack_pages_of_different_sizes(tmp_path: Path) -> None:
     with tifffile.TiffWriter(tmp_path / "mixed.tif") as writer:
         writer.write(np.zeros((4, 4), np.uint8))
