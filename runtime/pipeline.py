@@ -47,6 +47,12 @@ class Item:
     def complete(self) -> bool:
         return all(p.is_file() for p in self.outputs())
 
+    def every_output(self) -> list[Path]:
+        """Every file a run may write for this input, asked for this time or not: the mask,
+        ``prob/STEM.tif`` and ``overlay/NAME`` (the mask's name)."""
+        folder = self.mask.parent
+        return [self.mask, folder / "prob" / f"{self.mask.stem}.tif", folder / "overlay" / self.mask.name]
+
 
 def _read(path: Path, method: str) -> list[np.ndarray]:
     """Pages of ``path`` as ``(H, W)`` raw 8/16-bit integers or float32 in [0, 1]; floats and wider integers

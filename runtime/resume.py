@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -26,9 +27,10 @@ REPLACING = "replacing"
 
 def record_settings(texts: list[str], model: object, seg: Segmenter, threshold: float) -> dict[str, object]:
     """The record of what makes the outputs. ``inputs`` is one string for one input (a resolved path, or the
-    glob as given) and a sorted list of them for several."""
+    glob made absolute) and a sorted list of them for several."""
     digest = model_digest(bytes(model) if isinstance(model, bytes | bytearray) else Path(seg.name))
-    named = sorted(text if any(c in text for c in GLOB_CHARS) else str(Path(text).resolve()) for text in texts)
+    named = sorted(os.path.abspath(text) if any(c in text for c in GLOB_CHARS) else str(Path(text).resolve())
+                   for text in texts)  # a glob from another folder matches other files
     return {"inputs": named[0] if len(named) == 1 else named, "model_sha256": digest, "threshold": threshold,
             "tile": seg.tile_size, "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend,
             "large_tile": seg.large_tile, "small_step": seg.small_step}
@@ -46,17 +48,20 @@ def model_digest(model: bytes | Path) -> str:
 
 
 def outputs_to_do(items: list[Item], out_dir: Path, settings: dict[str, object], model_name: str,
-          overwrite: bool) -> list[Item]:
-    """The items to segment: all with ``overwrite``; else those whose outputs are incomplete, or all of them
-    (with one ``SegWarning`` saying why) when ``_distrust`` says the outputs already there cannot be trusted."""
+                  overwrite: bool) -> tuple[list[Item], bool]:
+    """The items to segment, and whether the outputs already there are trusted. All items, untrusted, with
+    ``overwrite``, or (with one ``SegWarning`` saying why) when ``_distrust`` says the outputs already there
+    cannot be trusted; else those whose outputs are incomplete. Untrusted, every output of an item is stale,
+    also the kinds not asked for this time. Raises ``InputError`` when outputs already there were made from
+    other inputs: a rerun would replace another image's outputs."""
     if overwrite:
-        return list(items)
-    done = [item.complete() for item in items]
-    reason = _distrust(out_dir, settings, model_name) if any(done) else None
+        return list(items), False
+    present = any(path.exists() for item in items for path in item.every_output())
+    reason = _distrust(out_dir, settings, model_name) if present else None
     if reason:
         warnings.warn(reason, SegWarning, stacklevel=3)
-        return list(items)
-    return [item for item, complete in zip(items, done, strict=True) if not complete]
+        return list(items), False
+    return [item for item in items if not item.complete()], True
 
 
 def _distrust(out_dir: Path, settings: dict[str, object], model_name: str) -> str | None:
@@ -86,9 +91,19 @@ def _distrust(out_dir: Path, settings: dict[str, object], model_name: str) -> st
     if missing:
         return f"{path}: the resume record lacks {', '.join(missing)}; {redo}"
     changed = sorted(k for k in settings if previous[k] != settings[k])
+    if "inputs" in changed:
+        raise InputError(f"{out_dir}: holds outputs made from other inputs ({_first(previous['inputs'])}); pass "
+                         "--overwrite to replace them, or choose another --output")
     if changed:
         return f"{out_dir}: earlier outputs were made with other {', '.join(changed)}; redoing them all"
     return None
+
+
+def _first(inputs: object) -> str:
+    """The recorded inputs, shortened to the first and a count."""
+    if isinstance(inputs, list) and len(inputs) > 1:
+        return f"{inputs[0]} and {len(inputs) - 1} more"
+    return str(inputs[0] if isinstance(inputs, list) and inputs else inputs)
 
 
 def start_record(out_dir: Path, settings: dict[str, object], outputs: list[Path]) -> None:
@@ -98,6 +113,10 @@ def start_record(out_dir: Path, settings: dict[str, object], outputs: list[Path]
     kill leaves old outputs under the new settings. ``InputError`` when the record or an output cannot be
     written or deleted; nothing is deleted when the record cannot be written."""
     earlier = [path for path in outputs if path.exists()]
+    blocked = next((path for path in earlier if path.is_dir()), None)
+    if blocked is not None:  # found before anything is deleted or recorded
+        raise InputError(f"{blocked}: cannot replace this earlier output (a folder is in its place); remove it, or "
+                         "choose another --output")
     if earlier:
         write_record(out_dir, {REPLACING: True})
         for path in earlier:

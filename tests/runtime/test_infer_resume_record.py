@@ -207,3 +207,47 @@ def test_a_run_stopped_while_replacing_outputs_is_not_trusted(done: tuple[Path, 
     assert messages == [f"{record}: an earlier run was stopped while it replaced its outputs; settings unknown, "
                         f"so every output in {out} is redone"]
     _assert_all_redone(images, model, out)
+
+
+def test_other_settings_redo_every_kind_of_output_not_only_the_asked_ones(tmp_path: Path) -> None:
+    """Probability maps and overlays made under the old settings must not survive a rerun with new ones that
+    does not ask for them, or a later run asking for them would trust them."""
+    images, model, out = _images_and_model(tmp_path, ["a", "b"])
+    segment_paths(images, model, out, provider="cpu", save_prob=True, overlay=True)
+    with pytest.warns(SegWarning, match="other threshold; redoing them all"):
+        segment_paths(images, model, out, provider="cpu", threshold=0.6)  # masks only
+    assert not any(list((out / kind).glob("*")) for kind in ("prob", "overlay"))
+    again = segment_paths(images, model, out, provider="cpu", threshold=0.6, save_prob=True, overlay=True)
+    assert (again.images, again.skipped) == (2, 0)
+
+
+def test_outputs_of_other_inputs_are_not_replaced_without_overwrite(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another folder (or the same glob typed in another folder) with a file of the same name would replace
+    an output made from a different image: refused, unless --overwrite."""
+    images, model, out = _images_and_model(tmp_path, ["a", "b"])
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(other / "a.png")
+    monkeypatch.chdir(images)
+    segment_paths("*.png", model, out, provider="cpu")
+    assert json.loads((out / SETTINGS_FILE).read_text())["inputs"] == str(images / "*.png")
+    before = (out / "a.png").read_bytes()
+    monkeypatch.chdir(other)
+    for inputs in ("*.png", other):
+        with pytest.raises(InputError, match=r"out: holds outputs made from other inputs \(.*images/\*\.png\); "
+                                             r"pass --overwrite"):
+            segment_paths(inputs, model, out, provider="cpu")
+    assert (out / "a.png").read_bytes() == before
+    assert segment_paths(other, model, out, provider="cpu", overwrite=True).images == 1
+
+
+def test_a_folder_in_place_of_an_output_stops_the_run_before_anything_is_deleted(
+        done: tuple[Path, Path, Path]) -> None:
+    images, model, out = done
+    record = (out / SETTINGS_FILE).read_bytes()
+    (out / "prob" / "b.tif").unlink()
+    (out / "prob" / "b.tif").mkdir()
+    with pytest.raises(InputError, match=r"b.tif: cannot replace this earlier output \(a folder is in its place\)"):
+        segment_paths(images, model, out, provider="cpu", save_prob=True, overwrite=True)
+    assert (out / SETTINGS_FILE).read_bytes() == record and (out / "a.png").is_file()
