@@ -20,7 +20,7 @@ import onnx
 
 from seg.export import parity, portable, tidy, variants
 from seg.export.source import Source, load_source, receptive_field
-from seg.runtime.atomic import write_bytes_atomic, write_json_atomic
+from seg.runtime.atomic import remove_temporaries, write_bytes_atomic, write_json_atomic
 from seg.runtime.errors import GateError, InputError, SegWarning
 from seg.runtime.metadata import DEFAULT_TILE, ModelInfo
 from seg.runtime.tiling import recommended_halo
@@ -159,6 +159,7 @@ def _gate_fp32(source: Source, proto: onnx.ModelProto, out: Path, image_set: par
                           min_agreement)
     parity_path = parity.report_path(out)
     _make_folder(out)
+    remove_temporaries(out.parent, _written_stems(out))  # left by an export that was killed
     write_json_atomic(parity_path, report.to_dict(out))
     if not report.passed:
         kept = (f" (the {out.name} there is an earlier export's, kept with its variants; the report is this "
@@ -212,6 +213,13 @@ def _check_out(out: Path) -> Path:
     if existing is not None and not existing.is_dir():
         raise InputError(f"{out}: {existing} is a file, not a folder; choose another path")
     return out
+
+
+def _written_stems(out: Path) -> list[str]:
+    """The stems of every file an export to ``out`` may write: the model, the variants, their reports and the
+    package."""
+    models = [out, *(variants.variant_path(out, kind) for kind in ("fp16", "int8", "u8"))]
+    return [*(m.stem for m in models), *(parity.report_path(m).stem for m in models), f"{out.stem}.bioimageio"]
 
 
 def _make_folder(out: Path) -> None:

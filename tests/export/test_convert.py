@@ -118,6 +118,19 @@ def test_gate_really_gates(unet_run: Path, tmp_path: Path) -> None:
     assert out.read_bytes() == b"an earlier export"
 
 
+def test_temporaries_of_a_killed_export_are_removed_and_others_kept(unet_run: Path, tmp_path: Path) -> None:
+    from seg.export import to_onnx
+
+    names = (".model.tmp-a1.onnx", ".model.fp16.tmp-b2.onnx", ".model.parity.tmp-c3.json")
+    killed = [tmp_path / name for name in names]
+    other = tmp_path / ".notes.tmp-d4.txt"  # another program's: not the export's to delete
+    for path in (*killed, other):
+        path.write_bytes(b"half")
+    with pytest.raises(GateError):
+        to_onnx(unet_run, tmp_path / "model.onnx", max_images=1, transform=_bump_one_weight)
+    assert not any(path.exists() for path in killed) and other.exists()
+
+
 def test_a_missing_input_leaves_no_output_folder(unet_run: Path, tmp_path: Path) -> None:
     from seg.export import to_onnx
 
