@@ -64,13 +64,13 @@ class TilePlan:
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile side used for an ``(height, width)`` image (0 = whole image): ``large_tile`` when the
-        image is larger than ``tile_size`` both ways and its grid of large tiles computes fewer pixels; the
+        image is at least ``large_tile`` both ways and its grid of large tiles computes fewer pixels; the
         longer side rounded up to ``small_step`` when the image is smaller than ``tile_size`` both ways."""
         side = max(height, width)
         if self.small_step and side < self.tile_size:
             return min(self.tile_size, -(-side // self.small_step) * self.small_step)
-        if self.large_tile == self.tile_size or min(height, width) <= self.tile_size:
-            return self.tile_size
+        if self.large_tile == self.tile_size or min(height, width) < self.large_tile:
+            return self.tile_size  # a large tile must not pad a side further than the tile would: same answer
         small, large = (self.grid_pixels(height, width, tile) for tile in (self.tile_size, self.large_tile))
         return self.large_tile if large < small else self.tile_size
 
@@ -103,7 +103,11 @@ def _axis_windows(length: int, tile: int, halo: int, blend: str, multiple: int,
 
 
 def _resolve_tile(info: ModelInfo, shape: Sequence[object], name: str, tile_size: int | None, multiple: int) -> int:
-    static = shape[1] if isinstance(shape[1], int) and shape[1] == shape[2] else None
+    fixed = [side for side in shape[1:3] if isinstance(side, int)]
+    if fixed and (len(fixed) == 1 or fixed[0] != fixed[1]):
+        raise InputError(f"{name}: model input is {list(shape)}; seg tiles with square tiles, so its height and "
+                         "width must be dynamic or one fixed size (N, T, T, 1); re-export it so")
+    static = fixed[0] if fixed else None
     tile = info.tile_size if tile_size is None else int(tile_size)
     if static is not None and tile_size is None:
         tile = static

@@ -82,7 +82,9 @@ def wide_model(receptive_field: int, seed: int = 0) -> bytes:
     io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, None, None, 1]) for name in ("image", "prob")]
     kernel = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, receptive_field, receptive_field], weights)
     model = helper.make_model(helper.make_graph(nodes, "wide", io[:1], io[1:], [kernel]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in META.items():
+        model.metadata_props.add(key=key, value=value)
     model.ir_version = 9
     info = ModelInfo(tile_size=128, size_multiple=16, receptive_field=receptive_field,
                      halo=recommended_halo(receptive_field, 128, 16))
@@ -214,6 +216,31 @@ def test_images_larger_than_the_tile_both_ways_use_double_tiles(rng: np.random.G
     assert fixed_batch.large_tile == 64  # one large tile would be padded to a batch of 4
 
 
+@pytest.mark.parametrize("shape", [(65, 176), (100, 400), (472, 65)])
+def test_the_automatic_large_tile_never_changes_the_answer(shape: tuple[int, int], rng: np.random.Generator) -> None:
+    """A side shorter than the large tile would be padded further than the tile pads it, changing its edge:
+    the large tile is used only where it gives the tile's answer, bit for bit."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, None, None, 1])
+    y = helper.make_tensor_value_info("prob", TensorProto.FLOAT, [None, None, None, 1])
+    weights = rng.standard_normal(33 * 33).astype(np.float32) / 33  # receptive field 33: sees 16 px past an edge
+    nodes = [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"], pads=[16, 16, 16, 16]),
+             helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["prob"], perm=[0, 2, 3, 1])]
+    graph = helper.make_graph(nodes, "wide", [x], [y], [helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 33, 33],
+                                                                           weights)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    info = ModelInfo(tile_size=64, halo=24, size_multiple=16, receptive_field=33)
+    for key, value in info.to_props().items():
+        model.metadata_props.add(key=key, value=value)
+    image = rng.random(shape, dtype=np.float32)
+    auto, explicit = (Segmenter(model.SerializeToString(), provider="cpu", tile_size=tile) for tile in (None, 64))
+    assert auto.large_tile == 128
+    np.testing.assert_array_equal(auto.predict(image), explicit.predict(image))
+
+
 def test_single_tile_images_skip_blending_and_own_their_output(rng: np.random.Generator) -> None:
     images = [rng.random((64, 64), dtype=np.float32) for _ in range(3)]
     seg = make(batch_size=4)
@@ -292,6 +319,32 @@ def test_rgb_input_becomes_gray_with_a_warning(rng: np.random.Generator) -> None
 def test_bad_options(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make(**kwargs)
+
+
+def test_models_that_are_not_seg_models_are_refused_with_the_reason(rng: np.random.Generator) -> None:
+    from onnx import TensorProto, helper
+
+    from seg.runtime.errors import RunError
+
+    for shape, message in (((None, 1, None, None), r"has shape \[None, 1, None, None\]; expected \(N, H, W, 1\)"),
+                           ((1, 64, 32, 1), r"seg tiles with square tiles"),
+                           ((None, 64, None, 1), r"seg tiles with square tiles")):
+        with pytest.raises(InputError, match=message):
+            Segmenter(tiny_model("identity", shape=shape, metadata=META), provider="cpu")
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, None, None, 1])
+    y = helper.make_tensor_value_info("prob", TensorProto.FLOAT, [None, None, None, 1])
+    crop = helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["prob"])  # 2 px off each side
+    inits = [helper.make_tensor(name, TensorProto.INT64, [2], values)
+             for name, values in (("starts", [2, 2]), ("ends", [-2, -2]), ("axes", [1, 2]))]
+    model = helper.make_model(helper.make_graph([crop], "crop", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in META.items():
+        model.metadata_props.add(key=key, value=value)
+    for tile_size in (None, 0, 32):
+        seg = Segmenter(model.SerializeToString(), provider="cpu", tile_size=tile_size)
+        with pytest.raises(RunError, match=r"the model gave \(1, 60, 60, 1\) for an input of \(1, 64, 64, 1\)|"
+                                           r"the model gave .* seg needs a probability map the size of its input"):
+            seg.predict(rng.random((64, 64), dtype=np.float32))
 
 
 def test_bad_images(rng: np.random.Generator) -> None:
