@@ -207,7 +207,8 @@ def check_model_io(session: ort.InferenceSession, name: str) -> None:
         if arg.type not in allowed:
             raise InputError(f"{name}: model {kind} {arg.name!r} is {arg.type}; expected float32 (N, H, W, 1)")
         channels_ok = shape[-1] == 1 or not isinstance(shape[-1], int) if shape else False
-        if len(shape) != 4 or not channels_ok:
+        channels_first = len(shape) == 4 and shape[1] == 1 and shape[-1] != 1
+        if len(shape) != 4 or not channels_ok or channels_first:
             raise InputError(
                 f"{name}: model {kind} {arg.name!r} has shape {shape}; expected (N, H, W, 1) "
                 "(one gray channel, NHWC)"

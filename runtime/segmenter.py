@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from seg.runtime import tiling
-from seg.runtime.errors import InputError, SegError
+from seg.runtime.errors import InputError, RunError, SegError
 from seg.runtime.inputs import OnError, Report, is_stack, prepare_image, reporter
 from seg.runtime.metadata import read_model_info
 from seg.runtime.package import is_package, open_package
@@ -202,9 +202,9 @@ class Segmenter:
         tiles of that image's own grid that reach into the box: ``(len(rows), len(cols)) float32 in [0, 1]``,
         the same whatever box the image is cut into.
 
-        ``read(row_slice, col_slice)`` returns those pixels of the image (``(h, w)`` uint8/uint16/float in
-        [0, 1]: a per-region min-max scaling of other floats would depend on the box, so they raise
-        ``InputError``). Needs tiled mode (``tile_size`` > 0). ``SegError`` once closed."""
+        ``read(row_slice, col_slice)`` returns those pixels of the image (``(h, w)`` 8/16-bit integers or
+        float in [0, 1]: other floats and wider integers are scaled by their values, which would depend on the
+        box, so they raise ``InputError``). Needs tiled mode (``tile_size`` > 0). ``SegError`` once closed."""
         self._open_pool()
         region = region_tiles(self.plan, shape, rows, cols)
         name = f"region {rows.start}:{rows.stop}, {cols.start}:{cols.stop}"
@@ -213,6 +213,9 @@ class Segmenter:
         if pixels.shape[:2] != wanted:
             raise InputError(f"{name}: read() returned {pixels.shape[:2]} pixels for {wanted}; it must return "
                              "image[row_slice, col_slice]")
+        if pixels.dtype.kind in "iu" and pixels.dtype.itemsize > 2:
+            raise InputError(f"{name}: {pixels.dtype} pixels; a wide integer's scale is read from its values, "
+                             "which differ from box to box: give uint8/uint16 or float in [0, 1]")
         if pixels.dtype.kind == "f" and pixels.size and not 0.0 <= float(np.nanmin(pixels)) <= float(
                 np.nanmax(pixels)) <= 1.0:
             raise InputError(f"{name}: float pixels outside [0, 1]; scale the image to [0, 1] (or give integers) "
@@ -375,6 +378,9 @@ class Segmenter:
             self._open_pool()  # closed while this run waited for a free stream
             with self.stats.run(), run_errors(self.name, self.providers[0], inputs.shape):
                 (outputs,) = session.run([self._output], {self._input: inputs})
+        if outputs.shape != inputs.shape:
+            raise RunError(f"{self.name}: the model gave {outputs.shape} for an input of {inputs.shape}; seg needs "
+                           "a probability map the size of its input (N, H, W, 1): not a seg model")
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
 
 
