@@ -17,7 +17,7 @@ import numpy as np
 
 from seg.runtime.errors import InputError, SegWarning
 from seg.runtime.io import rgb_to_gray
-from seg.runtime.preprocess import DTYPE_RANGE, normalize, warn_if_8_bit_in_16_bit
+from seg.runtime.preprocess import DTYPE_RANGE, normalize, warn_if_range_unused
 
 CHANNELS = (1, 3, 4)  # a 3-D array whose last axis is one of these is one image with channels, not a stack
 OnError = Literal["raise", "skip"] | Callable[[int, Exception], None]
@@ -58,6 +58,6 @@ def prepare_image(image: np.ndarray, method: str, name: str) -> tuple[np.ndarray
     if image.ndim != 2 or min(image.shape) < 1:
         raise InputError(f"{name}: expected a (H, W) gray image, got shape {image.shape}")
     if image.dtype.kind in "ui" and image.dtype.itemsize <= 2 and method == DTYPE_RANGE:
-        warn_if_8_bit_in_16_bit(image, name)
+        warn_if_range_unused(image, name)
         return image, True
     return normalize(image, method, name), False

@@ -65,7 +65,8 @@ def read_pages(path: str | os.PathLike[str]) -> list[np.ndarray]:
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """One ``(H, W)`` image as stored (uint8, uint16 or float32). A multi-page stack is an error here."""
+    """One ``(H, W)`` image as stored (uint8, uint16, int8, int16 or float32). A multi-page stack is an error
+    here."""
     pages = read_pages(path)
     if len(pages) != 1:
         raise InputError(f"{path}: a stack of {len(pages)} pages; read it with read_pages()")

@@ -43,7 +43,7 @@ def _normalize_integer(image: np.ndarray, name: str) -> np.ndarray:
     """8- and 16-bit integers by their dtype's range. Wider integer types (int32, int64 from numpy or
     lists, ...) carry no meaningful range, so they are read as 8-bit or 16-bit by their values, with a warning."""
     if image.dtype.itemsize <= 2:
-        warn_if_8_bit_in_16_bit(image, name)
+        warn_if_range_unused(image, name)
         return scale_small_integers(image)
     low, high = (int(image.min()), int(image.max())) if image.size else (0, 0)
     if low < 0 or high > 65535:
@@ -66,12 +66,20 @@ def scale_small_integers(image: np.ndarray, out: np.ndarray | None = None) -> np
     return np.divide(shifted, np.float32(info.max - info.min), out=shifted)
 
 
-def warn_if_8_bit_in_16_bit(image: np.ndarray, name: str) -> None:
-    """Warn when a uint16 image only uses 0..255: 8-bit data in a 16-bit file looks almost black."""
-    if image.dtype == np.uint16 and image.size and int(image.max()) <= 255:
+def warn_if_range_unused(image: np.ndarray, name: str) -> None:
+    """Warn when an 8/16-bit image's values miss most of its dtype's range, so the contract's scaling
+    squeezes it into a narrow band: a uint16 image in 0..255 (8-bit data in a 16-bit file) looks almost
+    black, a signed image with no negative pixel (unsigned data in a signed type) sits in [0.5, 1]."""
+    if not image.size:
+        return
+    if image.dtype == np.uint16 and int(image.max()) <= 255:
         warnings.warn(f"{name}: 16-bit image whose pixels all lie in 0..255 (8-bit data in a 16-bit file?); "
                       "normalised by 65535 as the contract says, so it looks almost black to the model",
                       SegWarning, stacklevel=4)
+    elif image.dtype.kind == "i" and int(image.min()) >= 0:
+        warnings.warn(f"{name}: {image.dtype} image with no negative pixel (unsigned data in a signed type?); "
+                      f"normalised by the {image.dtype} range as the contract says, so it lies in [0.5, 1]; "
+                      f"convert it to u{image.dtype}", SegWarning, stacklevel=4)
 
 
 def _normalize_float(image: np.ndarray, name: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,17 @@ def test_wide_integers_out_of_16_bit_range_are_refused() -> None:
 def test_8_bit_data_in_a_16_bit_image_warns() -> None:
     with pytest.warns(SegWarning, match="16-bit image whose pixels all lie in 0..255"):
         normalize(np.array([[0, 200]], np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16])
+def test_unsigned_data_in_a_signed_image_warns(dtype: type) -> None:
+    """12-bit camera data saved as int16 lands in [0.5, 0.56] by the int16 range: said, not silent."""
+    with pytest.warns(SegWarning, match=f"{np.dtype(dtype).name} image with no negative pixel .*convert it to "
+                                        f"u{np.dtype(dtype).name}"):
+        assert normalize(np.array([[0, 100]], dtype)).min() >= 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalize(np.array([[-5, 100]], dtype))  # signed data: silent
 
 
 def test_normalize_rescales_out_of_range_floats_with_warning() -> None:

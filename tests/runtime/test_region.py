@@ -58,6 +58,9 @@ def test_bad_regions_and_floats_outside_the_unit_range_are_refused(rng: np.rando
         seg.predict_region(read, image.shape, slice(150, 250), slice(0, 10))
     with pytest.raises(InputError, match=r"float pixels outside \[0, 1\]; scale the image"):
         seg.predict_region(lambda rows, cols: 3 * image[rows, cols], image.shape, slice(0, 10), slice(0, 10))
+    with pytest.raises(InputError, match=r"int32 pixels; a wide integer's scale is read from its values"):
+        seg.predict_region(lambda rows, cols: (image[rows, cols] * 300).astype(np.int32), image.shape, slice(0, 10),
+                           slice(0, 10))
     with pytest.raises(InputError, match=r"a region needs tiled prediction"):
         Segmenter(wide_model(33), "cpu", tile_size=0).predict_region(read, image.shape, slice(0, 9), slice(0, 9))
 
