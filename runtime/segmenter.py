@@ -83,6 +83,9 @@ class Segmenter:
     ) -> None:
         self.name = "model (bytes)" if isinstance(model, bytes | bytearray) else str(model)
         self.device_id = check_device_id(device_id)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads {threads!r}: give a whole number of CPU threads >= 1, or None (the "
+                             "physical cores)")
         package = open_package(model) if is_package(model) else None  # a bioimage.io zip: its checked ONNX
         options: dict[str, Any] = dict(options=session_options, provider_options=provider_options, device_id=device_id)
         threads = threads or (session_options.intra_op_num_threads if session_options else 0) or None  # per stream
@@ -153,7 +156,7 @@ class Segmenter:
         in [0, 1]``): a stack of images 1, 3 or 4 pixels wide must go through ``predict_stack``.
         Raises ``InputError`` (bad shape, NaN/inf pixels, unsupported dtype), ``SegError`` once closed.
         """
-        image = np.asarray(image)
+        image = _array(image)
         if is_stack(image):
             return self.predict_stack(image)
         return next(self.predict_iter([image]))
@@ -161,7 +164,7 @@ class Segmenter:
     def predict_stack(self, stack: np.ndarray) -> np.ndarray:
         """``(N, H, W)`` (or ``(N, H, W, C)``, C = 1/3/4) -> ``(N, H, W) float32 in [0, 1]``; axis 0 is always
         the image axis. Tiles of all N images share batches. ``InputError`` for other ranks or a bad image."""
-        stack = np.asarray(stack)
+        stack = _array(stack)
         if stack.ndim not in (3, 4):
             raise InputError(f"expected an (N, H, W) stack of gray images, got shape {stack.shape}")
         out = np.empty(stack.shape[:3], np.float32)
@@ -382,6 +385,15 @@ class Segmenter:
             raise RunError(f"{self.name}: the model gave {outputs.shape} for an input of {inputs.shape}; seg needs "
                            "a probability map the size of its input (N, H, W, 1): not a seg model")
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
+
+
+def _array(images: object) -> np.ndarray:
+    """``np.asarray``; a list of images of different sizes is an ``InputError`` that names the fix."""
+    try:
+        return np.asarray(images)
+    except ValueError:  # numpy: "inhomogeneous shape"
+        raise InputError("images of different sizes cannot form one array; pass them as a list to "
+                         "predict_batch (one array each)") from None
 
 
 def _crop_clip(out: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -314,7 +314,9 @@ def test_rgb_input_becomes_gray_with_a_warning(rng: np.random.Generator) -> None
      ({"tile_size": 0, "halo": 8}, "halo 8 (halo, --halo): tiles overlap only when an image is tiled, and tile size "
                                    "0 runs each image whole; leave the halo out, or give a tile size"),
      ({"blend": "box"}, "unknown blend 'box'; choose one of gaussian, ramp"),
-     ({"batch_size": 0}, "batch size must be >= 1, got 0")],
+     ({"batch_size": 0}, "batch size must be >= 1, got 0"),
+     ({"threads": 0}, "threads 0: give a whole number of CPU threads >= 1"),
+     ({"threads": 1.5}, "threads 1.5: give a whole number of CPU threads >= 1")],
 )
 def test_bad_options(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -348,6 +350,11 @@ def test_models_that_are_not_seg_models_are_refused_with_the_reason(rng: np.rand
 
 
 def test_bad_images(rng: np.random.Generator) -> None:
+    ragged = [rng.random((8, 8), dtype=np.float32), rng.random((8, 9), dtype=np.float32)]
+    for call in (make().predict, make().predict_stack):
+        with pytest.raises(InputError, match="images of different sizes cannot form one array; .*predict_batch"):
+            call(ragged)  # type: ignore[arg-type]
+    assert [p.shape for p in make().predict_batch(ragged)] == [(8, 8), (8, 9)]
     with pytest.raises(InputError, match=r"image 0: expected a \(H, W\) gray image, got shape \(2, 3, 4, 5\)"):
         make().predict(rng.random((2, 3, 4, 5)))
     with pytest.raises(InputError, match="NaN or infinite"):

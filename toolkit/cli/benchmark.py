@@ -67,8 +67,8 @@ def benchmark(
         "--rounds", help="Sweep all configurations this many times, interleaved; median per row.")] = 1,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="Single-image runs for p50/p95.")] = 20,
     large: Annotated[int, typer.Option("--large", help="Side of the large tiled image (0 = skip).")] = 8192,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads per stream (default: physical cores, "
-                                                                "shared between streams).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads per stream (default: "
+                                                                "physical cores, shared between streams).")] = None,
     cpu_fp16: Annotated[bool, typer.Option("--cpu-fp16", help="Measure FP16 on the CPU too (slow there).")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON here.")] = None,
     volume: Annotated[bool, typer.Option(
