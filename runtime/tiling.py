@@ -308,7 +308,7 @@ class TiledImage:
     width: int
     pixels: np.ndarray  # (PH, PW) raw integers (normalised per tile) or float32 in [0, 1]
     lazy: bool
-    tile: int  # this image's tile side: tile_size, or large_tile for an image larger than it both ways
+    tile: int  # this image's tile side: tile_size, or large_tile for an image at least that large both ways
     rows: list[tuple[int, np.ndarray]]  # (start, (T,) window) per tile row, from axis_windows
     cols: list[tuple[int, np.ndarray]]
     transforms: int = 1  # dihedral transforms per tile (8 with TTA)

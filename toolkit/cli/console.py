@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -81,7 +82,7 @@ def command(fn: F) -> F:
             raise
         except SegError as exc:
             if _state["debug"]:
-                raise
+                traceback.print_exc()  # the traceback, and still the exit code the error means
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted; nothing half-written was left (rerun the same command to continue)", 130) from None

@@ -67,7 +67,7 @@ def infer(
     overlay: Annotated[bool, Opt("--overlay", help="Also write membranes (red) over the image.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Redo inputs whose outputs already exist.")] = False,
     tile: Annotated[int | None, Opt("--tile", help="Tile size; 0 = whole image (default: the model's, doubled "
-                                                   "for images larger than it both ways).")] = None,
+                                                   "for images at least twice it both ways).")] = None,
     halo: Annotated[int | None, Opt("--halo", help="Tile overlap margin, pixels (default: the model's).")] = None,
     batch: Annotated[int, Opt("--batch", help="Tiles per onnxruntime call.")] = 4,
     tta: Annotated[bool, Opt("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
