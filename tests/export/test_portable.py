@@ -31,7 +31,10 @@ def _conv_graph(mode: str, stride: int) -> onnx.ModelProto:
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = make_session(model.SerializeToString(), "cpu")
+    """The NCHW graph in plain onnxruntime (seg's sessions take (N, H, W, 1) models only)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
 
 
