@@ -173,6 +173,7 @@ def _prepare(input: str | os.PathLike[str], model: str | os.PathLike[str], outpu
     if prob_dtype not in PROB_DTYPES:
         raise InputError(f"--prob-dtype {prob_dtype!r} is not one of {', '.join(PROB_DTYPES)}")
     check_device_id(device_id)
+    _check_extras(input)
     source = open_volume(input)
     _check_apart(source, output)
     _check_float_range(source)
@@ -199,21 +200,57 @@ def _identity(source: VolumeSource) -> str:
     return f"{real}:{source.inner}" if source.inner else real
 
 
+def _check_extras(input: str | os.PathLike[str]) -> None:
+    """``InputError`` naming the extra to install when Dask, Zarr (or h5py, for an HDF5 input) cannot be
+    imported: checked before an output is created or replaced."""
+    import importlib
+
+    from seg.runtime.volume.sources import HDF5_SUFFIXES
+
+    needed = ["distributed", "zarr"]
+    if any(suffix in os.fspath(input).lower() for suffix in HDF5_SUFFIXES):
+        needed.append("h5py")
+    missing = []
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise InputError(f"volumes need {', '.join(missing)}, which this install lacks; install the volume extra: "
+                         'pip install "seg-toolkit[volume]" (from a checkout: pip install -e ".[volume]")')
+
+
 def _check_apart(source: VolumeSource, output: str | os.PathLike[str]) -> None:
-    """``InputError`` when the output store is the input, holds it or sits inside it: replacing the output
-    (``--overwrite``) would delete the volume being read."""
-    src, out = os.path.realpath(source.path), os.path.realpath(output)
-    if src == out or src.startswith(out + os.sep) or out.startswith(src + os.sep):
-        raise InputError(f"{output}: is, holds or sits inside the input {source.spec}; choose another --output")
+    """``InputError`` when the output store is the input, holds it or sits inside it (or inside the Zarr store
+    the input array belongs to): replacing the output (``--overwrite``) would delete data being read."""
+    from seg.runtime.volume.sources import zarr_root
+
+    root = zarr_root(Path(source.spec))
+    out = os.path.realpath(output)
+    for src in {os.path.realpath(source.path), *([os.path.realpath(root)] if root else [])}:
+        if src == out or src.startswith(out + os.sep) or out.startswith(src + os.sep):
+            raise InputError(f"{output}: is, holds or sits inside the input {source.spec}; choose another --output")
+
+
+FLOAT_CHECK_SIDE = 2048
+"""The float range is checked on slice 0's top-left corner up to this side (bounded memory on the client);
+any block outside [0, 1] still fails on its own, named, in the worker."""
 
 
 def _check_float_range(source: VolumeSource) -> None:
-    """``InputError`` for a float volume whose first slice leaves [0, 1]: each block would be normalised by its
-    own range, so seg takes floats in [0, 1] only (integers are scaled by their dtype's range)."""
+    """``InputError`` for a float volume whose first slice (its top-left ``FLOAT_CHECK_SIDE`` square) leaves
+    [0, 1] or holds NaN: each block would be normalised by its own range, so seg takes floats in [0, 1] only
+    (integers are scaled by their dtype's range)."""
+    import numpy as np
+
     if source.dtype.kind != "f":
         return
-    first = source.read(0, slice(0, source.shape[1]), slice(0, source.shape[2]))
-    low, high = float(first.min()), float(first.max())
+    rows, cols = (slice(0, min(side, FLOAT_CHECK_SIDE)) for side in source.shape[1:])
+    corner = source.read(0, rows, cols)
+    if not np.isfinite(corner).all():
+        raise InputError(f"{source.spec}: NaN or infinite pixels in slice 0; replace them before segmenting")
+    low, high = float(corner.min()), float(corner.max())
     if not 0.0 <= low <= high <= 1.0:
         raise InputError(f"{source.spec}: float pixels span [{low:g}, {high:g}] in slice 0, outside [0, 1]; scale the "
                          "volume to [0, 1] (or store it as uint8/uint16)")

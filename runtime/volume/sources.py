@@ -147,10 +147,10 @@ def is_volume_spec(spec: str | os.PathLike[str]) -> bool:
     text = os.fspath(spec)
     if _HDF5_SPEC.match(text) or Path(text).suffix.lower() in HDF5_SUFFIXES:
         return True
-    return _zarr_root(Path(text)) is not None
+    return zarr_root(Path(text)) is not None
 
 
-def _zarr_root(path: Path) -> Path | None:
+def zarr_root(path: Path) -> Path | None:
     """The outermost ``*.zarr`` component of ``path`` (or ``path`` itself when it holds Zarr metadata)."""
     for parent in (*reversed(path.parents), path):
         if parent.name.lower().endswith(ZARR_SUFFIX):
@@ -175,7 +175,7 @@ def open_volume(spec: str | os.PathLike[str]) -> VolumeSource:
     path = Path(text)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return _open_tiff(text, path)
-    if _zarr_root(path) is not None:
+    if zarr_root(path) is not None:
         return _open_zarr(text, path)
     if path.is_dir():
         raise InputError(f"{text}: a folder without Zarr metadata, not a volume store; give a .zarr array or "
@@ -254,7 +254,7 @@ def _open_zarr(spec: str, path: Path) -> VolumeSource:
 
 
 def _missing_zarr(spec: str, path: Path) -> InputError:
-    root = _zarr_root(path)
+    root = zarr_root(path)
     if root is not None and root != path and root.is_dir():
         inside = path.relative_to(root).as_posix()
         return InputError(f"{spec}: no array or group {inside!r} inside the Zarr store {root}; "

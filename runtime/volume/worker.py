@@ -109,8 +109,9 @@ def run_block(source: VolumeSource, output: VolumeOutput, block: Block, spec: Mo
     """Segment ``block`` of ``source`` into ``output``: ``predict_region`` over slice ``block.z``'s own tile
     grid (so the answer does not depend on the block size), write the ``(h, w) float32`` probability (and
     mask) at every level, then mark the block done. Returns ``(block.key, block.voxels)``, or ``(block.key,
-    message)`` when the block's pixels are unusable (an ``InputError`` naming the volume and slice): returned,
-    not raised, so Dask neither retries it nor logs a traceback on the worker.
+    message)`` when the block's pixels are unusable (an ``InputError`` naming the volume and slice) or its output
+    cannot be written (an ``OSError``, e.g. a full disk): returned, not raised, so Dask neither retries it nor
+    logs a traceback on the worker.
 
     A worker killed anywhere before ``mark_done`` leaves the block unmarked: it is redone, never trusted."""
     seg = worker_segmenter(spec)
@@ -120,6 +121,10 @@ def run_block(source: VolumeSource, output: VolumeOutput, block: Block, spec: Mo
                                   block.rows, block.cols)  # (h, w) float32 in [0, 1]
     except InputError as exc:
         return block.key, f"{source.spec}: slice {block.z}, {exc}"
-    output.write(block, prob)
-    output.mark_done(block)
+    try:
+        output.write(block, prob)
+        output.mark_done(block)
+    except OSError as exc:  # a full disk or a read-only store: no retry helps, and the rest would fail alike
+        return block.key, (f"{output.path}: block {block.key}: cannot write ({exc.strerror or exc}); free space or "
+                           "fix the permissions, then rerun the same command to resume")
     return block.key, block.voxels

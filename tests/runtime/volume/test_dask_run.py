@@ -158,6 +158,32 @@ def test_an_output_that_is_or_holds_the_input_is_refused(volume_model: Path, syn
     assert (path / "zarr.json").is_file()
 
 
+def test_an_output_inside_the_store_of_an_input_array_is_refused(volume_model: Path, tmp_path: Path) -> None:
+    """``em.zarr/0`` names an array inside the store ``em.zarr``; an output inside that store would be deleted
+    with it by --overwrite, or mixed into the raw data."""
+    import zarr
+
+    store = tmp_path / "em.zarr"
+    zarr.open_group(str(store), mode="w").create_array("0", data=np.zeros((1, 64, 64), np.uint8))
+    with pytest.raises(InputError, match=r"is, holds or sits inside the input .*em.zarr/0; choose another"):
+        segment_volume(store / "0", volume_model, store / "seg.zarr", block=512)
+    assert not (store / "seg.zarr").exists()
+
+
+def test_a_missing_extra_is_named_before_a_finished_output_is_touched(
+        dask_client: object, volume_model: Path, synth_volume: Synth, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    out = tmp_path / "out.zarr"
+    segment_volume(synth_volume[0], volume_model, out, client=dask_client, block=1024)
+    before = sorted(p.name for p in (out / MARKERS).iterdir())
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask[distributed] were not installed
+    with pytest.raises(InputError, match=r"volumes need distributed, which this install lacks; .*\[volume\]"):
+        segment_volume(synth_volume[0], volume_model, out, overwrite=True, block=1024)
+    assert sorted(p.name for p in (out / MARKERS).iterdir()) == before and before
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"block": 1000}, "--block 1000: must be a positive multiple of 512"),
     ({"halo": 600, "tile_size": 1280, "block": 512}, "smaller than the model's halo (600 px)"),

@@ -129,8 +129,44 @@ def test_an_error_inside_a_task_stops_the_run_with_that_error(dask_client: objec
 
 
 def test_a_float_volume_outside_the_unit_range_is_refused_before_anything_is_written(
-        volume_model: Path, tmp_path: Path) -> None:
+        volume_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_zarr(tmp_path / "float.zarr", np.full((1, 600, 600), 200.0, np.float32))
     with pytest.raises(InputError, match=r"float.zarr: float pixels span \[200, 200\] in slice 0, outside \[0, 1\]"):
         segment_volume(path, volume_model, tmp_path / "out.zarr", block=512)
     assert not (tmp_path / "out.zarr").exists()
+    nan = np.full((1, 600, 600), 0.5, np.float32)
+    nan[0, 3, 3] = np.nan
+    with pytest.raises(InputError, match=r"nan.zarr: NaN or infinite pixels in slice 0"):
+        segment_volume(write_zarr(tmp_path / "nan.zarr", nan), volume_model, tmp_path / "out.zarr", block=512)
+    from seg.runtime.volume import dask_run, sources
+
+    read: list[tuple[int, int]] = []
+    real_read = sources.VolumeSource.read
+    monkeypatch.setattr(dask_run, "FLOAT_CHECK_SIDE", 256)  # the client reads a bounded corner only
+    monkeypatch.setattr(sources.VolumeSource, "read", lambda self, z, rows, cols: (
+        read.append((rows.stop - rows.start, cols.stop - cols.start)), real_read(self, z, rows, cols))[1])
+    with pytest.raises(InputError, match="float pixels span"):
+        segment_volume(path, volume_model, tmp_path / "out.zarr", block=512)
+    assert read == [(256, 256)]
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_the_block(
+        volume_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk or read-only store inside a task: returned as one line naming the output and the block (the
+    client raises it as an ``InputError``), not raised for Dask to retry and log; the block stays unmarked."""
+    from seg.runtime.volume import dask_run, store, worker
+
+    path = write_zarr(tmp_path / "in.zarr", np.zeros((1, 600, 600), np.uint8))
+    job = dask_run._prepare(path, volume_model, tmp_path / "out.zarr", block=512, provider="cpu", device_id=0,
+                            threshold=None, prob_dtype="uint8", batch_size=4, tile_size=None, halo=None, tta=False,
+                            spread_gpus=False)
+    out = dask_run._open_output(tmp_path / "out.zarr", job, "uint8", False)
+
+    def full(self: object, block: object, prob: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.VolumeOutput, "write", full)
+    key, message = worker.run_block(job.source, out, job.blocks[0], job.spec)
+    assert key == job.blocks[0].key and isinstance(message, str)
+    assert message.startswith(f"{out.path}: block {key}: cannot write (No space left on device); free space")
+    assert not list((tmp_path / "out.zarr" / MARKERS).glob("*"))
