@@ -16,6 +16,7 @@ renamed onto ``path``, so a crash never leaves a half-made output that reads as 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -345,7 +346,10 @@ def _update_attributes(folder: Path, updates: dict[str, Any]) -> None:
 
 
 def _remove_output(path: Path) -> None:
-    """Delete a seg output (checked by the caller): renamed aside first, so ``path`` never holds half of one."""
+    """Delete a seg output (checked by the caller): renamed aside first, so ``path`` never holds half of one.
+    Copies set aside by an earlier replacement that was killed while deleting go too (only this output's)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     trash = path.parent / f".{path.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(path, trash)

@@ -133,6 +133,18 @@ def test_resume_keeps_the_markers(tmp_path: Path) -> None:
     np.testing.assert_array_equal(root["0"][0, :512, :512], _encoded(prob[0, :512, :512], "uint8"))
 
 
+def test_overwrite_also_removes_copies_a_killed_replacement_left(tmp_path: Path) -> None:
+    path = tmp_path / "out.zarr"
+    VolumeOutput.create_or_resume(path, SHAPE, SETTINGS)
+    left = tmp_path / ".out.zarr.tmp-old-0badc0de"  # set aside by a replacement killed while deleting it
+    (left / "0").mkdir(parents=True)
+    other = tmp_path / ".other.zarr.tmp-old-12345678"  # another output's: not this run's to delete
+    other.mkdir()
+    VolumeOutput.create_or_resume(path, SHAPE, SETTINGS, overwrite=True)
+    assert not left.exists() and other.exists() and (path / "zarr.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.zarr")] == []
+
+
 def test_pickle_round_trip(tmp_path: Path) -> None:
     output = VolumeOutput.create_or_resume(tmp_path / "out.zarr", SHAPE, SETTINGS)
     item = Block(1, slice(512, 700), slice(1024, 1100))
