@@ -43,6 +43,15 @@ def _log_skip(index: int, error: Exception) -> None:
     warnings.warn(f"skipped: {error}", SegWarning, stacklevel=4)
 
 
+def as_array(images: object) -> np.ndarray:
+    """``np.asarray``; a list of images of different sizes is an ``InputError`` that names the fix."""
+    try:
+        return np.asarray(images)
+    except ValueError:  # numpy: "inhomogeneous shape"
+        raise InputError("images of different sizes cannot form one array; pass them as a list to "
+                         "predict_batch (one array each)") from None
+
+
 def prepare_image(image: np.ndarray, method: str, name: str) -> tuple[np.ndarray, bool]:
     """``(H, W[, 1|3|4])`` pixels -> ``((H, W) pixels, lazy)``: lazy = uint8/uint16-range integers kept raw
     (normalised per tile, which the per-pixel dtype-range recipe allows), else float32 in [0, 1].

@@ -19,7 +19,7 @@ import numpy as np
 
 from seg.runtime import tiling
 from seg.runtime.errors import InputError, RunError, SegError
-from seg.runtime.inputs import OnError, Report, is_stack, prepare_image, reporter
+from seg.runtime.inputs import OnError, Report, as_array, is_stack, prepare_image, reporter
 from seg.runtime.metadata import read_model_info
 from seg.runtime.package import is_package, open_package
 from seg.runtime.plan import TilePlan
@@ -156,7 +156,7 @@ class Segmenter:
         in [0, 1]``): a stack of images 1, 3 or 4 pixels wide must go through ``predict_stack``.
         Raises ``InputError`` (bad shape, NaN/inf pixels, unsupported dtype), ``SegError`` once closed.
         """
-        image = _array(image)
+        image = as_array(image)
         if is_stack(image):
             return self.predict_stack(image)
         return next(self.predict_iter([image]))
@@ -164,7 +164,7 @@ class Segmenter:
     def predict_stack(self, stack: np.ndarray) -> np.ndarray:
         """``(N, H, W)`` (or ``(N, H, W, C)``, C = 1/3/4) -> ``(N, H, W) float32 in [0, 1]``; axis 0 is always
         the image axis. Tiles of all N images share batches. ``InputError`` for other ranks or a bad image."""
-        stack = _array(stack)
+        stack = as_array(stack)
         if stack.ndim not in (3, 4):
             raise InputError(f"expected an (N, H, W) stack of gray images, got shape {stack.shape}")
         out = np.empty(stack.shape[:3], np.float32)
@@ -385,15 +385,6 @@ class Segmenter:
             raise RunError(f"{self.name}: the model gave {outputs.shape} for an input of {inputs.shape}; seg needs "
                            "a probability map the size of its input (N, H, W, 1): not a seg model")
         return np.asarray(outputs, np.float32)[:count, :, :, 0]
-
-
-def _array(images: object) -> np.ndarray:
-    """``np.asarray``; a list of images of different sizes is an ``InputError`` that names the fix."""
-    try:
-        return np.asarray(images)
-    except ValueError:  # numpy: "inhomogeneous shape"
-        raise InputError("images of different sizes cannot form one array; pass them as a list to "
-                         "predict_batch (one array each)") from None
 
 
 def _crop_clip(out: np.ndarray, height: int, width: int) -> np.ndarray:
