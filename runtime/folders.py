@@ -130,7 +130,9 @@ def segment_paths(
         summary.skipped = len(items) - len(todo)
         new_folders = _prepare_folders(out_dir, items, todo)
         new_record = not (out_dir / SETTINGS_FILE).exists()
-        stale = [path for item in todo for path in (item.outputs() if trusted else item.every_output())]
+        inputs = {_real(path) for path in files}  # an input inside the output folder is never deleted
+        stale = [path for item in todo for path in (item.outputs() if trusted else item.every_output())
+                 if _real(path) not in inputs]
         start_record(out_dir, settings, stale)
         undo = (out_dir / SETTINGS_FILE if new_record else None, new_folders)
         _run_timed(seg, todo, cut, summary, _reporter(summary, None if single else on_error), progress, undo)

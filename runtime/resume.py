@@ -52,8 +52,7 @@ def outputs_to_do(items: list[Item], out_dir: Path, settings: dict[str, object],
     """The items to segment, and whether the outputs already there are trusted. All items, untrusted, with
     ``overwrite``, or (with one ``SegWarning`` saying why) when ``_distrust`` says the outputs already there
     cannot be trusted; else those whose outputs are incomplete. Untrusted, every output of an item is stale,
-    also the kinds not asked for this time. Raises ``InputError`` when outputs already there were made from
-    other inputs: a rerun would replace another image's outputs."""
+    also the kinds not asked for this time."""
     if overwrite:
         return list(items), False
     present = any(path.exists() for item in items for path in item.every_output())
@@ -91,19 +90,9 @@ def _distrust(out_dir: Path, settings: dict[str, object], model_name: str) -> st
     if missing:
         return f"{path}: the resume record lacks {', '.join(missing)}; {redo}"
     changed = sorted(k for k in settings if previous[k] != settings[k])
-    if "inputs" in changed:
-        raise InputError(f"{out_dir}: holds outputs made from other inputs ({_first(previous['inputs'])}); pass "
-                         "--overwrite to replace them, or choose another --output")
     if changed:
         return f"{out_dir}: earlier outputs were made with other {', '.join(changed)}; redoing them all"
     return None
-
-
-def _first(inputs: object) -> str:
-    """The recorded inputs, shortened to the first and a count."""
-    if isinstance(inputs, list) and len(inputs) > 1:
-        return f"{inputs[0]} and {len(inputs) - 1} more"
-    return str(inputs[0] if isinstance(inputs, list) and inputs else inputs)
 
 
 def start_record(out_dir: Path, settings: dict[str, object], outputs: list[Path]) -> None:

@@ -11,6 +11,7 @@ memory stays at the image, its output and a few batches of tiles, whatever the i
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -49,8 +50,9 @@ class Segmenter:
     ``provider_options`` (merged into the running provider's options) pass through to onnxruntime.
 
     ``tile_size``/``halo``: from the model's metadata when None; ``tile_size=0`` runs each image whole
-    (reflect-padded to the size multiple). With the metadata's tile, an image larger than it in both
-    dimensions is cut into tiles of twice that side (``large_tile``), ``batch_size / 4`` at a time: the same
+    (reflect-padded to the size multiple). With the metadata's tile, an image at least twice it in both
+    dimensions is cut into tiles of twice that side (``large_tile``) where that computes fewer pixels,
+    ``batch_size / 4`` at a time: the same
     pixels per onnxruntime call, so the same memory, and half the halo overhead. An image smaller than the
     tile both ways runs as one smaller square tile (``small_step`` multiples; few distinct shapes, so batches
     and CUDA's per-shape algorithm search stay shared). An explicit ``tile_size`` is used as given.
@@ -83,7 +85,8 @@ class Segmenter:
     ) -> None:
         self.name = "model (bytes)" if isinstance(model, bytes | bytearray) else str(model)
         self.device_id = check_device_id(device_id)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                    or threads < 1):
             raise InputError(f"threads {threads!r}: give a whole number of CPU threads >= 1, or None (the "
                              "physical cores)")
         package = open_package(model) if is_package(model) else None  # a bioimage.io zip: its checked ONNX

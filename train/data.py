@@ -137,7 +137,7 @@ def split_by_slice(slices: list[Slice], val_fraction: float, seed: int) -> tuple
         source = slices[0].source if slices else ""
         where = f"{Path(source.rsplit('[', 1)[0] if source.endswith(']') else source).parent}: " if source else ""
         raise InputError(f"{where}only {len(slices)} labelled slice(s): too few to hold {n_val} out for validation; "
-                         "add slices, or train on all of them with --val 0")
+                         "add labelled slices, or hold none out")
     order = np.random.default_rng(seed).permutation(len(slices))
     val_idx = set(order[:n_val].tolist())
     train = [s for i, s in enumerate(slices) if i not in val_idx]

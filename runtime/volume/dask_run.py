@@ -208,7 +208,7 @@ def _check_extras(input: str | os.PathLike[str]) -> None:
     from seg.runtime.volume.sources import HDF5_SUFFIXES
 
     needed = ["distributed", "zarr"]
-    if any(suffix in os.fspath(input).lower() for suffix in HDF5_SUFFIXES):
+    if Path(os.fspath(input).split(":")[0]).suffix.lower() in HDF5_SUFFIXES:  # file.h5 or file.h5:/dataset
         needed.append("h5py")
     missing = []
     for name in needed:

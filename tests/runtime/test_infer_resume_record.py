@@ -221,10 +221,10 @@ def test_other_settings_redo_every_kind_of_output_not_only_the_asked_ones(tmp_pa
     assert (again.images, again.skipped) == (2, 0)
 
 
-def test_outputs_of_other_inputs_are_not_replaced_without_overwrite(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another folder (or the same glob typed in another folder) with a file of the same name would replace
-    an output made from a different image: refused, unless --overwrite."""
+def test_the_same_glob_typed_in_another_folder_is_other_inputs(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A glob is recorded as an absolute pattern: typed in another folder it matches other files, whose
+    outputs are redone (with the warning), never taken for done."""
     images, model, out = _images_and_model(tmp_path, ["a", "b"])
     other = tmp_path / "other"
     other.mkdir()
@@ -232,14 +232,22 @@ def test_outputs_of_other_inputs_are_not_replaced_without_overwrite(tmp_path: Pa
     monkeypatch.chdir(images)
     segment_paths("*.png", model, out, provider="cpu")
     assert json.loads((out / SETTINGS_FILE).read_text())["inputs"] == str(images / "*.png")
-    before = (out / "a.png").read_bytes()
     monkeypatch.chdir(other)
-    for inputs in ("*.png", other):
-        with pytest.raises(InputError, match=r"out: holds outputs made from other inputs \(.*images/\*\.png\); "
-                                             r"pass --overwrite"):
-            segment_paths(inputs, model, out, provider="cpu")
-    assert (out / "a.png").read_bytes() == before
-    assert segment_paths(other, model, out, provider="cpu", overwrite=True).images == 1
+    with pytest.warns(SegWarning, match="earlier outputs were made with other inputs; redoing them all"):
+        again = segment_paths("*.png", model, out, provider="cpu")
+    assert (again.images, again.skipped) == (1, 0)
+    np.testing.assert_array_equal(read_image(out / "a.png"), to_mask(Segmenter(model, "cpu").predict(
+        read_image(other / "a.png"))))
+
+
+def test_an_input_inside_the_output_folder_is_never_deleted_as_a_stale_output(tmp_path: Path) -> None:
+    """Redoing every kind of output must not delete ``out/overlay/a.png`` when that file is the input."""
+    images, model, out = _images_and_model(tmp_path, ["a"])
+    (out / "overlay").mkdir(parents=True)
+    source = out / "overlay" / "a.png"
+    source.write_bytes((images / "a.png").read_bytes())
+    summary = segment_paths(out / "overlay", model, out, provider="cpu", overwrite=True)
+    assert (summary.images, summary.failures) == (1, []) and source.read_bytes() == (images / "a.png").read_bytes()
 
 
 def test_a_folder_in_place_of_an_output_stops_the_run_before_anything_is_deleted(

@@ -349,6 +349,10 @@ def test_models_that_are_not_seg_models_are_refused_with_the_reason(rng: np.rand
             seg.predict(rng.random((64, 64), dtype=np.float32))
 
 
+def test_threads_may_be_any_whole_number_type() -> None:
+    assert make(threads=np.int64(1)).streams == 1  # e.g. from a numpy array or a config file
+
+
 def test_bad_images(rng: np.random.Generator) -> None:
     ragged = [rng.random((8, 8), dtype=np.float32), rng.random((8, 9), dtype=np.float32)]
     for call in (make().predict, make().predict_stack):

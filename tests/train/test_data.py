@@ -97,7 +97,7 @@ def test_split_by_slice_is_disjoint_and_seeded(tmp_path: Path, n: int, fraction:
 def test_split_needs_a_training_slice(tmp_path: Path) -> None:
     make_dataset(tmp_path, n=1, size=16)
     folder = (tmp_path / "train" / "image").resolve()
-    with pytest.raises(InputError, match=f"^{re.escape(str(folder))}: only 1 labelled slice.*too few.*--val 0$"):
+    with pytest.raises(InputError, match=f"^{re.escape(str(folder))}: only 1 labelled slice.*too few.*hold none out$"):
         split_by_slice(load_split(tmp_path), 0.5, seed=0)
 
 

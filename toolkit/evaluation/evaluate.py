@@ -65,7 +65,7 @@ def evaluate(model: Path, data: Path, split: str = "val", *, figures: Path | Non
         raise InputError(f"--threshold {threshold:g}: outside [0, 1]; it cuts the interior probability, e.g. 0.5")
     record = _run_record(model if run is None else Path(run) / runs.BEST_MODEL)
     if run is not None and record is None:
-        raise InputError(f"--run {run}: no {runs.CONFIG} there; give the folder of the training run")
+        raise InputError(f"run={run}: no {runs.CONFIG} there; give the folder of the training run")
     if record is not None:  # the run's own split options, whatever was given
         val, seed = float(record["train"]["val"]), int(record["train"]["seed"])
     slices = select_split(Path(data), split, val, seed, recorded=record)
