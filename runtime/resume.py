@@ -21,6 +21,8 @@ from seg.runtime.segmenter import Segmenter
 
 GLOB_CHARS = "*?["
 SETTINGS_FILE = ".seg-infer.json"
+TILE_RULE = 2
+"""Which images get the 2x tile (``TilePlan.tile_for``); recorded so outputs made under another rule are redone."""
 REPLACING = "replacing"
 """The record's only key while a run deletes the outputs it will redo (``start_record``)."""
 
@@ -33,7 +35,7 @@ def record_settings(texts: list[str], model: object, seg: Segmenter, threshold: 
                    for text in texts)  # a glob from another folder matches other files
     return {"inputs": named[0] if len(named) == 1 else named, "model_sha256": digest, "threshold": threshold,
             "tile": seg.tile_size, "halo": seg.halo, "tta": len(seg.transforms) > 1, "blend": seg.blend,
-            "large_tile": seg.large_tile, "small_step": seg.small_step}
+            "large_tile": seg.large_tile, "small_step": seg.small_step, "tile_rule": TILE_RULE}
 
 
 def model_digest(model: bytes | Path) -> str:

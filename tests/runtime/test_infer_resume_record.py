@@ -124,6 +124,19 @@ def test_an_unreadable_record_redoes_every_output(done: tuple[Path, Path, Path],
     _assert_all_redone(images, model, out)
 
 
+def test_outputs_made_under_an_earlier_tile_rule_are_redone(done: tuple[Path, Path, Path]) -> None:
+    """Records from before the 2x-tile rule changed lack ``tile_rule``: their outputs may differ at an edge."""
+    images, model, out = done
+    record = out / SETTINGS_FILE
+    settings = json.loads(record.read_text())
+    del settings["tile_rule"]
+    record.write_text(json.dumps(settings))
+    skipped, messages = _rerun(images, model, out)
+    assert skipped == 0 and messages == [f"{record}: the resume record lacks tile_rule; settings unknown, so "
+                                         f"every output in {out} is redone"]
+    _assert_all_redone(images, model, out)
+
+
 def test_a_folder_in_place_of_the_record_stops_the_run(done: tuple[Path, Path, Path]) -> None:
     images, model, out = done
     record = out / SETTINGS_FILE
