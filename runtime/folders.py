@@ -40,7 +40,7 @@ import tifffile
 from seg.runtime.atomic import remove_temporaries
 from seg.runtime.errors import InputError
 from seg.runtime.io import TIFF_SUFFIXES, is_image_file, list_images, tiff_page_count
-from seg.runtime.pipeline import Item, OnError, Progress, run_pipeline
+from seg.runtime.pipeline import Item, OnError, Progress, overlay_path, prob_path, run_pipeline
 from seg.runtime.preprocess import check_threshold
 from seg.runtime.resume import GLOB_CHARS as _GLOB_CHARS
 from seg.runtime.resume import SETTINGS_FILE, outputs_to_do, record_settings, start_record
@@ -281,12 +281,8 @@ def plan_outputs(
     items, failures, owner, clashes = [], [], {}, []
     for source in files:
         mask_suffix = ".tif" if _is_stack(source) else ".png"
-        item = Item(
-            source,
-            out_dir / f"{source.stem}{mask_suffix}",
-            out_dir / "prob" / f"{source.stem}.tif" if save_prob else None,
-            out_dir / "overlay" / f"{source.stem}{mask_suffix}" if overlay else None,
-        )
+        mask = out_dir / f"{source.stem}{mask_suffix}"
+        item = Item(source, mask, prob_path(mask) if save_prob else None, overlay_path(mask) if overlay else None)
         taken = owner.get(_real(out_dir) / source.stem)
         if taken is not None and _real(taken.parent) != _real(source.parent):
             clashes.append((item, taken))

@@ -48,10 +48,18 @@ class Item:
         return all(p.is_file() for p in self.outputs())
 
     def every_output(self) -> list[Path]:
-        """Every file a run may write for this input, asked for this time or not: the mask,
-        ``prob/STEM.tif`` and ``overlay/NAME`` (the mask's name)."""
-        folder = self.mask.parent
-        return [self.mask, folder / "prob" / f"{self.mask.stem}.tif", folder / "overlay" / self.mask.name]
+        """Every file a run may write for this input, asked for this time or not."""
+        return [self.mask, prob_path(self.mask), overlay_path(self.mask)]
+
+
+def prob_path(mask: Path) -> Path:
+    """Where the probability map of the input whose mask is ``mask`` goes: ``prob/STEM.tif`` beside it."""
+    return mask.parent / "prob" / f"{mask.stem}.tif"
+
+
+def overlay_path(mask: Path) -> Path:
+    """Where the overlay of the input whose mask is ``mask`` goes: ``overlay/NAME`` beside it."""
+    return mask.parent / "overlay" / mask.name
 
 
 def _read(path: Path, method: str) -> list[np.ndarray]:
