@@ -104,7 +104,8 @@ def load_calibration(calib: str | Path | None, gate: ImageSet, data: Path) -> Im
     and ``source`` saying so. Raises ``InputError`` when ``calib`` does not exist or holds no images."""
     source = data if calib is None else Path(calib)
     paths, _ = image_paths(source, flag="--data" if calib is None else "--calib")
-    gated = {path.resolve() for path in image_paths(data)[0] if path.stem in gate.names}
+    dataset = paths if calib is None else image_paths(data)[0]
+    gated = {path.resolve() for path in dataset if path.stem in gate.names}
     unused = [path for path in paths if path.resolve() not in gated]
     if unused:
         return _read(unused[:MAX_CALIB], None, str(source))
