@@ -147,6 +147,7 @@ def segment_volume(
         todo = [b for b in job.blocks if b.key not in done]
         summary = VolumeSummary(str(output), blocks=len(job.blocks), skipped=len(job.blocks) - len(todo))
         say(f"{summary.skipped} of {len(job.blocks)} blocks already done, skipped; {len(todo)} to compute")
+        say(f"voxel size {job.source.voxel.describe()}" + ("" if job.source.voxel.is_pixels else " (the input's)"))
         if todo:
             if client is None:
                 client = stack.enter_context(_local_client(count, threads))
@@ -311,7 +312,7 @@ def _open_output(output: str | os.PathLike[str], job: _Job, prob_dtype: str, ove
     from seg.runtime.volume.store import VolumeOutput
 
     return VolumeOutput.create_or_resume(output, job.source.shape, job.settings, prob_dtype=prob_dtype,
-                                         overwrite=overwrite)
+                                         overwrite=overwrite, voxel=job.source.voxel)
 
 
 @contextlib.contextmanager

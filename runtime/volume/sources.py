@@ -1,7 +1,7 @@
 """Reading ``(Z, Y, X)`` volumes lazily, one region of one slice at a time.
 
 ``open_volume(spec)`` checks a volume once (exists, 3-D, single channel, supported pixel type) and returns
-a ``VolumeSource``: a small picklable description (spec, path, shape, dtype) that opens its store lazily,
+a ``VolumeSource``: a small picklable description (spec, path, shape, dtype, voxel size) that opens its store lazily,
 once per process, so Dask can ship it to every worker. Supported, on a local disk:
 
 - Zarr v2 and v3 arrays: ``vol.zarr``, or an array inside a group: ``group.zarr/sub/path``;
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from seg.runtime.errors import InputError
+from seg.runtime.volume.voxels import PIXELS, VoxelSize, hdf5_voxel_size, imagej_voxel_size, ome_voxel_size
 
 ZARR_SUFFIX = ".zarr"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -43,12 +44,15 @@ class VolumeSource:
     (uint8, uint16, int8, int16 or float). ``kind`` is ``"zarr"``, ``"tiff"`` or ``"hdf5"``; ``path`` is
     the array folder, TIFF file or HDF5 file (absolute, so workers in other folders find it); ``inner`` the
     HDF5 dataset path; ``lead`` how many leading size-1 axes (OME-Zarr ``t``/``c``) are indexed away; ``options``
-    extra tifffile flags. Reads may come from several threads at once; each process opens its own handle.
+    extra tifffile flags; ``voxel`` the physical voxel size its metadata records (``seg.runtime.volume.voxels``).
+    Reads may come from several threads at once; each process opens its own handle.
     """
 
     def __init__(self, spec: str, kind: str, path: str, shape: tuple[int, int, int], dtype: np.dtype,
-                 *, inner: str = "", lead: int = 0, options: dict[str, Any] | None = None) -> None:
+                 *, inner: str = "", lead: int = 0, options: dict[str, Any] | None = None,
+                 voxel: VoxelSize = PIXELS) -> None:
         self.spec, self.kind, self.path, self.inner = spec, kind, os.path.abspath(path), inner
+        self.voxel = voxel
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self.lead = lead
@@ -188,7 +192,7 @@ def open_volume(spec: str | os.PathLike[str]) -> VolumeSource:
 
 
 def _checked(spec: str, kind: str, path: str, shape: tuple[int, ...], dtype: np.dtype, *, inner: str = "",
-             lead: int = 0, options: dict[str, Any] | None = None) -> VolumeSource:
+             lead: int = 0, options: dict[str, Any] | None = None, voxel: VoxelSize = PIXELS) -> VolumeSource:
     """A ``VolumeSource`` once the shape (after ``lead`` leading axes) and pixel type are acceptable."""
     shape = tuple(int(n) for n in shape)
     lead = lead or _plain_lead(shape)
@@ -199,7 +203,7 @@ def _checked(spec: str, kind: str, path: str, shape: tuple[int, ...], dtype: np.
         raise InputError(f"{spec}: an empty volume of shape {core}; give a volume with pixels")
     _check_dtype(spec, np.dtype(dtype))
     return VolumeSource(spec, kind, path, (core[0], core[1], core[2]), np.dtype(dtype), inner=inner,
-                        lead=lead, options=options)
+                        lead=lead, options=options, voxel=voxel)
 
 
 def _plain_lead(shape: tuple[int, ...]) -> int:
@@ -283,7 +287,8 @@ def _open_ome(spec: str, path: Path, group: Any, multiscales: list[dict[str, Any
     if not isinstance(level, zarr.Array):
         raise InputError(f"{spec}: OME-Zarr level {level_path!r} is not an array; point at a level array")
     lead = _ome_lead(spec, axes, tuple(level.shape))
-    return _checked(spec, "zarr", str(path / level_path), level.shape, level.dtype, lead=lead)
+    return _checked(spec, "zarr", str(path / level_path), level.shape, level.dtype, lead=lead,
+                    voxel=ome_voxel_size(spec, image, lead))
 
 
 def _ome_lead(spec: str, axes: list[str], shape: tuple[int, ...]) -> int:
@@ -341,7 +346,7 @@ def _open_tiff(spec: str, path: Path) -> VolumeSource:
     options: dict[str, Any] = {}
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            series, voxel = tif.series[0], imagej_voxel_size(spec, tif)
             if len(tif.series) > 1 and series.ndim == 2:
                 options = {"is_shaped": False}
         if options:
@@ -352,7 +357,7 @@ def _open_tiff(spec: str, path: Path) -> VolumeSource:
     if "S" in series.axes:  # samples per pixel: an RGB(A) image, not slices
         raise InputError(f"{spec}: an RGB TIFF (axes {series.axes}), not a gray stack; convert it to gray, one "
                          "page per slice")
-    return _checked(spec, "tiff", str(path), tuple(series.shape), series.dtype, options=options)
+    return _checked(spec, "tiff", str(path), tuple(series.shape), series.dtype, options=options, voxel=voxel)
 
 
 def _open_hdf5(spec: str, file: str, dataset: str) -> VolumeSource:
@@ -370,9 +375,10 @@ def _open_hdf5(spec: str, file: str, dataset: str) -> VolumeSource:
                 problem = f"no dataset {dataset}" if node is None else f"{dataset} is a group, not a dataset"
                 raise _hdf5_listing(spec, file, handle, problem)
             shape, dtype, name = tuple(node.shape), node.dtype, node.name
+            voxel = hdf5_voxel_size(spec, node.attrs)
     except OSError as exc:
         raise InputError(f"{spec}: not a readable HDF5 file ({exc})") from None
-    return _checked(spec, "hdf5", file, shape, dtype, inner=name)
+    return _checked(spec, "hdf5", file, shape, dtype, inner=name, voxel=voxel)
 
 
 def _hdf5_listing(spec: str, file: str, handle: Any, problem: str) -> InputError:

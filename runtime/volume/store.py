@@ -2,7 +2,8 @@
 
 Layout of ``path``::
 
-    zarr.json            group: NGFF ``multiscales`` (axes z, y, x), the run's settings under "seg" and
+    zarr.json            group: NGFF ``multiscales`` (axes z, y, x in the input's voxel size and units,
+                         ``seg.runtime.volume.voxels``), the run's settings under "seg" and
                          the output's layout under "seg_output" (format, shape, prob_dtype, chunk, levels)
     0, 1, ...            probability of cell interior, level k = level 0 [:, ::2**k, ::2**k]
     labels/mask/0, ...   mask, uint8: 255 = cell interior (prob >= threshold), 0 = membrane
@@ -31,6 +32,7 @@ from seg.runtime.atomic import TMP_MARK, is_temporary, write_bytes_atomic, write
 from seg.runtime.errors import InputError, SegError
 from seg.runtime.preprocess import to_mask
 from seg.runtime.volume.blocks import CHUNK, Block, plan_blocks
+from seg.runtime.volume.voxels import NGFF_VERSION, PIXELS, VoxelSize
 
 PROB_DTYPES = ("uint8", "float16", "float32")
 """How the probability is stored: uint8 = round(prob * 255); float16/float32 = prob in [0, 1]."""
@@ -38,7 +40,6 @@ MAX_LEVELS = 4
 MIN_LEVEL_CHUNK = 64
 MARKERS = ".seg-blocks"
 MASK = "labels/mask"
-NGFF_VERSION = "0.5"
 FORMAT = 1
 """Version of the "seg_output" layout; an output of another format is never resumed."""
 MASK_COLORS = [{"label-value": 0, "rgba": [0, 0, 0, 255]}, {"label-value": 255, "rgba": [255, 255, 255, 255]}]
@@ -66,12 +67,15 @@ class VolumeOutput:
 
     ``path``: the OME-Zarr folder (absolute); ``shape``: ``(Z, Y, X)`` of level 0 in pixels; ``levels``: multiscale
     levels; ``prob_dtype``: one of ``PROB_DTYPES``; ``threshold``: prob >= threshold is interior (mask 255);
-    ``settings``: the run's settings as stored (JSON values).
+    ``settings``: the run's settings as stored (JSON values); ``voxel``: the physical voxel size of level 0,
+    written into the NGFF metadata.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, int, int], prob_dtype: str, settings: dict[str, Any]) -> None:
+    def __init__(self, path: Path, shape: tuple[int, int, int], prob_dtype: str, settings: dict[str, Any],
+                 voxel: VoxelSize = PIXELS) -> None:
         self.path = Path(os.path.abspath(path))  # absolute: workers may run in other folders
         self.shape = shape
+        self.voxel = voxel
         self.levels = level_count(shape)
         self.prob_dtype = prob_dtype
         self.settings = settings
@@ -86,7 +90,8 @@ class VolumeOutput:
 
     @classmethod
     def create_or_resume(cls, path: str | os.PathLike[str], shape: tuple[int, int, int], settings: dict[str, object],
-                         *, prob_dtype: str = "uint8", overwrite: bool = False) -> VolumeOutput:
+                         *, prob_dtype: str = "uint8", overwrite: bool = False,
+                         voxel: VoxelSize = PIXELS) -> VolumeOutput:
         """Create the output at ``path`` for a ``(Z, Y, X)`` volume, or resume the one already there.
 
         ``settings`` (JSON-able; ``settings["threshold"]`` in [0, 1] is required, ``settings["block"]`` lets
@@ -95,6 +100,8 @@ class VolumeOutput:
         ``InputError`` naming what differs, unless ``overwrite``. ``overwrite=True`` always replaces an
         existing seg output (markers included) with a fresh one. A ``path`` that is not a seg output (other
         than an empty folder) is refused even with ``overwrite``: seg never deletes what it did not make.
+        ``voxel`` (the input's voxel size) goes into the NGFF scale and units of every level; it is not part of
+        what must match to resume, and ``finish()`` writes the one given now.
         """
         path = Path(path)
         shape, settings = _checked_args(shape, settings, prob_dtype)
@@ -107,14 +114,14 @@ class VolumeOutput:
                 overwrite = False
                 continue
             if existing is None:
-                if _create(path, record):
-                    return cls(path, shape, prob_dtype, settings)
+                if _create(path, record, voxel):
+                    return cls(path, shape, prob_dtype, settings, voxel)
                 continue
             differences = _differences(existing, record)
             if differences:
                 raise InputError(f"{path}: an existing seg output that differs ({'; '.join(differences)}); "
                                  "pass --overwrite to replace it or choose another --output")
-            output = cls(path, shape, prob_dtype, settings)
+            output = cls(path, shape, prob_dtype, settings, voxel)
             output._opened()  # checks that every array is there as made
             return output
         raise InputError(f"{path}: another process keeps creating or removing this output; run once at a time")
@@ -167,7 +174,7 @@ class VolumeOutput:
             raise SegError(f"{self.path}: {len(missing)} of {len(expected)} blocks not written ({shown}); "
                            "run the same command again to finish them")
         self._opened()
-        for node, ome in _ngff_attributes(self.levels).items():
+        for node, ome in _ngff_attributes(self.levels, self.voxel).items():
             _update_attributes(self.path / node, {"ome": ome})
         layout = {key: value for key, value in (_read_record(self.path) or {}).items() if key != "settings"}
         if layout.get("complete") != len(expected):
@@ -272,7 +279,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 24 else text[:12] + "..."
 
 
-def _create(path: Path, record: dict[str, Any]) -> bool:
+def _create(path: Path, record: dict[str, Any], voxel: VoxelSize) -> bool:
     """Build the output in a hidden sibling folder and rename it onto ``path``.
 
     False when ``path`` was created by someone else meanwhile; ``InputError`` when it cannot be written.
@@ -285,7 +292,7 @@ def _create(path: Path, record: dict[str, Any]) -> bool:
         raise InputError(f"{path}: cannot create the output here ({exc.strerror or exc}); "
                          "choose another --output") from None
     try:
-        _build(tmp, record)
+        _build(tmp, record, voxel)
         os.rename(tmp, path)  # atomic; replaces an empty folder, fails on anything else
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -298,7 +305,7 @@ def _create(path: Path, record: dict[str, Any]) -> bool:
     return True
 
 
-def _build(folder: Path, record: dict[str, Any]) -> None:
+def _build(folder: Path, record: dict[str, Any], voxel: VoxelSize) -> None:
     """Make the empty arrays, the NGFF metadata and the marker folder; the seg attributes last."""
     import zarr
 
@@ -311,19 +318,18 @@ def _build(folder: Path, record: dict[str, Any]) -> None:
             group.create_array(str(level), shape=level_shape(shape, level), chunks=(1, side, side), dtype=dtype,
                                fill_value=0, dimension_names=("z", "y", "x"))
     (folder / MARKERS).mkdir()
-    for node, ome in _ngff_attributes(levels).items():
+    for node, ome in _ngff_attributes(levels, voxel).items():
         _update_attributes(folder / node, {"ome": ome})
     layout = {key: value for key, value in record.items() if key != "settings"}
     _update_attributes(folder, {"seg": record["settings"], "seg_output": layout})
 
 
-def _ngff_attributes(levels: int) -> dict[str, dict[str, Any]]:
+def _ngff_attributes(levels: int, voxel: VoxelSize) -> dict[str, dict[str, Any]]:
     """The "ome" attributes of the image group, the labels group and the mask, by folder."""
     def multiscales(name: str) -> list[dict[str, Any]]:
-        datasets = [{"path": str(level), "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, float(1 << level), float(1 << level)]}]} for level in range(levels)]
-        axes = [{"name": axis, "type": "space"} for axis in "zyx"]
-        return [{"name": name, "axes": axes, "datasets": datasets, "type": "nearest",
+        datasets = [{"path": str(level), "coordinateTransformations": voxel.transformations(level)}
+                    for level in range(levels)]
+        return [{"name": name, "axes": voxel.axes(), "datasets": datasets, "type": "nearest",
                  "metadata": {"description": "level k = level 0 [:, ::2**k, ::2**k]"}}]
 
     return {
