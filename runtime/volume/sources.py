@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from seg.runtime.errors import InputError
-from seg.runtime.volume.voxels import PIXELS, VoxelSize, hdf5_voxel_size, imagej_voxel_size, ome_voxel_size
+from seg.runtime.volume.voxels import (
+    PIXELS,
+    VoxelSize,
+    hdf5_voxel_size,
+    imagej_voxel_size,
+    ngff_attributes,
+    ome_level_voxel_size,
+    ome_voxel_size,
+)
 
 ZARR_SUFFIX = ".zarr"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -250,8 +258,8 @@ def _open_zarr(spec: str, path: Path) -> VolumeSource:
         raise InputError(f"{spec}: unreadable Zarr metadata ({type(exc).__name__}: {exc}); "
                          "give a .zarr array or OME-Zarr image") from None
     if isinstance(node, zarr.Array):
-        return _checked(spec, "zarr", str(path), node.shape, node.dtype)
-    multiscales = _ome(node.attrs).get("multiscales")
+        return _checked(spec, "zarr", str(path), node.shape, node.dtype, voxel=ome_level_voxel_size(spec, path))
+    multiscales = ngff_attributes(node.attrs).get("multiscales")
     if multiscales:
         return _open_ome(spec, path, node, multiscales)
     raise _group_error(spec, node)
@@ -264,12 +272,6 @@ def _missing_zarr(spec: str, path: Path) -> InputError:
         return InputError(f"{spec}: no array or group {inside!r} inside the Zarr store {root}; "
                           "check the path inside the store")
     return InputError(f"{spec}: no such file or folder; check the path")
-
-
-def _ome(attrs: Any) -> dict[str, Any]:
-    """The NGFF attributes of a group: under ``"ome"`` for v0.5 (Zarr v3), at the top level before."""
-    attrs = dict(attrs)
-    return dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else attrs
 
 
 def _open_ome(spec: str, path: Path, group: Any, multiscales: list[dict[str, Any]]) -> VolumeSource:
@@ -288,7 +290,7 @@ def _open_ome(spec: str, path: Path, group: Any, multiscales: list[dict[str, Any
         raise InputError(f"{spec}: OME-Zarr level {level_path!r} is not an array; point at a level array")
     lead = _ome_lead(spec, axes, tuple(level.shape))
     return _checked(spec, "zarr", str(path / level_path), level.shape, level.dtype, lead=lead,
-                    voxel=ome_voxel_size(spec, image, lead))
+                    voxel=ome_voxel_size(spec, image))
 
 
 def _ome_lead(spec: str, axes: list[str], shape: tuple[int, ...]) -> int:
@@ -325,7 +327,7 @@ def _group_error(spec: str, group: Any) -> InputError:
             continue
         if isinstance(node, zarr.Array):
             arrays.append(f"{name} {tuple(node.shape)}")
-        elif _ome(node.attrs).get("multiscales"):
+        elif ngff_attributes(node.attrs).get("multiscales"):
             images.append(name)
     found = [f"OME-Zarr image {name}" for name in images] + [f"array {name}" for name in arrays]
     if not found:
@@ -375,7 +377,7 @@ def _open_hdf5(spec: str, file: str, dataset: str) -> VolumeSource:
                 problem = f"no dataset {dataset}" if node is None else f"{dataset} is a group, not a dataset"
                 raise _hdf5_listing(spec, file, handle, problem)
             shape, dtype, name = tuple(node.shape), node.dtype, node.name
-            voxel = hdf5_voxel_size(spec, node.attrs)
+            voxel = hdf5_voxel_size(spec, node.attrs, node.ndim)
     except OSError as exc:
         raise InputError(f"{spec}: not a readable HDF5 file ({exc})") from None
     return _checked(spec, "hdf5", file, shape, dtype, inner=name, voxel=voxel)

@@ -32,7 +32,7 @@ from seg.runtime.atomic import TMP_MARK, is_temporary, write_bytes_atomic, write
 from seg.runtime.errors import InputError, SegError
 from seg.runtime.preprocess import to_mask
 from seg.runtime.volume.blocks import CHUNK, Block, plan_blocks
-from seg.runtime.volume.voxels import NGFF_VERSION, PIXELS, VoxelSize
+from seg.runtime.volume.voxels import PIXELS, VoxelSize
 
 PROB_DTYPES = ("uint8", "float16", "float32")
 """How the probability is stored: uint8 = round(prob * 255); float16/float32 = prob in [0, 1]."""
@@ -40,6 +40,7 @@ MAX_LEVELS = 4
 MIN_LEVEL_CHUNK = 64
 MARKERS = ".seg-blocks"
 MASK = "labels/mask"
+NGFF_VERSION = "0.5"
 FORMAT = 1
 """Version of the "seg_output" layout; an output of another format is never resumed."""
 MASK_COLORS = [{"label-value": 0, "rgba": [0, 0, 0, 255]}, {"label-value": 255, "rgba": [255, 255, 255, 255]}]

@@ -2,11 +2,11 @@
 
 Read from:
 - OME-Zarr images (NGFF v0.4, v0.5): level 0's ``scale`` and ``translation`` transformations, followed by the
-  image's own (multiscale-level) ones, and the axes' units;
+  image's own (multiscale-level) ones, and the axes' units; for one level array (``image.zarr/1``), that level's;
 - ImageJ TIFF stacks (as Fiji saves them): the ``unit``, the pixel width and height (XResolution, YResolution)
   and the slice ``spacing``;
-- HDF5 datasets: an ``element_size_um`` attribute (z, y, x in micrometers, as ilastik and Fiji write it), else
-  a ``resolution`` attribute (z, y, x; its unit is not stated, so the output gets none).
+- HDF5 datasets: an ``element_size_um`` attribute (z, y, x in micrometers, as Fiji's HDF5 plugin writes it),
+  else a ``resolution`` attribute (z, y, x; its unit is not stated, so the output gets none) and its ``offset``.
 
 Anything else is one unit per voxel, with no unit name. Metadata that is there but cannot be used (a
 non-positive size, a transformation seg cannot follow) gets a ``SegWarning`` naming the input, and one unit per
@@ -17,23 +17,28 @@ voxel; it never stops a run. Units are written as NGFF names ("micrometer", "nan
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from seg.runtime.errors import SegWarning
 
-NGFF_VERSION = "0.5"
 SPACE_UNITS = frozenset({
     "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
     "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter", "nanometer",
     "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer",
     "zettameter"})
 """The space units NGFF allows (UDUNITS-2 names)."""
-UNIT_ALIASES = {"um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
-                "microns": "micrometer", "\\u00b5m": "micrometer", "nm": "nanometer", "mm": "millimeter",
-                "cm": "centimeter", "m": "meter", "a": "angstrom", "å": "angstrom", "pm": "picometer"}
+UNIT_ALIASES = {"um": "micrometer", "\u00b5m": "micrometer", "\u03bcm": "micrometer", "micron": "micrometer",
+                "microns": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
+                "\u00e5": "angstrom", "a": "angstrom", "pm": "picometer"}
+"""Common spellings of units (lower case, after ``\\uXXXX`` escapes are decoded, as ImageJ writes "\\u00B5m")."""
+_UNICODE_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 Triple = tuple[float, float, float]
 Units = tuple[str | None, str | None, str | None]
 
@@ -55,7 +60,7 @@ class VoxelSize:
     def describe(self) -> str:
         """E.g. ``"50 x 4 x 4 nanometer (z, y, x)"``; ``"1 x 1 x 1 pixel (z, y, x)"`` when nothing is known."""
         sizes = " x ".join(f"{value:g}" for value in self.scale)
-        names = {unit for unit in self.units}
+        names = set(self.units)
         if names == {None}:
             return f"{sizes} {'pixel' if self.is_pixels else '(no unit)'} (z, y, x)"
         if len(names) == 1:
@@ -82,65 +87,116 @@ PIXELS = VoxelSize()
 
 
 def ngff_unit(value: object) -> str | None:
-    """The NGFF space unit ``value`` names (``"um"`` -> ``"micrometer"``), or None for none or an unknown one."""
+    """The NGFF space unit ``value`` names (``"um"``, ``"\\u00B5m"`` -> ``"micrometer"``), or None for none or an
+    unknown one."""
     if not isinstance(value, str):
         return None
-    name = value.strip()
-    name = UNIT_ALIASES.get(name.lower(), UNIT_ALIASES.get(name, name.lower()))
+    name = _UNICODE_ESCAPE.sub(lambda match: chr(int(match[1], 16)), value.strip()).lower()
+    name = UNIT_ALIASES.get(name, name)
     return name if name in SPACE_UNITS else None
 
 
-def ome_voxel_size(spec: str, image: Mapping[str, Any], lead: int) -> VoxelSize:
-    """The voxel size of an OME-Zarr multiscale ``image`` (its first dataset) along its last three axes
-    (after ``lead`` leading t/c axes); ``PIXELS`` with a warning when its transformations cannot be used."""
+def ngff_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The NGFF attributes of a Zarr group: under ``"ome"`` for v0.5 (Zarr v3), at the top level before."""
+    attrs = dict(attrs)
+    return dict(attrs["ome"]) if isinstance(attrs.get("ome"), Mapping) else attrs
+
+
+def ome_voxel_size(spec: str, image: Mapping[str, Any], dataset: int = 0) -> VoxelSize:
+    """The voxel size of dataset ``dataset`` (0: level 0) of an OME-Zarr multiscale ``image`` along its last
+    three axes (z, y, x; leading t/c axes are dropped); ``PIXELS`` with a warning when its transformations
+    cannot be used. Images without axes (NGFF before v0.3) are z, y, x."""
     try:
-        axes = list(image.get("axes") or [])
-        count = len(axes)
-        scale, shift = _composed(image["datasets"][0].get("coordinateTransformations"), count)
-        scale, shift = _composed(image.get("coordinateTransformations"), count, scale, shift)
+        axes = list(image.get("axes") or "zyx")
+        scale, shift = _composed(image["datasets"][dataset].get("coordinateTransformations"), len(axes))
+        scale, shift = _composed(image.get("coordinateTransformations"), len(axes), scale, shift)
         units = [ngff_unit(axis.get("unit")) if isinstance(axis, Mapping) else None for axis in axes]
-        return _checked_size(scale[lead:], units[lead:], shift[lead:])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return _checked_size(scale[-3:], units[-3:], shift[-3:])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         return _unusable(spec, "OME-Zarr coordinate transformations", exc)
 
 
+def ome_level_voxel_size(spec: str, array: Path) -> VoxelSize:
+    """The voxel size of a Zarr ``array`` that is a level of an OME-Zarr image (``image.zarr/0``): from the
+    multiscales of the group that holds it; ``PIXELS`` for an array outside any OME-Zarr image."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(array.parent), mode="r")
+    except (OSError, ValueError, KeyError, TypeError):  # no group there: a plain array
+        return PIXELS
+    for image in ngff_attributes(group.attrs).get("multiscales") or []:
+        datasets = image.get("datasets") if isinstance(image, Mapping) else None
+        for index, dataset in enumerate(datasets or []):
+            if isinstance(dataset, Mapping) and str(dataset.get("path")) == array.name:
+                return ome_voxel_size(spec, image, index)
+    return PIXELS
+
+
 def imagej_voxel_size(spec: str, tif: Any) -> VoxelSize:
-    """The voxel size an ImageJ TIFF stack records (an open ``tifffile.TiffFile``); ``PIXELS`` for other TIFFs."""
-    meta = tif.imagej_metadata
-    if not meta:
+    """The voxel size an ImageJ TIFF stack records (an open ``tifffile.TiffFile``): ``unit`` (``yunit`` and
+    ``zunit`` where they differ), pixel width and height from XResolution/YResolution, ``spacing`` between
+    slices and the ``xorigin``/``yorigin``/``zorigin`` (in pixels). ``PIXELS`` for a TIFF without an ImageJ
+    calibration (no unit, or "pixel")."""
+    meta = tif.imagej_metadata or {}
+    unit = ngff_unit(meta.get("unit"))
+    if unit is None:
         return PIXELS
     try:
         tags = tif.pages[0].tags
         width, height = (_pixel_size(tags.get(name)) for name in ("XResolution", "YResolution"))
-        unit = ngff_unit(meta.get("unit"))
-        spacing = float(meta.get("spacing", 1.0))
-        return _checked_size([spacing, height, width], [unit] * 3, [0.0, 0.0, 0.0])
+        size = [float(meta.get("spacing", 1.0)), height, width]
+        units = [ngff_unit(meta.get(f"{axis}unit", unit)) or unit for axis in "zy"] + [unit]
+        origin = [-float(meta.get(f"{axis}origin", 0.0)) * step for axis, step in zip("zyx", size, strict=True)]
+        return _checked_size(size, units, [value + 0.0 for value in origin])  # + 0.0: no -0.0
     except (TypeError, ValueError, ZeroDivisionError) as exc:
-        return _unusable(spec, "ImageJ voxel size", exc)
+        return _unusable(spec, "ImageJ calibration", exc)
 
 
-def hdf5_voxel_size(spec: str, attrs: Mapping[str, Any]) -> VoxelSize:
-    """The voxel size in an HDF5 dataset's ``element_size_um`` or ``resolution`` attribute (z, y, x)."""
+def hdf5_voxel_size(spec: str, attrs: Mapping[str, Any], ndim: int) -> VoxelSize:
+    """The voxel size in the attributes of an HDF5 dataset of ``ndim`` axes: ``element_size_um`` (z, y, x in
+    micrometers, as Fiji's HDF5 plugin writes it), else ``resolution`` (z, y, x, no unit stated) with an
+    ``offset`` (the same unit) as the origin. One value per axis or one for all; with one per axis of a
+    dataset with leading axes, the last three count."""
     for name, unit in (("element_size_um", "micrometer"), ("resolution", None)):
         if name in attrs:
             try:
-                values = [float(value) for value in attrs[name]]
-                return _checked_size(values, [unit] * 3, [0.0, 0.0, 0.0])
+                size = _hdf5_triple(attrs[name], ndim)
+                shift = _hdf5_triple(attrs["offset"], ndim) if unit is None and "offset" in attrs else [0.0] * 3
+                return _checked_size(size, [unit] * 3, shift)
             except (TypeError, ValueError) as exc:
                 return _unusable(spec, f"{name} attribute", exc)
     return PIXELS
 
 
+def _hdf5_triple(value: object, ndim: int) -> list[float]:
+    """Three numbers (z, y, x) from an HDF5 attribute; float32 values as they were written (0.05, not 0.0500000007)."""
+    values = np.atleast_1d(np.asarray(value))
+    if values.ndim != 1 or values.dtype.kind not in "iuf":
+        raise ValueError(f"{value!r} is not a list of numbers")
+    if len(values) == 1:
+        values = np.repeat(values, 3)
+    elif len(values) == ndim > 3:
+        values = values[-3:]
+    if values.dtype == np.float32:
+        return [float(np.format_float_positional(item, unique=True)) for item in values]
+    return [float(item) for item in values]
+
+
 def _composed(items: object, count: int, scale: Sequence[float] | None = None,
               shift: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
-    """``(scale, translation)`` after applying NGFF ``items`` to ``scale``/``shift`` (one value per axis)."""
+    """``(scale, translation)`` after applying the NGFF transformations ``items`` to ``scale``/``shift`` (one
+    value per axis; identity when None); ``ValueError`` for a transformation seg cannot follow."""
     scale, shift = list(scale or [1.0] * count), list(shift or [0.0] * count)
-    for item in items or []:  # type: ignore[attr-defined]
-        kind = item.get("type")
+    if not isinstance(items, list | tuple | type(None)):
+        raise ValueError(f"coordinateTransformations {items!r} is not a list")
+    for item in items or []:
+        kind = item.get("type") if isinstance(item, Mapping) else None
         if kind == "identity":
             continue
         if kind not in ("scale", "translation") or kind not in item:
-            raise ValueError(f"a {kind!r} transformation{' stored in a file' if 'path' in item else ''}")
+            stored = " stored in a file" if isinstance(item, Mapping) and "path" in item else ""
+            raise ValueError(f"a {kind!r} transformation{stored}")
         values = [float(value) for value in item[kind]]
         if len(values) != count:
             raise ValueError(f"{len(values)} {kind} values for {count} axes")
@@ -161,6 +217,8 @@ def _pixel_size(tag: Any) -> float:
 
 
 def _checked_size(scale: Sequence[float], units: Sequence[str | None], shift: Sequence[float]) -> VoxelSize:
+    """A ``VoxelSize`` from three sizes, units and shifts (z, y, x); ``ValueError`` for non-positive or
+    non-finite sizes, non-finite shifts, or not three axes."""
     if len(scale) != 3:
         raise ValueError(f"{len(scale)} spatial axes")
     if not all(math.isfinite(value) and value > 0 for value in scale):

@@ -31,8 +31,7 @@ AXES_NM = [{"name": axis, "type": "space", "unit": "nanometer"} for axis in "zyx
 SETTINGS = {"model_sha256": "a" * 64, "threshold": 0.5, "block": 512, "tile": 512, "halo": 64, "source": "in"}
 
 
-def _ome_image(path: Path, shape: tuple[int, int, int], zarr_format: int = 3,
-               transforms: list[dict[str, object]] | None = None) -> Path:
+def _ome_image(path: Path, shape: tuple[int, int, int], zarr_format: int = 3, transforms: object = None) -> Path:
     """An OME-Zarr image of 2 levels written by ome_zarr at 50 x 4 x 4 nm, its level 0 transformations then
     replaced by ``transforms`` when given."""
     group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
@@ -81,13 +80,28 @@ def test_leading_time_and_channel_axes_are_dropped(tmp_path: Path) -> None:
     assert open_volume(tmp_path / "em.ome.zarr").voxel == EM
 
 
+def test_a_level_array_of_an_ome_zarr_image_has_that_levels_size(tmp_path: Path) -> None:
+    path = _ome_image(tmp_path / "em.ome.zarr", (2, 128, 128))
+    level = sorted(entry.name for entry in path.iterdir() if entry.is_dir())[1]  # ome_zarr names them s0, s1
+    assert open_volume(path / level).voxel == VoxelSize((50.0, 8.0, 8.0), ("nanometer",) * 3, (0.0, 2.0, 2.0))
+
+
+def test_images_without_axes_are_pixels_without_a_warning(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    path = _ome_image(tmp_path / "em.ome.zarr", (2, 64, 64), 2, [])
+    _edit_multiscales(path, lambda image: image.pop("axes"))
+    assert open_volume(path).voxel == PIXELS
+    assert not [w for w in recwarn if issubclass(w.category, SegWarning)]
+
+
 @pytest.mark.parametrize("bad", [
     [{"type": "scale", "scale": [0.0, 4.0, 4.0]}],
     [{"type": "scale", "scale": [50.0, 4.0]}],
     [{"type": "scale", "path": "scale.bin"}],
     [{"type": "affine", "affine": [[1, 0, 0, 0]] * 3}],
+    {"type": "scale", "scale": [50.0, 4.0, 4.0]},
+    ["scale"],
 ])
-def test_unusable_transformations_warn_and_give_pixels(tmp_path: Path, bad: list[dict[str, object]]) -> None:
+def test_unusable_transformations_warn_and_give_pixels(tmp_path: Path, bad: object) -> None:
     path = _ome_image(tmp_path / "em.ome.zarr", (2, 64, 64), 3, bad)
     with pytest.warns(SegWarning, match=r"em\.ome\.zarr: unusable OME-Zarr coordinate transformations \("):
         source = open_volume(path)
@@ -97,10 +111,27 @@ def test_unusable_transformations_warn_and_give_pixels(tmp_path: Path, bad: list
 def test_imagej_tiff_stack(tmp_path: Path) -> None:
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.zeros((3, 32, 32), np.uint8), imagej=True, resolution=(1 / 0.004, 1 / 0.005),
-                     metadata={"spacing": 0.05, "unit": "um", "axes": "ZYX"})
+                     metadata={"spacing": 0.05, "unit": "\\u00B5m", "axes": "ZYX"})
     voxel = open_volume(path).voxel
-    assert voxel.units == ("micrometer",) * 3
+    assert voxel.units == ("micrometer",) * 3 and voxel.translation == (0.0, 0.0, 0.0)
     np.testing.assert_allclose(voxel.scale, (0.05, 0.005, 0.004), rtol=1e-6)
+
+
+def test_imagej_per_axis_units_and_origin(tmp_path: Path) -> None:
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 32, 32), np.uint8), imagej=True, resolution=(0.25, 0.25),
+                     metadata={"spacing": 0.05, "unit": "nm", "zunit": "micron", "axes": "ZYX",
+                               "xorigin": 10.0, "yorigin": 0.0, "zorigin": 2.0})
+    voxel = open_volume(path).voxel
+    assert voxel.units == ("micrometer", "nanometer", "nanometer")
+    np.testing.assert_allclose(voxel.scale, (0.05, 4.0, 4.0))
+    np.testing.assert_allclose(voxel.translation, (-0.1, 0.0, -40.0))
+
+
+def test_an_uncalibrated_imagej_stack_is_pixels(tmp_path: Path) -> None:
+    """ImageJ writes a unit only for a calibrated image; a resolution without one is not a voxel size."""
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 32, 32), np.uint8), imagej=True, resolution=(72, 72))
+    assert open_volume(tmp_path / "stack.tif").voxel == PIXELS
 
 
 def test_plain_tiff_and_plain_zarr_are_pixels(tmp_path: Path) -> None:
@@ -112,29 +143,46 @@ def test_plain_tiff_and_plain_zarr_are_pixels(tmp_path: Path) -> None:
     assert open_volume(tmp_path / "vol.zarr").voxel == PIXELS
 
 
-@pytest.mark.parametrize(("name", "values", "expected"), [
-    ("element_size_um", [0.05, 0.004, 0.004], VoxelSize((0.05, 0.004, 0.004), ("micrometer",) * 3)),
-    ("resolution", [40, 4, 4], VoxelSize((40.0, 4.0, 4.0))),
+@pytest.mark.parametrize(("attributes", "shape", "expected"), [
+    ({"element_size_um": np.float32([0.05, 0.004, 0.004])}, (2, 16, 16),
+     VoxelSize((0.05, 0.004, 0.004), ("micrometer",) * 3)),
+    ({"element_size_um": [1.0, 0.05, 0.004, 0.004]}, (1, 2, 16, 16),
+     VoxelSize((0.05, 0.004, 0.004), ("micrometer",) * 3)),
+    ({"resolution": [40, 4, 4], "offset": [80, 0, 8]}, (2, 16, 16),
+     VoxelSize((40.0, 4.0, 4.0), translation=(80.0, 0.0, 8.0))),
+    ({"resolution": 8.0}, (2, 16, 16), VoxelSize((8.0, 8.0, 8.0))),
 ])
-def test_hdf5_attributes(tmp_path: Path, name: str, values: list[float], expected: VoxelSize) -> None:
+def test_hdf5_attributes(tmp_path: Path, attributes: dict[str, object], shape: tuple[int, ...],
+                         expected: VoxelSize) -> None:
     with h5py.File(tmp_path / "em.h5", "w") as handle:
-        handle.create_dataset("raw", data=np.zeros((2, 16, 16), np.uint8)).attrs[name] = values
-    voxel = open_volume(f"{tmp_path / 'em.h5'}:/raw").voxel
-    assert voxel == expected
-    assert voxel.describe() == ("0.05 x 0.004 x 0.004 micrometer (z, y, x)" if name == "element_size_um"
-                                else "40 x 4 x 4 (no unit) (z, y, x)")
+        dataset = handle.create_dataset("raw", data=np.zeros(shape, np.uint8))
+        dataset.attrs.update(attributes)
+    assert open_volume(f"{tmp_path / 'em.h5'}:/raw").voxel == expected
 
 
-def test_hdf5_bad_attribute_warns(tmp_path: Path) -> None:
+def test_describe() -> None:
+    micrometers = VoxelSize((0.05, 0.004, 0.004), ("micrometer",) * 3)
+    assert micrometers.describe() == "0.05 x 0.004 x 0.004 micrometer (z, y, x)"
+    assert VoxelSize((40.0, 4.0, 4.0)).describe() == "40 x 4 x 4 (no unit) (z, y, x)"
+    assert PIXELS.describe() == "1 x 1 x 1 pixel (z, y, x)"
+    assert VoxelSize((1.0, 2.0, 2.0), ("micrometer", None, None)).describe() == "1 x 2 x 2 micrometer x ? x ? (z, y, x)"
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ([40, -4, 4], r"voxel size \[40\.0, -4\.0, 4\.0\] is not positive"),
+    ("444", r"'444' is not a list of numbers"),
+    ([40, 4], r"2 spatial axes"),
+])
+def test_hdf5_bad_attribute_warns(tmp_path: Path, value: object, problem: str) -> None:
     with h5py.File(tmp_path / "em.h5", "w") as handle:
-        handle.create_dataset("raw", data=np.zeros((2, 16, 16), np.uint8)).attrs["resolution"] = [40, -4, 4]
-    expected = r"em\.h5:/raw: unusable resolution attribute \(voxel size \[40\.0, -4\.0, 4\.0\] is not positive\)"
-    with pytest.warns(SegWarning, match=expected):
+        handle.create_dataset("raw", data=np.zeros((2, 16, 16), np.uint8)).attrs["resolution"] = value
+    with pytest.warns(SegWarning, match=rf"em\.h5:/raw: unusable resolution attribute \({problem}\)"):
         assert open_volume(f"{tmp_path / 'em.h5'}:/raw").voxel == PIXELS
 
 
 @pytest.mark.parametrize(("given", "expected"), [
-    ("um", "micrometer"), ("µm", "micrometer"), ("micron", "micrometer"), ("\\u00B5m", "micrometer"),
+    ("um", "micrometer"), ("\u00b5m", "micrometer"), ("\u03bcm", "micrometer"), ("micron", "micrometer"),
+    ("\\u00B5m", "micrometer"), ("\\u03BCm", "micrometer"), ("\\u00C5", "angstrom"), ("\u212b", "angstrom"),
     ("nm", "nanometer"), ("Nanometer", "nanometer"), ("Å", "angstrom"), ("pixel", None), ("", None), (None, None),
 ])
 def test_unit_names(given: object, expected: str | None) -> None:
