@@ -147,7 +147,9 @@ def segment_volume(
         todo = [b for b in job.blocks if b.key not in done]
         summary = VolumeSummary(str(output), blocks=len(job.blocks), skipped=len(job.blocks) - len(todo))
         say(f"{summary.skipped} of {len(job.blocks)} blocks already done, skipped; {len(todo)} to compute")
-        say(f"voxel size {job.source.voxel.describe()}" + ("" if job.source.voxel.is_pixels else " (the input's)"))
+        voxel = job.source.voxel
+        say("voxel size: the input records none; the output is in pixels" if voxel.is_pixels
+            else f"voxel size {voxel.describe()} (the input's)")
         if todo:
             if client is None:
                 client = stack.enter_context(_local_client(count, threads))

@@ -25,6 +25,7 @@ from seg.runtime.volume.dask_run import segment_volume
 from seg.runtime.volume.sources import open_volume
 from seg.runtime.volume.store import VolumeOutput
 from seg.runtime.volume.voxels import PIXELS, VoxelSize, ngff_unit
+from tests.runtime.volume.conftest import write_zarr
 
 EM = VoxelSize((50.0, 4.0, 4.0), ("nanometer",) * 3, (0.0, 0.0, 0.0))
 AXES_NM = [{"name": axis, "type": "space", "unit": "nanometer"} for axis in "zyx"]
@@ -212,6 +213,10 @@ def test_segment_volume_carries_the_input_voxel_size(dask_client: object, volume
     lines: list[str] = []
     segment_volume(path, volume_model, tmp_path / "out.zarr", client=dask_client, block=512, log=lines.append)
     assert "voxel size 50 x 4 x 4 nanometer (z, y, x) (the input's)" in lines
+    array = write_zarr(tmp_path / "plain.zarr", np.zeros((1, 300, 300), np.uint8))
+    segment_volume(array, volume_model, tmp_path / "plain-out.zarr", client=dask_client, block=512, log=lines.append)
+    assert lines[-1] == "voxel size: the input records none; the output is in pixels"
+    assert open_volume(tmp_path / "plain-out.zarr").voxel == PIXELS
     assert open_volume(tmp_path / "out.zarr").voxel == EM
     ome = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["ome"]
     assert ome["multiscales"][0]["axes"] == AXES_NM
