@@ -126,7 +126,7 @@ def segment_volume(
     "auto" (CUDA where it loads and a GPU is visible, else the CPU; as ``seg infer``) | "cuda" (strict) |
     "cpu". ``threshold`` defaults to the model's. ``tile_size``/``halo``/
     ``batch_size``/``tta`` as for ``Segmenter``. ``progress(done, total, voxels)`` is called on the client as
-    blocks finish; ``log(line)`` gets the dashboard address and the resume count.
+    blocks finish; ``log(line)`` gets the resume count, the voxel size carried and the dashboard address.
 
     Raises ``InputError``/``ProviderError`` (one line, nothing written) for a bad input, model, option or output,
     or an unreachable scheduler; an error inside a task is raised here after the remaining tasks are cancelled
@@ -148,7 +148,7 @@ def segment_volume(
         summary = VolumeSummary(str(output), blocks=len(job.blocks), skipped=len(job.blocks) - len(todo))
         say(f"{summary.skipped} of {len(job.blocks)} blocks already done, skipped; {len(todo)} to compute")
         voxel = job.source.voxel
-        say("voxel size: the input records none; the output is in pixels" if voxel.is_pixels
+        say("voxel size: the input records no usable one; the output is in pixels" if voxel.is_pixels
             else f"voxel size {voxel.describe()} (the input's)")
         if todo:
             if client is None:

@@ -34,10 +34,11 @@ SPACE_UNITS = frozenset({
     "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer",
     "zettameter"})
 """The space units NGFF allows (UDUNITS-2 names)."""
-UNIT_ALIASES = {"um": "micrometer", "\u00b5m": "micrometer", "\u03bcm": "micrometer", "micron": "micrometer",
-                "microns": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
-                "\u00e5": "angstrom", "a": "angstrom", "pm": "picometer"}
-"""Common spellings of units (lower case, after ``\\uXXXX`` escapes are decoded, as ImageJ writes "\\u00B5m")."""
+UNIT_ALIASES = {"um": "micrometer", "\u00b5m": "micrometer", "\u03bcm": "micrometer", "nm": "nanometer",
+                "mm": "millimeter", "cm": "centimeter", "m": "meter", "pm": "picometer", "\u00c5": "angstrom",
+                "\u212b": "angstrom", "micron": "micrometer", "microns": "micrometer", "Micron": "micrometer"}
+"""Common spellings of units, after ``\\uXXXX`` escapes are decoded (ImageJ writes "\\u00B5m"). Case matters
+("Mm" is not "mm"); full NGFF names are matched in any case ("Nanometer")."""
 _UNICODE_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 Triple = tuple[float, float, float]
 Units = tuple[str | None, str | None, str | None]
@@ -91,9 +92,10 @@ def ngff_unit(value: object) -> str | None:
     unknown one."""
     if not isinstance(value, str):
         return None
-    name = _UNICODE_ESCAPE.sub(lambda match: chr(int(match[1], 16)), value.strip()).lower()
-    name = UNIT_ALIASES.get(name, name)
-    return name if name in SPACE_UNITS else None
+    name = _UNICODE_ESCAPE.sub(lambda match: chr(int(match[1], 16)), value.strip())
+    if name in UNIT_ALIASES:
+        return UNIT_ALIASES[name]
+    return name.lower() if name.lower() in SPACE_UNITS else None
 
 
 def ngff_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,9 +127,10 @@ def ome_level_voxel_size(spec: str, array: Path) -> VoxelSize:
         group = zarr.open_group(str(array.parent), mode="r")
     except (OSError, ValueError, KeyError, TypeError):  # no group there: a plain array
         return PIXELS
-    for image in ngff_attributes(group.attrs).get("multiscales") or []:
+    images = ngff_attributes(group.attrs).get("multiscales")
+    for image in images if isinstance(images, list) else []:
         datasets = image.get("datasets") if isinstance(image, Mapping) else None
-        for index, dataset in enumerate(datasets or []):
+        for index, dataset in enumerate(datasets if isinstance(datasets, list) else []):
             if isinstance(dataset, Mapping) and str(dataset.get("path")) == array.name:
                 return ome_voxel_size(spec, image, index)
     return PIXELS
@@ -164,7 +167,7 @@ def hdf5_voxel_size(spec: str, attrs: Mapping[str, Any], ndim: int) -> VoxelSize
                 size = _hdf5_triple(attrs[name], ndim)
                 shift = _hdf5_triple(attrs["offset"], ndim) if unit is None and "offset" in attrs else [0.0] * 3
                 return _checked_size(size, [unit] * 3, shift)
-            except (TypeError, ValueError) as exc:
+            except (OSError, TypeError, ValueError) as exc:  # OSError: an attribute h5py cannot decode
                 return _unusable(spec, f"{name} attribute", exc)
     return PIXELS
 
