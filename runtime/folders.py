@@ -8,6 +8,9 @@ Outputs in ``output_dir`` (names keep the input's stem, so masks pair with image
   page per slice; 16-bit PNG would round to 1.5e-5 and compress no better on real maps).
 - ``overlay/<stem>.png`` (``.tif`` for stacks) with ``overlay``: the image in gray, membranes in red.
 
+TIFF outputs of a TIFF input keep its calibration (resolution tags; ImageJ's unit, slice spacing and origin):
+``seg.runtime.io.read_calibration``.
+
 Several inputs (``["day1/", "day2/*.png", "x.tif"]``, or the paths a shell expands an unquoted glob into)
 are segmented in the order given into one flat ``output_dir``: outputs are named by stem alone, whatever
 folder the input came from (as for a recursive glob ``'in/**/*.png'``). One file named twice (a folder and a

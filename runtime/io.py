@@ -3,6 +3,9 @@
 Readers return raw pixel arrays — ``(H, W)`` uint8, uint16 or float32 — converted to gray (with a
 warning) when the file is RGB(A). Normalisation to [0, 1] is ``seg.runtime.preprocess``'s job. Every
 failure raises ``InputError`` with one line naming the file and the problem. Writers are atomic.
+
+A TIFF's physical calibration (``read_calibration``: resolution tags, ImageJ's unit, slice spacing and origin)
+can be handed to ``write_pages``, so masks and probability maps open in Fiji at the size of their input.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import os
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -22,6 +26,9 @@ from seg.runtime.errors import InputError, SegWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGEJ_CALIBRATION = ("unit", "yunit", "zunit", "spacing", "xorigin", "yorigin", "zorigin")
+"""The ImageJ metadata keys that say where pixels are in space (carried from an input TIFF to its outputs)."""
+IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 def is_image_file(path: Path) -> bool:
@@ -71,6 +78,47 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     if len(pages) != 1:
         raise InputError(f"{path}: a stack of {len(pages)} pages; read it with read_pages()")
     return pages[0]
+
+
+def read_calibration(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The physical calibration of a TIFF, for ``write_pages``: ``resolution`` (pixels per unit, x and y) and
+    ``resolutionunit`` from its first page, and ``imagej`` (the ``IMAGEJ_CALIBRATION`` keys it has) when ImageJ
+    wrote it. ``{}`` for other formats, a TIFF without resolution tags (or at 1 pixel per unit and not from
+    ImageJ), or one that cannot be read (reading its pixels reports that)."""
+    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return {}
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            if "XResolution" not in tags or "YResolution" not in tags:
+                return {}
+            found: dict[str, Any] = {
+                "resolution": tuple(_fraction(tags[name].value) for name in ("XResolution", "YResolution")),
+                "resolutionunit": int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1}
+            imagej = {key: value for key, value in (tif.imagej_metadata or {}).items() if key in IMAGEJ_CALIBRATION}
+    except Exception:  # tifffile raises many types for corrupt files; read_pages names the problem
+        return {}
+    if not imagej and found["resolution"] == (1.0, 1.0):
+        return {}  # tifffile's and many writers' default: one pixel per unit, nothing measured
+    return {**found, "imagej": imagej} if imagej else found
+
+
+def _fraction(value: Any) -> float:
+    numerator, denominator = value
+    return numerator / denominator if denominator else 0.0
+
+
+def _calibration_arguments(calibration: Mapping[str, Any], pages: Sequence[np.ndarray],
+                           one_series: bool) -> tuple[dict[str, Any], bool]:
+    """``(tifffile write arguments, write as ImageJ)`` for ``calibration``; ImageJ only for one series of a
+    type ImageJ reads, its axes ZYX (YX for one page; S last for RGB)."""
+    if not calibration or not all(value > 0 for value in calibration["resolution"]):
+        return {}, False
+    tags = {"resolution": calibration["resolution"], "resolutionunit": calibration["resolutionunit"]}
+    if not (calibration.get("imagej") and one_series and pages[0].dtype in IMAGEJ_DTYPES):
+        return tags, False
+    axes = ("ZYX" if len(pages) > 1 else "YX") + ("S" if pages[0].ndim == 3 else "")
+    return {**tags, "metadata": {**calibration["imagej"], "axes": axes}}, True
 
 
 def _dangling(path: Path) -> bool:
@@ -219,8 +267,12 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     write_pages(path, [image])
 
 
-def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray]) -> None:
-    """Write ``(H, W)`` pages atomically; several pages need a TIFF (written as a multi-page stack).
+def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray],
+                calibration: Mapping[str, Any] | None = None) -> None:
+    """Write ``(H, W)`` (or ``(H, W, 3)`` RGB) pages atomically; several pages need a TIFF (written as a
+    multi-page stack). ``calibration`` (``read_calibration``'s) goes into a TIFF: the resolution tags, and the
+    ImageJ unit, spacing and origin as an ImageJ stack when the pages are one uint8, uint16 or float32 series;
+    other formats ignore it.
 
     Tuned for throughput: PNG at zlib level 1 with the run-length strategy (faster than the default
     strategy and, for masks and EM slices alike, smaller); float32 TIFF uncompressed
@@ -230,14 +282,16 @@ def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray]) -> No
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         compression = None if pages[0].dtype.kind == "f" else "zlib"
-        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as writer:
-            if len({(p.shape, p.dtype) for p in pages}) == 1:  # one series: tifffile.imread gives (N, H, W[, 3])
+        one_series = len({(p.shape, p.dtype) for p in pages}) == 1  # tifffile.imread gives (N, H, W[, 3])
+        tags, imagej = _calibration_arguments(calibration or {}, pages, one_series)
+        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, imagej=imagej) as writer:
+            if one_series:
                 stack = np.stack(pages) if len(pages) > 1 else np.ascontiguousarray(pages[0])
                 photometric = "rgb" if pages[0].ndim == 3 else "minisblack"
-                writer.write(stack, compression=compression, photometric=photometric)
+                writer.write(stack, compression=compression, photometric=photometric, **tags)
             else:  # pages of different sizes can only be separate series
                 for page in pages:
-                    writer.write(np.ascontiguousarray(page), compression=compression)
+                    writer.write(np.ascontiguousarray(page), compression=compression, **tags)
         return
     if len(pages) != 1:
         raise InputError(f"{path}: {len(pages)} pages need a .tif/.tiff file, not {suffix}")

@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from seg.runtime.errors import SegError
-from seg.runtime.io import read_pages, write_pages
+from seg.runtime.io import read_calibration, read_pages, write_pages
 from seg.runtime.preprocess import normalize, overlay_rgb, to_mask
 from seg.runtime.providers import usable_cpus
 from seg.runtime.segmenter import Segmenter
@@ -62,17 +63,20 @@ def overlay_path(mask: Path) -> Path:
     return mask.parent / "overlay" / mask.name
 
 
-def _read(path: Path, method: str) -> list[np.ndarray]:
-    """Pages of ``path`` as ``(H, W)`` raw 8/16-bit integers or float32 in [0, 1]; floats and wider integers
-    are normalised (and checked) here, so a bad page fails its own file, named, not the whole run."""
+def _read(path: Path, method: str) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Pages of ``path`` as ``(H, W)`` raw 8/16-bit integers or float32 in [0, 1], and its calibration
+    (``read_calibration``); floats and wider integers are normalised (and checked) here, so a bad page fails its
+    own file, named, not the whole run."""
     pages = read_pages(path)
-    return [p if p.dtype.kind in "ui" and p.dtype.itemsize <= 2 else normalize(p, method, str(path)) for p in pages]
+    pages = [p if p.dtype.kind in "ui" and p.dtype.itemsize <= 2 else normalize(p, method, str(path)) for p in pages]
+    return pages, read_calibration(path)
 
 
 @dataclass
 class _Open:
     item: Item
     pages: list[np.ndarray]
+    calibration: dict[str, Any] = field(default_factory=dict)  # the input's, carried to its TIFF outputs
     probs: list[np.ndarray] = field(default_factory=list)
     failure: str | None = None  # why a page could not be segmented: the file is reported, not written
 
@@ -144,7 +148,7 @@ def _pages(todo: list[Item], readers: ThreadPoolExecutor, method: str, opened: d
     """Every page of every readable input, in order, decoded ahead: ``queue_limit`` files for the size of
     the last file read, growing by at most 2 files per file (so one tiny file before large ones cannot send
     64 large reads ahead) and shrinking at once."""
-    queue: deque[tuple[Item, Future[list[np.ndarray]]]] = deque()
+    queue: deque[tuple[Item, Future[tuple[list[np.ndarray], dict[str, Any]]]]] = deque()
     upcoming = iter(todo)
     ahead = _QUEUE_FILES[0]
     while True:
@@ -154,12 +158,12 @@ def _pages(todo: list[Item], readers: ThreadPoolExecutor, method: str, opened: d
             return
         item, future = queue.popleft()
         try:
-            pages = future.result()
+            pages, calibration = future.result()
         except SegError as exc:
             report(str(exc))
             continue
         ahead = min(ahead + 2, queue_limit(sum(p.nbytes for p in pages), _READ_AHEAD_BYTES))
-        opened.append(_Open(item, pages))
+        opened.append(_Open(item, pages, calibration))
         yield from pages
 
 
@@ -177,8 +181,9 @@ def _write(entry: _Open, threshold: float) -> None:
     item = entry.item
     masks = [to_mask(prob, threshold) for prob in entry.probs]
     if item.prob is not None:
-        write_pages(item.prob, entry.probs)
+        write_pages(item.prob, entry.probs, entry.calibration)
     if item.overlay is not None:
         pairs = zip(entry.pages, entry.probs, strict=True)
-        write_pages(item.overlay, [overlay_rgb(normalize(page), prob, threshold) for page, prob in pairs])
-    write_pages(item.mask, masks)  # last: the mask marks the input as done
+        overlays = [overlay_rgb(normalize(page), prob, threshold) for page, prob in pairs]
+        write_pages(item.overlay, overlays, entry.calibration)
+    write_pages(item.mask, masks, entry.calibration)  # last: the mask marks the input as done

@@ -46,6 +46,20 @@ def test_folder_run_writes_masks_probs_and_overlays(folder: Path, model: Path, t
     assert set(summary.to_dict()) >= {"images_per_s", "compute_images_per_s", "provider"}
 
 
+def test_a_calibrated_stack_gives_masks_probs_and_overlays_at_its_calibration(model: Path, tmp_path: Path) -> None:
+    """A Fiji stack (ImageJ unit, spacing, pixel size) in: every output stack opens in Fiji at the same size."""
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "em.tif", pixels, imagej=True, resolution=(250.0, 250.0),
+                     metadata={"spacing": 0.05, "unit": "micron", "axes": "ZYX"})
+    segment_paths(tmp_path / "em.tif", model, tmp_path / "out", provider="cpu", save_prob=True, overlay=True)
+    for output in ("em.tif", "prob/em.tif", "overlay/em.tif"):
+        with tifffile.TiffFile(tmp_path / "out" / output) as tif:
+            assert tif.pages[0].tags["XResolution"].value == (250, 1), output
+            assert (tif.imagej_metadata or {}).get("spacing") == 0.05, output
+            assert (tif.imagej_metadata or {}).get("unit") == "micron", output
+            assert len(tif.series[0].shape) >= 3, output
+
+
 def test_resume_skips_complete_outputs_and_overwrite_redoes_them(folder: Path, model: Path,
                                                                 tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -228,7 +242,7 @@ def test_read_ahead_deepens_for_small_files_only(monkeypatch: pytest.MonkeyPatch
             return super().submit(*args, **kwargs)
 
     sizes = {tmp_path / f"{i}.png": first_side if i == 0 else side for i in range(100)}
-    monkeypatch.setattr(pipeline, "_read", lambda path, method: [np.zeros((sizes[path],) * 2, np.uint8)])
+    monkeypatch.setattr(pipeline, "_read", lambda path, method: ([np.zeros((sizes[path],) * 2, np.uint8)], {}))
     items = [pipeline.Item(path, path.with_suffix(".mask.png"), None, None) for path in sizes]
     ahead = []
     with CountingPool(2) as readers:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from seg.runtime.atomic import atomic_path, is_temporary
 from seg.runtime.errors import InputError, SegWarning
-from seg.runtime.io import list_images, read_image, read_pages, write_image, write_pages
+from seg.runtime.io import list_images, read_calibration, read_image, read_pages, write_image, write_pages
 from seg.runtime.preprocess import binarize_label, normalize, scale_small_integers, to_mask
 
 
@@ -275,3 +275,52 @@ def test_every_small_integer_scales_to_the_float64_formula_rounded_to_float32(dt
     out = np.full((1, values.size, 1), np.nan, np.float32)
     assert scale_small_integers(values[None, :], out=out[:, :, 0]).base is out  # written in place
     np.testing.assert_array_equal(out[0, :, 0], expected)
+
+
+def _imagej_stack(path: Path, pages: int = 3) -> Path:
+    tifffile.imwrite(path, np.zeros((pages, 32, 32), np.uint8), imagej=True, resolution=(250.0, 200.0),
+                     metadata={"spacing": 0.05, "unit": "micron", "zorigin": 2.0, "axes": "ZYX" if pages > 1 else "YX"})
+    return path
+
+
+def _calibration_of(path: Path) -> tuple[tuple[float, float], dict[str, object]]:
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        resolution = tuple(num / den for num, den in (tags["XResolution"].value, tags["YResolution"].value))
+        return resolution, dict(tif.imagej_metadata or {})  # type: ignore[return-value]
+
+
+def test_read_calibration_of_an_imagej_stack_and_of_other_files(tmp_path: Path) -> None:
+    calibration = read_calibration(_imagej_stack(tmp_path / "stack.tif"))
+    assert calibration["resolution"] == (250.0, 200.0)
+    assert calibration["imagej"] == {"spacing": 0.05, "unit": "micron", "zorigin": 2.0}
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((8, 8), np.uint8))  # tifffile's default: 1 pixel per unit
+    tifffile.imwrite(tmp_path / "dpi.tif", np.zeros((8, 8), np.uint8), resolution=(300, 300), resolutionunit="INCH")
+    assert read_calibration(tmp_path / "dpi.tif") == {"resolution": (300.0, 300.0), "resolutionunit": 2}
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    for name in ("plain.tif", "a.png", "broken.tif"):
+        assert read_calibration(tmp_path / name) == {}, name
+
+
+@pytest.mark.parametrize(("pages", "dtype", "rgb"), [(3, np.uint8, False), (3, np.float32, False), (1, np.uint8, False),
+                                                     (3, np.uint8, True)])
+def test_write_pages_carries_the_calibration_into_a_tiff(tmp_path: Path, pages: int, dtype: type, rgb: bool) -> None:
+    calibration = read_calibration(_imagej_stack(tmp_path / "in.tif"))
+    shape = (32, 32, 3) if rgb else (32, 32)
+    written = [np.full(shape, i, dtype) for i in range(pages)]
+    write_pages(tmp_path / "out.tif", written, calibration)
+    resolution, imagej = _calibration_of(tmp_path / "out.tif")
+    assert resolution == (250.0, 200.0)
+    assert {key: imagej.get(key) for key in ("spacing", "unit", "zorigin")} == calibration["imagej"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), np.stack(written) if pages > 1 else written[0])
+
+
+def test_write_pages_of_different_sizes_keeps_the_resolution_only(tmp_path: Path) -> None:
+    calibration = read_calibration(_imagej_stack(tmp_path / "in.tif"))
+    write_pages(tmp_path / "out.tif", [np.zeros((32, 32), np.uint8), np.zeros((16, 8), np.uint8)], calibration)
+    resolution, imagej = _calibration_of(tmp_path / "out.tif")
+    assert resolution == (250.0, 200.0) and imagej == {}
+    assert [page.shape for page in read_pages(tmp_path / "out.tif")] == [(32, 32), (16, 8)]
+    write_pages(tmp_path / "out.png", [np.zeros((8, 8), np.uint8)], calibration)  # PNG: ignored, still written
+    assert read_image(tmp_path / "out.png").shape == (8, 8)
