@@ -9,7 +9,7 @@ Outputs in ``output_dir`` (names keep the input's stem, so masks pair with image
 - ``overlay/<stem>.png`` (``.tif`` for stacks) with ``overlay``: the image in gray, membranes in red.
 
 TIFF outputs of a TIFF input keep its calibration (resolution tags; ImageJ's unit, slice spacing and origin):
-``seg.runtime.io.read_calibration``.
+``seg.runtime.io.read_calibrated``.
 
 Several inputs (``["day1/", "day2/*.png", "x.tif"]``, or the paths a shell expands an unquoted glob into)
 are segmented in the order given into one flat ``output_dir``: outputs are named by stem alone, whatever

@@ -4,7 +4,7 @@ Readers return raw pixel arrays — ``(H, W)`` uint8, uint16 or float32 — conv
 warning) when the file is RGB(A). Normalisation to [0, 1] is ``seg.runtime.preprocess``'s job. Every
 failure raises ``InputError`` with one line naming the file and the problem. Writers are atomic.
 
-A TIFF's physical calibration (``read_calibration``: resolution tags, ImageJ's unit, slice spacing and origin)
+A TIFF's physical calibration (``read_calibrated``: resolution tags, ImageJ's unit, slice spacing and origin)
 can be handed to ``write_pages``, so masks and probability maps open in Fiji at the size of their input.
 """
 
@@ -64,11 +64,19 @@ def read_pages(path: str | os.PathLike[str]) -> list[np.ndarray]:
     PNG/JPEG give one page; a TIFF gives one page per IFD (a multi-page stack gives N).
     RGB(A) pages are converted to gray with a ``SegWarning``.
     """
+    return read_calibrated(path)[0]
+
+
+def read_calibrated(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """``read_pages(path)`` and the file's physical calibration, read in one pass, for ``write_pages``: a
+    TIFF's ``resolution`` (pixels per unit, x and y) and ``resolutionunit`` from its first page, and ``imagej``
+    (the ``IMAGEJ_CALIBRATION`` keys it has) when ImageJ wrote it. ``{}`` for other formats and for a TIFF
+    without resolution tags, or at 1 pixel per unit and not from ImageJ (a writer's default, nothing measured)."""
     path = Path(path)
     _check_readable(path)
     is_tiff = path.suffix.lower() in TIFF_SUFFIXES
-    raw_pages = _read_tiff_pages(path) if is_tiff else [_read_pillow(path)]
-    return [_to_gray(page, path) for page in raw_pages]
+    raw_pages, calibration = _read_tiff_pages(path) if is_tiff else ([_read_pillow(path)], {})
+    return [_to_gray(page, path) for page in raw_pages], calibration
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -80,26 +88,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return pages[0]
 
 
-def read_calibration(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The physical calibration of a TIFF, for ``write_pages``: ``resolution`` (pixels per unit, x and y) and
-    ``resolutionunit`` from its first page, and ``imagej`` (the ``IMAGEJ_CALIBRATION`` keys it has) when ImageJ
-    wrote it. ``{}`` for other formats, a TIFF without resolution tags (or at 1 pixel per unit and not from
-    ImageJ), or one that cannot be read (reading its pixels reports that)."""
-    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+def _calibration(tif: tifffile.TiffFile) -> dict[str, Any]:
+    """The calibration of an open TIFF (see ``read_calibrated``)."""
+    tags = tif.pages[0].tags
+    if "XResolution" not in tags or "YResolution" not in tags:
         return {}
-    try:
-        with tifffile.TiffFile(path) as tif:
-            tags = tif.pages[0].tags
-            if "XResolution" not in tags or "YResolution" not in tags:
-                return {}
-            found: dict[str, Any] = {
-                "resolution": tuple(_fraction(tags[name].value) for name in ("XResolution", "YResolution")),
-                "resolutionunit": int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1}
-            imagej = {key: value for key, value in (tif.imagej_metadata or {}).items() if key in IMAGEJ_CALIBRATION}
-    except Exception:  # tifffile raises many types for corrupt files; read_pages names the problem
-        return {}
+    found: dict[str, Any] = {
+        "resolution": tuple(_fraction(tags[name].value) for name in ("XResolution", "YResolution")),
+        "resolutionunit": int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1}
+    imagej = {key: value for key, value in (tif.imagej_metadata or {}).items() if key in IMAGEJ_CALIBRATION}
     if not imagej and found["resolution"] == (1.0, 1.0):
-        return {}  # tifffile's and many writers' default: one pixel per unit, nothing measured
+        return {}
     return {**found, "imagej": imagej} if imagej else found
 
 
@@ -168,22 +167,23 @@ def _pillow_to_array(img: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB"))
 
 
-def _read_tiff_pages(path: Path) -> list[np.ndarray]:
+def _read_tiff_pages(path: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
     try:
         with tifffile.TiffFile(path) as tif:
             _check_tiff_size(tif, path)
             series = tif.series
             if _one_stack_series(tif):
                 stack = series[0].asarray()
-                return _split_stack(stack, series[0].axes)
+                return _split_stack(stack, series[0].axes), _calibration(tif)
             pages = [_page_array(page) for page in tif.pages]
+            calibration = _calibration(tif) if pages else {}
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise InputError(f"{path}: corrupt or unreadable TIFF ({type(exc).__name__}: {exc})") from None
     if not pages:
         raise InputError(f"{path}: corrupt or unreadable TIFF (no image pages found)")
-    return pages
+    return pages, calibration
 
 
 def _check_tiff_size(tif: tifffile.TiffFile, path: Path) -> None:
@@ -270,7 +270,7 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
 def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray],
                 calibration: Mapping[str, Any] | None = None) -> None:
     """Write ``(H, W)`` (or ``(H, W, 3)`` RGB) pages atomically; several pages need a TIFF (written as a
-    multi-page stack). ``calibration`` (``read_calibration``'s) goes into a TIFF: the resolution tags, and the
+    multi-page stack). ``calibration`` (``read_calibrated``'s) goes into a TIFF: the resolution tags, and the
     ImageJ unit, spacing and origin as an ImageJ stack when the pages are one uint8, uint16 or float32 series;
     other formats ignore it.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from seg.runtime.errors import SegError
-from seg.runtime.io import read_calibration, read_pages, write_pages
+from seg.runtime.io import read_calibrated, write_pages
 from seg.runtime.preprocess import normalize, overlay_rgb, to_mask
 from seg.runtime.providers import usable_cpus
 from seg.runtime.segmenter import Segmenter
@@ -65,11 +65,11 @@ def overlay_path(mask: Path) -> Path:
 
 def _read(path: Path, method: str) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Pages of ``path`` as ``(H, W)`` raw 8/16-bit integers or float32 in [0, 1], and its calibration
-    (``read_calibration``); floats and wider integers are normalised (and checked) here, so a bad page fails its
+    (``read_calibrated``); floats and wider integers are normalised (and checked) here, so a bad page fails its
     own file, named, not the whole run."""
-    pages = read_pages(path)
+    pages, calibration = read_calibrated(path)
     pages = [p if p.dtype.kind in "ui" and p.dtype.itemsize <= 2 else normalize(p, method, str(path)) for p in pages]
-    return pages, read_calibration(path)
+    return pages, calibration
 
 
 @dataclass

@@ -11,7 +11,7 @@ from PIL import Image
 
 from seg.runtime.atomic import atomic_path, is_temporary
 from seg.runtime.errors import InputError, SegWarning
-from seg.runtime.io import list_images, read_calibration, read_image, read_pages, write_image, write_pages
+from seg.runtime.io import list_images, read_calibrated, read_image, read_pages, write_image, write_pages
 from seg.runtime.preprocess import binarize_label, normalize, scale_small_integers, to_mask
 
 
@@ -290,23 +290,23 @@ def _calibration_of(path: Path) -> tuple[tuple[float, float], dict[str, object]]
         return resolution, dict(tif.imagej_metadata or {})  # type: ignore[return-value]
 
 
-def test_read_calibration_of_an_imagej_stack_and_of_other_files(tmp_path: Path) -> None:
-    calibration = read_calibration(_imagej_stack(tmp_path / "stack.tif"))
+def test_read_calibrated_gives_the_pages_and_the_calibration(tmp_path: Path) -> None:
+    pages, calibration = read_calibrated(_imagej_stack(tmp_path / "stack.tif"))
+    assert len(pages) == 3 and pages[0].shape == (32, 32)
     assert calibration["resolution"] == (250.0, 200.0)
     assert calibration["imagej"] == {"spacing": 0.05, "unit": "micron", "zorigin": 2.0}
     tifffile.imwrite(tmp_path / "plain.tif", np.zeros((8, 8), np.uint8))  # tifffile's default: 1 pixel per unit
     tifffile.imwrite(tmp_path / "dpi.tif", np.zeros((8, 8), np.uint8), resolution=(300, 300), resolutionunit="INCH")
-    assert read_calibration(tmp_path / "dpi.tif") == {"resolution": (300.0, 300.0), "resolutionunit": 2}
+    assert read_calibrated(tmp_path / "dpi.tif")[1] == {"resolution": (300.0, 300.0), "resolutionunit": 2}
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
-    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
-    for name in ("plain.tif", "a.png", "broken.tif"):
-        assert read_calibration(tmp_path / name) == {}, name
+    for name in ("plain.tif", "a.png"):
+        assert read_calibrated(tmp_path / name)[1] == {}, name
 
 
 @pytest.mark.parametrize(("pages", "dtype", "rgb"), [(3, np.uint8, False), (3, np.float32, False), (1, np.uint8, False),
                                                      (3, np.uint8, True)])
 def test_write_pages_carries_the_calibration_into_a_tiff(tmp_path: Path, pages: int, dtype: type, rgb: bool) -> None:
-    calibration = read_calibration(_imagej_stack(tmp_path / "in.tif"))
+    calibration = read_calibrated(_imagej_stack(tmp_path / "in.tif"))[1]
     shape = (32, 32, 3) if rgb else (32, 32)
     written = [np.full(shape, i, dtype) for i in range(pages)]
     write_pages(tmp_path / "out.tif", written, calibration)
@@ -317,7 +317,7 @@ def test_write_pages_carries_the_calibration_into_a_tiff(tmp_path: Path, pages: 
 
 
 def test_write_pages_of_different_sizes_keeps_the_resolution_only(tmp_path: Path) -> None:
-    calibration = read_calibration(_imagej_stack(tmp_path / "in.tif"))
+    calibration = read_calibrated(_imagej_stack(tmp_path / "in.tif"))[1]
     write_pages(tmp_path / "out.tif", [np.zeros((32, 32), np.uint8), np.zeros((16, 8), np.uint8)], calibration)
     resolution, imagej = _calibration_of(tmp_path / "out.tif")
     assert resolution == (250.0, 200.0) and imagej == {}
