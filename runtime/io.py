@@ -22,13 +22,11 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from seg.runtime.atomic import atomic_path, is_temporary
+from seg.runtime.calibration import tiff_calibration, write_arguments
 from seg.runtime.errors import InputError, SegWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
-IMAGEJ_CALIBRATION = ("unit", "yunit", "zunit", "spacing", "xorigin", "yorigin", "zorigin")
-"""The ImageJ metadata keys that say where pixels are in space (carried from an input TIFF to its outputs)."""
-IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 def is_image_file(path: Path) -> bool:
@@ -68,10 +66,9 @@ def read_pages(path: str | os.PathLike[str]) -> list[np.ndarray]:
 
 
 def read_calibrated(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """``read_pages(path)`` and the file's physical calibration, read in one pass, for ``write_pages``: a
-    TIFF's ``resolution`` (pixels per unit, x and y) and ``resolutionunit`` from its first page, and ``imagej``
-    (the ``IMAGEJ_CALIBRATION`` keys it has) when ImageJ wrote it. ``{}`` for other formats and for a TIFF
-    without resolution tags, or at 1 pixel per unit and not from ImageJ (a writer's default, nothing measured)."""
+    """``read_pages(path)`` and the file's physical calibration (``seg.runtime.calibration``: a dict of
+    resolution tags and ImageJ's unit, spacing and origin), read in one pass, for ``write_pages``; ``{}`` for
+    other formats and for a TIFF that records none."""
     path = Path(path)
     _check_readable(path)
     is_tiff = path.suffix.lower() in TIFF_SUFFIXES
@@ -86,38 +83,6 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     if len(pages) != 1:
         raise InputError(f"{path}: a stack of {len(pages)} pages; read it with read_pages()")
     return pages[0]
-
-
-def _calibration(tif: tifffile.TiffFile) -> dict[str, Any]:
-    """The calibration of an open TIFF (see ``read_calibrated``)."""
-    tags = tif.pages[0].tags
-    if "XResolution" not in tags or "YResolution" not in tags:
-        return {}
-    found: dict[str, Any] = {
-        "resolution": tuple(_fraction(tags[name].value) for name in ("XResolution", "YResolution")),
-        "resolutionunit": int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1}
-    imagej = {key: value for key, value in (tif.imagej_metadata or {}).items() if key in IMAGEJ_CALIBRATION}
-    if not imagej and found["resolution"] == (1.0, 1.0):
-        return {}
-    return {**found, "imagej": imagej} if imagej else found
-
-
-def _fraction(value: Any) -> float:
-    numerator, denominator = value
-    return numerator / denominator if denominator else 0.0
-
-
-def _calibration_arguments(calibration: Mapping[str, Any], pages: Sequence[np.ndarray],
-                           one_series: bool) -> tuple[dict[str, Any], bool]:
-    """``(tifffile write arguments, write as ImageJ)`` for ``calibration``; ImageJ only for one series of a
-    type ImageJ reads, its axes ZYX (YX for one page; S last for RGB)."""
-    if not calibration or not all(value > 0 for value in calibration["resolution"]):
-        return {}, False
-    tags = {"resolution": calibration["resolution"], "resolutionunit": calibration["resolutionunit"]}
-    if not (calibration.get("imagej") and one_series and pages[0].dtype in IMAGEJ_DTYPES):
-        return tags, False
-    axes = ("ZYX" if len(pages) > 1 else "YX") + ("S" if pages[0].ndim == 3 else "")
-    return {**tags, "metadata": {**calibration["imagej"], "axes": axes}}, True
 
 
 def _dangling(path: Path) -> bool:
@@ -174,9 +139,9 @@ def _read_tiff_pages(path: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
             series = tif.series
             if _one_stack_series(tif):
                 stack = series[0].asarray()
-                return _split_stack(stack, series[0].axes), _calibration(tif)
+                return _split_stack(stack, series[0].axes), tiff_calibration(tif)
             pages = [_page_array(page) for page in tif.pages]
-            calibration = _calibration(tif) if pages else {}
+            calibration = tiff_calibration(tif) if pages else {}
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt files
@@ -283,7 +248,7 @@ def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray],
     if suffix in TIFF_SUFFIXES:
         compression = None if pages[0].dtype.kind == "f" else "zlib"
         one_series = len({(p.shape, p.dtype) for p in pages}) == 1  # tifffile.imread gives (N, H, W[, 3])
-        tags, imagej = _calibration_arguments(calibration or {}, pages, one_series)
+        tags, imagej = write_arguments(calibration or {}, pages, one_series)
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, imagej=imagej) as writer:
             if one_series:
                 stack = np.stack(pages) if len(pages) > 1 else np.ascontiguousarray(pages[0])

@@ -171,7 +171,7 @@ def _settle(item: Item, future: Future[None], report: OnError) -> int:
     try:
         future.result()
         return 1
-    except (SegError, OSError) as exc:
+    except (SegError, OSError, ValueError) as exc:  # ValueError: tifffile refusing a value to write
         report(f"{item.source}: could not write outputs ({exc})")
         return 0
 
