@@ -236,8 +236,8 @@ def write_pages(path: str | os.PathLike[str], pages: Sequence[np.ndarray],
                 calibration: Mapping[str, Any] | None = None) -> None:
     """Write ``(H, W)`` (or ``(H, W, 3)`` RGB) pages atomically; several pages need a TIFF (written as a
     multi-page stack). ``calibration`` (``read_calibrated``'s) goes into a TIFF: the resolution tags, and the
-    ImageJ unit, spacing and origin as an ImageJ stack when the pages are one uint8, uint16 or float32 series;
-    other formats ignore it.
+    ImageJ unit, spacing and origin as an ImageJ stack when the pages are one series ImageJ reads (gray uint8,
+    uint16 or float32; RGB uint8); other formats ignore it.
 
     Tuned for throughput: PNG at zlib level 1 with the run-length strategy (faster than the default
     strategy and, for masks and EM slices alike, smaller); float32 TIFF uncompressed
