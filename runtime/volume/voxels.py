@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from seg.runtime.calibration import tiff_calibration
 from seg.runtime.errors import SegWarning
 
 SPACE_UNITS = frozenset({
@@ -137,22 +138,22 @@ def ome_level_voxel_size(spec: str, array: Path) -> VoxelSize:
 
 
 def imagej_voxel_size(spec: str, tif: Any) -> VoxelSize:
-    """The voxel size an ImageJ TIFF stack records (an open ``tifffile.TiffFile``): ``unit`` (``yunit`` and
-    ``zunit`` where they differ), pixel width and height from XResolution/YResolution, ``spacing`` between
-    slices and the ``xorigin``/``yorigin``/``zorigin`` (in pixels). ``PIXELS`` for a TIFF without an ImageJ
-    calibration (no unit, or "pixel")."""
-    meta = tif.imagej_metadata or {}
+    """The voxel size an ImageJ TIFF stack records (an open ``tifffile.TiffFile``), from its calibration as
+    ``seg.runtime.calibration`` reads it: ``unit`` (``yunit`` and ``zunit`` where they differ), pixel width and
+    height from XResolution/YResolution, ``spacing`` between slices and the ``xorigin``/``yorigin``/``zorigin``
+    (in pixels). ``PIXELS`` for a TIFF without an ImageJ calibration (no unit, or "pixel")."""
+    calibration = tiff_calibration(tif)
+    meta = calibration.get("imagej", {})
     unit = ngff_unit(meta.get("unit"))
     if unit is None:
         return PIXELS
     try:
-        tags = tif.pages[0].tags
-        width, height = (_pixel_size(tags.get(name)) for name in ("XResolution", "YResolution"))
+        width, height = (1.0 / value for value in calibration["resolution"])
         size = [float(meta.get("spacing", 1.0)), height, width]
         units = [ngff_unit(meta.get(f"{axis}unit", unit)) or unit for axis in "zy"] + [unit]
         origin = [-float(meta.get(f"{axis}origin", 0.0)) * step for axis, step in zip("zyx", size, strict=True)]
         return _checked_size(size, units, [value + 0.0 for value in origin])  # + 0.0: no -0.0
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
+    except (TypeError, ValueError) as exc:
         return _unusable(spec, "ImageJ calibration", exc)
 
 
@@ -209,14 +210,6 @@ def _composed(items: object, count: int, scale: Sequence[float] | None = None,
         else:
             shift = [a + b for a, b in zip(shift, values, strict=True)]
     return scale, shift
-
-
-def _pixel_size(tag: Any) -> float:
-    """The pixel size a TIFF resolution tag (pixels per unit, a fraction) gives; 1.0 when absent."""
-    if tag is None:
-        return 1.0
-    numerator, denominator = tag.value
-    return denominator / numerator
 
 
 def _checked_size(scale: Sequence[float], units: Sequence[str | None], shift: Sequence[float]) -> VoxelSize:
